@@ -1,0 +1,36 @@
+"""The ``tide-cache`` command: ``build`` (stage one) next to ``inspect`` and ``validate`` (the format).
+
+The format commands live in ``cache_schema.cli`` so they run without any model code; only ``build``
+pulls in the teacher stack, and only when it is the command being run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cache_schema import cli as format_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tide-cache",
+        description="Build, inspect and validate TIDE logits caches (zstd Parquet shards + manifest.json).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    from stages.build.cli import register_build_command
+
+    register_build_command(subparsers)
+    format_cli.register_commands(subparsers)
+    return parser
+
+
+def tide_cache_main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(tide_cache_main())
