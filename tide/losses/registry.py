@@ -1,0 +1,252 @@
+"""``LOSSES``: every training mode by name, what teacher targets it needs, and how modes compose.
+
+Objective of a training step (DESIGN.md §6): the BD3LM CE term is always present; each distillation mode
+named in the mode string adds its term with a weight (default 1):
+
+    total = CE + Σ_mode weight_mode · loss_mode
+
+``parse_mode("tidal+kl")`` returns the entries in order; ``combine_losses`` does the sum. "ce" alone is
+plain BD3LM training; listing "ce" next to distillation modes changes nothing (CE is counted once).
+One cache holds one pipeline, so vocabulary ("vocab", pipeline B) and chunk ("chunk", pipeline A) modes
+cannot be combined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+
+from tide.losses.calm import DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
+from tide.losses.ce import ce_loss
+from tide.losses.kl import kl_loss, reverse_kl_loss
+from tide.losses.tidal import tidal_loss
+from tide.targets import temperature_column
+
+TargetKind = Literal["none", "vocab", "chunk"]
+
+DEFAULT_VOCAB_TEMPERATURE = 2.0
+
+
+@dataclass(frozen=True)
+class CEInputs:
+    """CE at the M masked positions of a batch.
+
+    logits: (M, V) student logits (or log-probs with ``from_log_probs``); gold_ids: (M,);
+    t: (M,) timestep of each position's sequence; num_maskable: maskable tokens in the batch.
+    """
+
+    logits: torch.Tensor
+    gold_ids: torch.Tensor
+    t: torch.Tensor
+    num_maskable: int | torch.Tensor
+    from_log_probs: bool = False
+
+
+@dataclass(frozen=True)
+class VocabInputs:
+    """Shared-vocabulary targets at the N target positions (pipeline B).
+
+    student_logits: (N, V_shared); teacher_ids / teacher_values: (N, k) cached top-k;
+    teacher_log_partitions: (N, n_T) with columns for ``temperatures`` (first 1.0); t: (N,).
+    """
+
+    student_logits: torch.Tensor
+    teacher_ids: torch.Tensor
+    teacher_values: torch.Tensor
+    teacher_log_partitions: torch.Tensor
+    temperatures: tuple[float, ...]
+    t: torch.Tensor
+
+    def log_partition_at(self, temperature: float) -> torch.Tensor:
+        if self.teacher_log_partitions.ndim != 2 or self.teacher_log_partitions.shape[1] != len(self.temperatures):
+            raise ValueError(
+                f"teacher_log_partitions must be (N, {len(self.temperatures)}) for temperatures "
+                f"{self.temperatures}, got {tuple(self.teacher_log_partitions.shape)}"
+            )
+        return self.teacher_log_partitions[:, temperature_column(self.temperatures, temperature)]
+
+
+@dataclass(frozen=True)
+class ChunkInputs:
+    """Chunk targets (pipeline A): (C,) student and teacher chunk log-probs, t (C,), optional bool active."""
+
+    student_logprob: torch.Tensor
+    teacher_logprob: torch.Tensor
+    t: torch.Tensor
+    active: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Options shared by all modes; each mode reads what it needs.
+
+    temperature: None = the mode's default. progress: step / max_steps for TIDAL schedules.
+    min_tail: reverse-KL tail floor (see tide.losses.kl.reverse_kl_terms).
+    """
+
+    temperature: float | None = None
+    progress: float = 0.0
+    axis: str = "both"
+    decay: str = "cosine"
+    lambda0: float = 0.1
+    lambda_max: float = 0.9
+    weighting: str = "midrange"
+    min_tail: float = 1e-8
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """One mode: its name, the teacher targets it needs, its default temperature and its loss function."""
+
+    name: str
+    targets: TargetKind
+    default_temperature: float | None
+    compute: Callable[..., torch.Tensor] = field(repr=False)
+    description: str = ""
+
+    def temperature(self, options: LossOptions) -> float | None:
+        if self.default_temperature is None:
+            return None
+        return self.default_temperature if options.temperature is None else float(options.temperature)
+
+    def __call__(self, inputs: CEInputs | VocabInputs | ChunkInputs, options: LossOptions | None = None) -> torch.Tensor:
+        options = options or LossOptions()
+        expected = {"none": CEInputs, "vocab": VocabInputs, "chunk": ChunkInputs}[self.targets]
+        if not isinstance(inputs, expected):
+            raise ValueError(f"loss {self.name!r} takes {expected.__name__}, got {type(inputs).__name__}")
+        return self.compute(inputs, options, self.temperature(options))
+
+
+def _ce(inputs: CEInputs, options: LossOptions, temperature: None) -> torch.Tensor:
+    return ce_loss(
+        inputs.logits, inputs.gold_ids, inputs.t, num_maskable=inputs.num_maskable, from_log_probs=inputs.from_log_probs
+    )
+
+
+def _vocab_args(inputs: VocabInputs, temperature: float):
+    return inputs.student_logits, inputs.teacher_ids, inputs.teacher_values, inputs.log_partition_at(temperature)
+
+
+def _kl(inputs: VocabInputs, options: LossOptions, temperature: float) -> torch.Tensor:
+    return kl_loss(*_vocab_args(inputs, temperature), temperature=temperature)
+
+
+def _reverse_kl(inputs: VocabInputs, options: LossOptions, temperature: float) -> torch.Tensor:
+    return reverse_kl_loss(*_vocab_args(inputs, temperature), temperature=temperature, min_tail=options.min_tail)
+
+
+def _tidal(inputs: VocabInputs, options: LossOptions, temperature: float) -> torch.Tensor:
+    return tidal_loss(
+        *_vocab_args(inputs, temperature),
+        inputs.t,
+        temperature=temperature,
+        progress=options.progress,
+        axis=options.axis,
+        decay=options.decay,
+        lambda0=options.lambda0,
+        lambda_max=options.lambda_max,
+        weighting=options.weighting,
+    )
+
+
+def _calm(reverse: bool):
+    def compute(inputs: ChunkInputs, options: LossOptions, temperature: float) -> torch.Tensor:
+        return calm_loss(
+            inputs.student_logprob, inputs.teacher_logprob, active=inputs.active, temperature=temperature, reverse=reverse
+        )
+
+    return compute
+
+
+def _tidal_calm(reverse: bool):
+    def compute(inputs: ChunkInputs, options: LossOptions, temperature: float) -> torch.Tensor:
+        return tidal_calm_loss(
+            inputs.student_logprob,
+            inputs.teacher_logprob,
+            inputs.t,
+            progress=options.progress,
+            active=inputs.active,
+            temperature=temperature,
+            reverse=reverse,
+            axis=options.axis,
+            decay=options.decay,
+            lambda0=options.lambda0,
+            lambda_max=options.lambda_max,
+            weighting=options.weighting,
+        )
+
+    return compute
+
+
+_ENTRIES = [
+    LossEntry("ce", "none", None, _ce, "BD3LM cross-entropy only"),
+    LossEntry("kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _kl, "forward KL(p_T^T || p_S^T) · T^2"),
+    LossEntry("reverse_kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _reverse_kl, "reverse KL(p_S^T || p_T^T) · T^2"),
+    LossEntry("tidal", "vocab", DEFAULT_VOCAB_TEMPERATURE, _tidal, "TIDAL interpolated forward KL · T^2"),
+    LossEntry("calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _calm(False), "CALM chunk binary cross-entropy"),
+    LossEntry("reverse_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _calm(True), "reverse CALM (TIDE-Cross)"),
+    LossEntry("tidal_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _tidal_calm(False), "TIDAL-CALM"),
+    LossEntry("reverse_tidal_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _tidal_calm(True), "reverse TIDAL-CALM"),
+]
+
+LOSSES: Mapping[str, LossEntry] = MappingProxyType({entry.name: entry for entry in _ENTRIES})
+
+
+def parse_mode(mode: str) -> list[LossEntry]:
+    """Entries of a mode string such as ``"tidal"`` or ``"tidal+kl"``, in order."""
+    if not isinstance(mode, str) or not mode.strip():
+        raise ValueError(f"mode must be a non-empty string such as 'tidal+kl', got {mode!r}")
+    names = [part.strip() for part in mode.split("+")]
+    valid = ", ".join(LOSSES)
+    for name in names:
+        if not name:
+            raise ValueError(f"mode {mode!r} has an empty component; valid modes: {valid}")
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss mode {name!r} in {mode!r}; valid modes: {valid}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"mode {mode!r} names a loss twice")
+    kinds = {LOSSES[name].targets for name in names} - {"none"}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"mode {mode!r} mixes vocabulary (shared pipeline) and chunk (cross pipeline) losses; "
+            "a cache holds targets of one pipeline"
+        )
+    return [LOSSES[name] for name in names]
+
+
+def required_targets(entries: list[LossEntry]) -> TargetKind:
+    """The teacher targets a composed mode needs: "vocab", "chunk" or "none"."""
+    kinds = {entry.targets for entry in entries} - {"none"}
+    return kinds.pop() if kinds else "none"
+
+
+def combine_losses(
+    ce: torch.Tensor,
+    distill: Mapping[str, torch.Tensor],
+    *,
+    weight: float | Mapping[str, float] = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """total = ce + Σ weight[name]·distill[name]; returns (total, parts including "ce").
+
+    ``weight`` is one float for every term or a mapping by mode name (missing names get 1.0).
+    """
+    if "ce" in distill:
+        raise ValueError("distill must hold distillation terms only; the CE term is passed as ce")
+    unknown = [name for name in distill if name not in LOSSES]
+    if unknown:
+        raise ValueError(f"unknown loss names {unknown}; valid modes: {', '.join(LOSSES)}")
+    if isinstance(weight, Mapping):
+        extra = [name for name in weight if name not in distill]
+        if extra:
+            raise ValueError(f"weights given for {extra}, which are not among the terms {list(distill)}")
+        weights = {name: float(weight.get(name, 1.0)) for name in distill}
+    else:
+        weights = dict.fromkeys(distill, float(weight))
+    total = ce
+    for name, term in distill.items():
+        total = total + weights[name] * term
+    return total, {"ce": ce, **distill}
