@@ -1,0 +1,1 @@
+"""Stage one, ``tide-cache build``: data preparation, noise, teacher passes and shard writing."""

