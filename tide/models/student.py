@@ -1,0 +1,117 @@
+"""The block-diffusion student forward: x_t ⊕ x0 with position ids [0..L-1, 0..L-1] and the BD3LM mask.
+
+The model is any causal-LM-shaped transformers model whose base model accepts an explicit 4-D
+``attention_mask`` and ``position_ids`` (the ``a2d-qwen3`` student, stock Qwen3). The mask is built in the
+form the model's attention implementation needs (:func:`tide.bd3lm.bd3lm_attention_mask`). Only the x_t
+half is read out: position i of the output predicts token i (no shift).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tide.bd3lm import bd3lm_attention_mask, bd3lm_position_ids
+
+
+@dataclass
+class BD3LMInputs:
+    """What one student forward takes: ``input_ids`` (B, 2L), ``position_ids`` (B, 2L) and the mask."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: Any
+
+
+def attn_implementation_of(model: nn.Module) -> str:
+    """The attention implementation the model runs with (``config._attn_implementation``)."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    return impl or "eager"
+
+
+def _check_pair(noised_ids: torch.Tensor, clean_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    if noised_ids.dim() != 2:
+        raise ValueError(f"noised_ids must have shape (B, L), got {tuple(noised_ids.shape)}")
+    if clean_ids.shape != noised_ids.shape:
+        raise ValueError(
+            f"clean_ids shape {tuple(clean_ids.shape)} differs from noised_ids shape {tuple(noised_ids.shape)}"
+        )
+    if attention_mask is not None and attention_mask.shape != noised_ids.shape:
+        raise ValueError(
+            f"attention_mask (padding) must have shape {tuple(noised_ids.shape)}, got {tuple(attention_mask.shape)}"
+        )
+
+
+def build_bd3lm_inputs(
+    noised_ids: torch.Tensor,
+    clean_ids: torch.Tensor,
+    *,
+    block_size: int,
+    attention_mask: torch.Tensor | None = None,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+) -> BD3LMInputs:
+    """Lay out x_t ⊕ x0 for one forward.
+
+    ``noised_ids``, ``clean_ids`` (B, L) with L a multiple of ``block_size``; ``attention_mask`` (B, L)
+    padding mask (1/True = real token, right padding), or None when nothing is padded.
+    """
+    _check_pair(noised_ids, clean_ids, attention_mask)
+    batch, seq_len = noised_ids.shape
+    if seq_len % block_size != 0:
+        raise ValueError(f"sequence length {seq_len} is not a multiple of block_size={block_size}")
+    valid = None if attention_mask is None else attention_mask.to(torch.bool)
+    if valid is not None and bool(valid.all()):
+        valid = None
+    mask = bd3lm_attention_mask(
+        seq_len, block_size, x0_first=False, valid=valid, attn_implementation=attn_implementation,
+        dtype=dtype, device=noised_ids.device,
+    )
+    return BD3LMInputs(
+        input_ids=torch.cat([noised_ids, clean_ids], dim=1),
+        position_ids=bd3lm_position_ids(seq_len, batch, device=noised_ids.device),
+        attention_mask=mask,
+    )
+
+
+def bd3lm_hidden_states(
+    model: nn.Module,
+    noised_ids: torch.Tensor,
+    clean_ids: torch.Tensor,
+    *,
+    block_size: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Final hidden states (after the last norm) of the x_t half, shape (B, L, hidden).
+
+    Apply ``model.get_output_embeddings()`` to the rows you need to get their logits.
+    """
+    inputs = build_bd3lm_inputs(
+        noised_ids, clean_ids, block_size=block_size, attention_mask=attention_mask,
+        attn_implementation=attn_implementation_of(model), dtype=model.dtype,
+    )
+    outputs = model.base_model(
+        input_ids=inputs.input_ids,
+        attention_mask=inputs.attention_mask,
+        position_ids=inputs.position_ids,
+        use_cache=False,
+    )
+    return outputs.last_hidden_state[:, : noised_ids.shape[1]]
+
+
+def bd3lm_forward(
+    model: nn.Module,
+    noised_ids: torch.Tensor,
+    clean_ids: torch.Tensor,
+    *,
+    block_size: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Student logits of the x_t half, shape (B, L, V); position i predicts token i."""
+    hidden = bd3lm_hidden_states(
+        model, noised_ids, clean_ids, block_size=block_size, attention_mask=attention_mask
+    )
+    return model.get_output_embeddings()(hidden)

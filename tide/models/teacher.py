@@ -1,0 +1,407 @@
+"""TeacherRunner: teacher outputs at selected positions only, with the LM head applied in chunks.
+
+One interface for both teachers and both attention regimes (DESIGN.md §5). Inputs for a batch:
+``noised_ids`` (B, T) teacher ids with masked positions set to the teacher's mask id, right-padded, with
+``lengths`` (B,) real lengths; ``clean_ids`` (B, T) the unnoised ids (layouts that concatenate x0 need
+them); the wanted outputs as flat ``row_index`` / ``position`` LongTensors (N,) — logical positions in the
+noised sequence, each below its row's length.
+
+Layouts (x_t = noised sequence, x0 = clean sequence, b = block size):
+
+* LLaDA2 ``paper``: x_t alone, full bidirectional attention, padded keys masked out.
+* LLaDA2 ``native``: x_t ⊕ x0 with the BD3LM mask (:mod:`tide.bd3lm`), position ids duplicated.
+* WeDLM ``paper``: x0 ⊕ x_t with the BD3LM mask, x0 first, position ids duplicated; outputs from x_t.
+* WeDLM ``native`` (WeDLM's own training format): x0 ⊕ x_t where x0 is token-causal, each x_t block sees
+  the clean blocks before it, and inside a block attention is causal over the *observed-then-masked*
+  order (observed tokens first, then masked ones, each group in position order) while RoPE uses the
+  logical positions. Two equivalent forms: ``reordered`` physically permutes each block and uses a
+  plain in-block causal mask; ``logical`` keeps positions in place and expresses the same order as a 4-D
+  mask (key k visible to query q of the same block iff rank(k) ≤ rank(q)).
+
+Memory: the final hidden states of the selected positions are gathered first (N, hidden); the LM head runs
+on chunks of ``head_chunk_size`` rows with fp32 softmax math, so at most a (chunk, V) fp32 logit tensor
+exists at a time, never (B, T, V).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tide.bd3lm import attention_mask_for, bd3lm_bool_mask, with_key_padding
+
+logger = logging.getLogger(__name__)
+
+REGIMES = ("paper", "native")
+FAMILIES = ("llada2", "wedlm")
+WEDLM_NATIVE_FORMS = ("logical", "reordered")
+
+
+@dataclass
+class TeacherLayout:
+    """One teacher forward: ``input_ids`` / ``position_ids`` (B, S), boolean ``allowed`` (B, S, S) with
+    padding folded in, and ``index`` (B, T) — the sequence index holding logical x_t position p."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    allowed: torch.Tensor
+    index: torch.Tensor
+
+
+# --- masks ------------------------------------------------------------------------------------------------
+
+
+def _ranks(noised_ids: torch.Tensor, valid: torch.Tensor, mask_token_id: int, block_size: int) -> torch.Tensor:
+    """Sort key (B, T) for the observed-then-masked order: block, then group (observed < masked <
+    padding), then position. Sorting by it lists each block observed-first, blocks in order."""
+    _, seq_len = noised_ids.shape
+    pos = torch.arange(seq_len, device=noised_ids.device).expand_as(noised_ids)
+    group = torch.where(noised_ids == mask_token_id, 1, 0)
+    group = torch.where(valid, group, 2)
+    return (pos // block_size) * (3 * seq_len) + group * seq_len + pos
+
+
+def wedlm_native_logical_mask(
+    noised_ids: torch.Tensor, valid: torch.Tensor, *, mask_token_id: int, block_size: int
+) -> torch.Tensor:
+    """WeDLM native mask in logical order over x0 ⊕ x_t, shape (B, 2T, 2T), bool, before padding.
+
+    x0 → x0: k ≤ q. x_t → x0: blk(k) < blk(q). x_t → x_t: same block and rank(k) ≤ rank(q) in the
+    observed-then-masked order. x0 → x_t: never.
+    """
+    batch, seq_len = noised_ids.shape
+    device = noised_ids.device
+    pos = torch.arange(seq_len, device=device)
+    blk = pos // block_size
+    causal = pos[None, :] <= pos[:, None]
+    earlier_block = blk[None, :] < blk[:, None]
+    rank = _ranks(noised_ids, valid, mask_token_id, block_size)
+    same_block = blk[None, :] == blk[:, None]
+    in_block = same_block & (rank[:, None, :] <= rank[:, :, None])
+    top = torch.cat([causal, torch.zeros_like(causal)], dim=1).expand(batch, -1, -1)
+    bottom = torch.cat([earlier_block.expand(batch, -1, -1), in_block], dim=2)
+    return torch.cat([top, bottom], dim=1)
+
+
+def wedlm_native_reordered_mask(seq_len: int, block_size: int, *, device=None) -> torch.Tensor:
+    """WeDLM native mask over x0 ⊕ (x_t with every block reordered), shape (2T, 2T), bool.
+
+    In reordered coordinates the rule needs no token information: x0 token-causal, x_t causal inside its
+    block, x_t sees the clean blocks strictly before its own."""
+    pos = torch.arange(seq_len, device=device)
+    blk = pos // block_size
+    causal = pos[None, :] <= pos[:, None]
+    earlier_block = blk[None, :] < blk[:, None]
+    in_block_causal = causal & (blk[None, :] == blk[:, None])
+    top = torch.cat([causal, torch.zeros_like(causal)], dim=1)
+    bottom = torch.cat([earlier_block, in_block_causal], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+# --- layouts ----------------------------------------------------------------------------------------------
+
+
+def _arange_like(ids: torch.Tensor) -> torch.Tensor:
+    return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+
+
+def build_layout(
+    family: str,
+    regime: str,
+    noised_ids: torch.Tensor,
+    clean_ids: torch.Tensor | None,
+    valid: torch.Tensor,
+    *,
+    block_size: int,
+    mask_token_id: int,
+    wedlm_native_form: str = "logical",
+) -> TeacherLayout:
+    """The teacher input for one regime; ``valid`` (B, T) bool marks real tokens. T must be a multiple of
+    ``block_size`` for the concatenated layouts (:class:`TeacherRunner` pads it)."""
+    seq_len = noised_ids.shape[1]
+    positions = _arange_like(noised_ids)
+    if family == "llada2" and regime == "paper":
+        full = torch.ones(seq_len, seq_len, dtype=torch.bool, device=noised_ids.device)
+        return TeacherLayout(noised_ids, positions, with_key_padding(full, valid), positions)
+    if clean_ids is None:
+        raise ValueError(f"regime {regime!r} of the {family} teacher concatenates x0: pass clean_ids")
+    key_valid = torch.cat([valid, valid], dim=1)
+    both_positions = torch.cat([positions, positions], dim=1)
+    if family == "llada2" and regime == "native":
+        allowed = bd3lm_bool_mask(seq_len, block_size, x0_first=False, device=noised_ids.device)
+        return TeacherLayout(
+            torch.cat([noised_ids, clean_ids], dim=1), both_positions,
+            with_key_padding(allowed, key_valid), positions,
+        )
+    if family == "wedlm" and regime == "paper":
+        allowed = bd3lm_bool_mask(seq_len, block_size, x0_first=True, device=noised_ids.device)
+        return TeacherLayout(
+            torch.cat([clean_ids, noised_ids], dim=1), both_positions,
+            with_key_padding(allowed, key_valid), positions + seq_len,
+        )
+    if family == "wedlm" and regime == "native":
+        if wedlm_native_form == "logical":
+            allowed = wedlm_native_logical_mask(
+                noised_ids, valid, mask_token_id=mask_token_id, block_size=block_size
+            )
+            return TeacherLayout(
+                torch.cat([clean_ids, noised_ids], dim=1), both_positions,
+                with_key_padding(allowed, key_valid), positions + seq_len,
+            )
+        if wedlm_native_form == "reordered":
+            # perm[:, j] = logical position stored at slot j of the x_t half; inverse maps back.
+            perm = torch.argsort(_ranks(noised_ids, valid, mask_token_id, block_size), dim=1)
+            inverse = torch.argsort(perm, dim=1)
+            allowed = wedlm_native_reordered_mask(seq_len, block_size, device=noised_ids.device)
+            reordered_valid = torch.cat([valid, valid.gather(1, perm)], dim=1)
+            return TeacherLayout(
+                torch.cat([clean_ids, noised_ids.gather(1, perm)], dim=1),
+                torch.cat([positions, perm], dim=1),
+                with_key_padding(allowed, reordered_valid),
+                inverse + seq_len,
+            )
+        raise ValueError(f"wedlm_native_form must be one of {WEDLM_NATIVE_FORMS}, got {wedlm_native_form!r}")
+    raise ValueError(f"unknown teacher family/regime {family!r}/{regime!r}: families {FAMILIES}, regimes {REGIMES}")
+
+
+def infer_family(config: Any) -> str:
+    """``llada2`` for ``llada2_moe`` configs, ``wedlm`` for WeDLM loaded as Qwen3 (see ``load_wedlm``)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type == "llada2_moe":
+        return "llada2"
+    if getattr(config, "teacher_model_type", None) == "wedlm" or model_type in ("wedlm", "qwen3"):
+        return "wedlm"
+    raise ValueError(f"cannot tell the teacher family of model_type={model_type!r}; pass family=")
+
+
+def _concat_results(parts: list[Any]) -> Any:
+    """Concatenate per-chunk results: tensors, dataclasses or named tuples of tensors."""
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts, dim=0)
+    if dataclasses.is_dataclass(first):
+        merged = {
+            field.name: _concat_results([getattr(p, field.name) for p in parts])
+            for field in dataclasses.fields(first)
+        }
+        return type(first)(**merged)
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(_concat_results(list(items)) for items in zip(*parts, strict=True)))
+    if all(part == first for part in parts):
+        return first  # per-call constants (e.g. the temperatures) are the same in every chunk
+    raise TypeError(f"cannot concatenate chunk results of type {type(first).__name__}")
+
+
+class TeacherRunner:
+    """Runs a teacher on a noised batch and returns outputs at the requested positions only.
+
+    ``model``: a causal-LM-shaped model (``base_model`` returning ``last_hidden_state``; LM head from
+    ``get_output_embeddings``) taking an explicit 4-D mask and position ids. ``family`` is inferred from
+    the config when None. ``mask_token_id`` defaults to ``model.config.mask_token_id``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        regime: str = "paper",
+        family: str | None = None,
+        mask_token_id: int | None = None,
+        block_size: int = 32,
+        head_chunk_size: int = 1024,
+        wedlm_native_form: str = "logical",
+    ) -> None:
+        if regime not in REGIMES:
+            raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+        self.family = family if family is not None else infer_family(model.config)
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if mask_token_id is None:
+            mask_token_id = getattr(model.config, "mask_token_id", None)
+        if mask_token_id is None:
+            raise ValueError("the teacher's mask token id is unknown: set config.mask_token_id or pass mask_token_id")
+        if block_size <= 0 or head_chunk_size <= 0:
+            raise ValueError(f"block_size ({block_size}) and head_chunk_size ({head_chunk_size}) must be positive")
+        if wedlm_native_form not in WEDLM_NATIVE_FORMS:
+            raise ValueError(f"wedlm_native_form must be one of {WEDLM_NATIVE_FORMS}, got {wedlm_native_form!r}")
+        self.model = model
+        self.regime = regime
+        self.mask_token_id = int(mask_token_id)
+        self.block_size = block_size
+        self.head_chunk_size = head_chunk_size
+        self.wedlm_native_form = wedlm_native_form
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    # -- validation and layout ------------------------------------------------------------------------
+
+    def _check(self, noised_ids, lengths, row_index, position, clean_ids) -> None:
+        if noised_ids.dim() != 2:
+            raise ValueError(f"noised_ids must have shape (B, T), got {tuple(noised_ids.shape)}")
+        batch, seq_len = noised_ids.shape
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+        if bool((lengths < 1).any()) or bool((lengths > seq_len).any()):
+            raise ValueError(f"lengths must lie in [1, {seq_len}], got {lengths.tolist()}")
+        rows = int(self.model.get_input_embeddings().weight.shape[0])
+        for name, ids in (("noised_ids", noised_ids), ("clean_ids", clean_ids)):
+            if ids is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+                raise ValueError(f"{name} must lie in [0, {rows}) (the teacher's embedding rows)")
+        if clean_ids is not None and clean_ids.shape != noised_ids.shape:
+            raise ValueError(
+                f"clean_ids shape {tuple(clean_ids.shape)} differs from noised_ids {tuple(noised_ids.shape)}"
+            )
+        if row_index.dim() != 1 or position.shape != row_index.shape:
+            raise ValueError(
+                f"row_index and position must be 1-D of equal length, got {tuple(row_index.shape)} "
+                f"and {tuple(position.shape)}"
+            )
+        if row_index.numel():
+            if bool((row_index < 0).any()) or bool((row_index >= batch).any()):
+                raise ValueError(f"row_index must lie in [0, {batch})")
+            lengths_dev = lengths.to(position.device)
+            if bool((position < 0).any()) or bool((position >= lengths_dev[row_index.to(position.device)]).any()):
+                raise ValueError("every position must lie inside its row: 0 <= position < lengths[row_index]")
+
+    def _pad(self, ids: torch.Tensor | None, extra: int) -> torch.Tensor | None:
+        """Append ``extra`` filler columns (never attended: their keys are padding)."""
+        if ids is None:
+            return None
+        pad_id = getattr(self.model.config, "pad_token_id", None)
+        fill = ids.new_full((ids.shape[0], extra), int(pad_id) if pad_id is not None else 0)
+        return torch.cat([ids, fill], dim=1)
+
+    def layout(self, noised_ids, lengths, clean_ids=None) -> TeacherLayout:
+        """The :class:`TeacherLayout` of this runner's regime for a batch (T padded to whole blocks for the
+        block layouts)."""
+        seq_len = noised_ids.shape[1]
+        valid = torch.arange(seq_len, device=noised_ids.device)[None, :] < lengths.to(noised_ids.device)[:, None]
+        if not (self.family == "llada2" and self.regime == "paper"):
+            extra = -(-seq_len // self.block_size) * self.block_size - seq_len
+            if extra:
+                noised_ids = self._pad(noised_ids, extra)
+                clean_ids = self._pad(clean_ids, extra)
+                valid = torch.cat([valid, valid.new_zeros(valid.shape[0], extra)], dim=1)
+        return build_layout(
+            self.family, self.regime, noised_ids, clean_ids, valid, block_size=self.block_size,
+            mask_token_id=self.mask_token_id, wedlm_native_form=self.wedlm_native_form,
+        )
+
+    # -- forward -------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def hidden_at(
+        self,
+        noised_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        row_index: torch.Tensor,
+        position: torch.Tensor,
+        *,
+        clean_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (after the last norm) at the selected positions, shape (N, hidden)."""
+        self._check(noised_ids, lengths, row_index, position, clean_ids)
+        layout = self.layout(noised_ids, lengths, clean_ids)
+        impl = getattr(self.model.config, "_attn_implementation", None) or "eager"
+        mask = attention_mask_for(layout.allowed, impl, dtype=self.model.dtype)
+        outputs = self.model.base_model(
+            input_ids=layout.input_ids,
+            attention_mask=mask,
+            position_ids=layout.position_ids,
+            use_cache=False,
+        )
+        hidden = outputs.last_hidden_state
+        rows = row_index.to(hidden.device)
+        seq_index = layout.index[rows, position.to(hidden.device)]
+        return hidden[rows, seq_index]
+
+    def map_head(self, hidden: torch.Tensor, fn: Callable[[torch.Tensor, slice], Any]) -> Any:
+        """Apply ``fn(logits_fp32 (n, V), rows slice)`` to the LM-head output of ``hidden`` (N, H) in chunks of
+        ``head_chunk_size`` rows and concatenate the per-chunk results."""
+        if hidden.shape[0] == 0:
+            raise ValueError("no positions selected")
+        parts = [fn(chunk, rows) for rows, chunk in self.iter_head(hidden)]
+        return _concat_results(parts)
+
+    @torch.inference_mode()
+    def iter_head(self, hidden: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(rows, logits)`` with fp32 logits (n, V) for consecutive chunks of ``hidden`` (N, H)."""
+        head = self.model.get_output_embeddings()
+        for start in range(0, hidden.shape[0], self.head_chunk_size):
+            rows = slice(start, min(start + self.head_chunk_size, hidden.shape[0]))
+            yield rows, head(hidden[rows]).float()
+
+    @torch.inference_mode()
+    def logits_at(self, noised_ids, lengths, row_index, position, *, clean_ids=None) -> torch.Tensor:
+        """Full-vocabulary fp32 logits (N, V) at the selected positions (for small N and tests)."""
+        hidden = self.hidden_at(noised_ids, lengths, row_index, position, clean_ids=clean_ids)
+        return self.map_head(hidden, lambda logits, rows: logits)
+
+    @torch.inference_mode()
+    def gold_logprobs(
+        self,
+        noised_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        row_index: torch.Tensor,
+        position: torch.Tensor,
+        gold_ids: torch.Tensor,
+        *,
+        clean_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log p_T(gold | noised input) over the full teacher vocabulary, fp32 (N,)."""
+        if gold_ids.shape != row_index.shape:
+            raise ValueError(f"gold_ids must have shape {tuple(row_index.shape)}, got {tuple(gold_ids.shape)}")
+        if gold_ids.numel() and (bool((gold_ids < 0).any()) or bool((gold_ids >= self.vocab_size).any())):
+            raise ValueError(f"gold_ids must lie in [0, {self.vocab_size})")
+        hidden = self.hidden_at(noised_ids, lengths, row_index, position, clean_ids=clean_ids)
+        gold = gold_ids.to(hidden.device).long()
+
+        def chunk_logprob(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+            picked = logits.gather(1, gold[rows, None]).squeeze(1)
+            return picked - torch.logsumexp(logits, dim=-1)
+
+        return self.map_head(hidden, chunk_logprob)
+
+    @torch.inference_mode()
+    def topk_targets(
+        self,
+        noised_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        row_index: torch.Tensor,
+        position: torch.Tensor,
+        gold_ids: torch.Tensor,
+        *,
+        k: int,
+        shared_vocab_size: int | None = None,
+        temperatures: tuple[float, ...] | list[float] = (1.0,),
+        clean_ids: torch.Tensor | None = None,
+        targets_fn: Callable[..., Any] | None = None,
+    ) -> Any:
+        """Sparse top-k targets at the selected positions via ``tide.targets.sparse_targets`` (or
+        ``targets_fn`` with the same signature), computed chunk by chunk and concatenated.
+        ``shared_vocab_size`` defaults to ``model.config.shared_vocab_size``."""
+        if gold_ids.shape != row_index.shape:
+            raise ValueError(f"gold_ids must have shape {tuple(row_index.shape)}, got {tuple(gold_ids.shape)}")
+        if shared_vocab_size is None:
+            shared_vocab_size = getattr(self.model.config, "shared_vocab_size", None)
+        if shared_vocab_size is None:
+            raise ValueError("shared_vocab_size is unknown: pass it or set config.shared_vocab_size")
+        if targets_fn is None:
+            from tide.targets import sparse_targets as targets_fn
+        hidden = self.hidden_at(noised_ids, lengths, row_index, position, clean_ids=clean_ids)
+        gold = gold_ids.to(hidden.device).long()
+
+        def chunk_targets(logits: torch.Tensor, rows: slice) -> Any:
+            return targets_fn(
+                logits, gold[rows], k=k, shared_vocab_size=shared_vocab_size, temperatures=temperatures
+            )
+
+        return self.map_head(hidden, chunk_targets)
