@@ -1,0 +1,266 @@
+"""``inspect`` and ``validate``: the format's command-line tools (no torch, no model code).
+
+``register_commands(subparsers)`` adds both to a parent parser (the ``tide-cache`` command); ``main`` runs
+them standalone: ``python -m cache_schema.cli validate PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from cache_schema.errors import CacheError
+from cache_schema.manifest import Manifest
+from cache_schema.schemas import (
+    PIPELINE_SHARED,
+    chunk_logprob_column,
+    gold_logprob_column,
+    log_partitions_column,
+    topk_ids_column,
+    topk_values_column,
+)
+from cache_schema.validate import validate_cache
+
+_TOP_SHOWN = 5  # top-k entries printed per decoded target
+_ITEMS_SHOWN = 3  # target items printed per decoded row
+
+
+def register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``inspect`` and ``validate`` to ``subparsers``; each sets ``func`` (called as ``args.func(args)``)."""
+    inspect = subparsers.add_parser(
+        "inspect", help="summarise a cache: manifest, sizes per shard, a few decoded rows"
+    )
+    inspect.add_argument("path", type=Path, help="cache directory (holds manifest.json)")
+    inspect.add_argument("--rows", type=int, default=0, metavar="N", help="decode and print the first N rows")
+    inspect.set_defaults(func=run_inspect)
+
+    validate = subparsers.add_parser(
+        "validate", help="check checksums, row counts, schema and content invariants; exit 1 on any problem"
+    )
+    validate.add_argument("path", type=Path, help="cache directory (holds manifest.json)")
+    validate.add_argument("--no-checksums", action="store_true", help="skip SHA-256 verification")
+    validate.add_argument("--no-content", action="store_true", help="skip the per-row content invariants")
+    validate.add_argument(
+        "--max-rows", type=int, default=5, metavar="N", help="rows reported per failing check (default 5)"
+    )
+    validate.set_defaults(func=run_validate)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    problems = validate_cache(
+        args.path,
+        verify_checksums=not args.no_checksums,
+        check_content=not args.no_content,
+        max_rows_per_check=args.max_rows,
+    )
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
+        return 1
+    manifest = Manifest.load(args.path)
+    print(f"OK: {args.path} ({manifest.num_rows} rows in {len(manifest.shards)} shards)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# inspect
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _per(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.1f}" if denominator else "-"
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    for line in (header, *rows):
+        print(
+            "  ".join(
+                str(cell).rjust(width) if i else str(cell).ljust(width)
+                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+
+
+def _print_manifest(manifest: Manifest, path: Path) -> None:
+    teacher, student, targets, noise = manifest.teacher, manifest.student, manifest.targets, manifest.noise
+    print(f"cache      {path}")
+    print(f"format     tide-cache v{manifest.format_version}, pipeline {manifest.pipeline!r}")
+    print(
+        f"teacher    {teacher.name} @ {teacher.revision} ({teacher.model_type}, regime {teacher.regime}, "
+        f"vocab {teacher.vocab_size}, shared {teacher.shared_vocab_size}, mask {teacher.mask_token_id})"
+    )
+    print(
+        f"student    vocab {student.vocab_size}, block {student.block_size}, max length {student.max_length}, "
+        f"mask {student.mask_token_id}, eos {student.eos_token_id}"
+    )
+    k = f"k={targets.k}, " if targets.k is not None else ""
+    print(
+        f"targets    passes {targets.passes}, {k}values {targets.value_dtype}, temperatures {targets.temperatures}"
+    )
+    print(
+        f"noise      seed {noise.seed}, {noise.replicas} replicas, eps {noise.eps}, {noise.schedule}, "
+        f"demo ratio {noise.demo_ratio}, chunk consistent {noise.chunk_consistent}, {noise.generator}"
+    )
+
+
+def _shard_rows(manifest: Manifest, path: Path) -> tuple[list[list[str]], int]:
+    rows: list[list[str]] = []
+    masked_total = 0
+    for entry in manifest.shards:
+        file = path / entry.file
+        masked = "missing"
+        if file.is_file():
+            try:
+                lengths = pq.read_table(file, columns=["masked_positions"]).column(0)
+                count = int(
+                    sum(
+                        int(chunk.value_lengths().to_numpy(zero_copy_only=False).sum())
+                        for chunk in lengths.chunks
+                    )
+                )
+                masked_total += count
+                masked = str(count)
+            except Exception as exc:  # a damaged shard still gets its row in the table
+                masked = f"unreadable ({type(exc).__name__})"
+        rows.append(
+            [
+                entry.file,
+                str(entry.rows),
+                _human(entry.bytes),
+                str(entry.num_targets),
+                masked,
+                _per(entry.bytes, entry.num_targets),
+            ]
+        )
+    return rows, masked_total
+
+
+def _fmt(value: float) -> str:
+    return "nan" if np.isnan(value) else f"{value:.3f}"
+
+
+def _decode_shared(row: dict, manifest: Manifest) -> list[str]:
+    lines = []
+    positions = row["target_positions"]
+    input_ids = row["input_ids"]
+    for item in range(min(_ITEMS_SHOWN, len(positions))):
+        position = int(positions[item])
+        lines.append(
+            f"    target {item}: student position {position}, gold id {int(input_ids[position])}, "
+            f"teacher position {int(row['target_teacher_positions'][item])}"
+        )
+        for pass_name in manifest.targets.passes:
+            ids = np.asarray(row[topk_ids_column(pass_name)][item])
+            values = np.asarray(row[topk_values_column(pass_name)][item], dtype=np.float64)
+            log_z = float(row[log_partitions_column(pass_name)][item][0])
+            probs = np.exp(values - log_z)
+            shown = ", ".join(
+                f"{int(i)}:{p:.3f}" for i, p in zip(ids[:_TOP_SHOWN], probs[:_TOP_SHOWN], strict=True)
+            )
+            lines.append(
+                f"      {pass_name:8s} top ids:p [{shown}], top-k mass {probs.sum():.3f}, "
+                f"gold log-p {_fmt(float(row[gold_logprob_column(pass_name)][item]))}"
+            )
+    return lines
+
+
+def _decode_cross(row: dict, manifest: Manifest) -> list[str]:
+    lines = []
+    masked = np.flatnonzero(np.asarray(row["chunk_masked"], dtype=bool))
+    for item in masked[:_ITEMS_SHOWN].tolist():
+        spans = (
+            f"student [{row['chunk_student_start'][item]}, {row['chunk_student_end'][item]}), "
+            f"teacher [{row['chunk_teacher_start'][item]}, {row['chunk_teacher_end'][item]})"
+        )
+        logps = ", ".join(
+            f"{p} log-p {_fmt(float(row[chunk_logprob_column(p)][item]))}" for p in manifest.targets.passes
+        )
+        lines.append(f"    masked chunk {item}: {spans}, {logps}")
+    return lines
+
+
+def _print_rows(manifest: Manifest, path: Path, count: int) -> None:
+    shown = 0
+    for entry in manifest.shards:
+        if shown >= count:
+            break
+        parquet = pq.ParquetFile(path / entry.file)
+        for group in range(parquet.metadata.num_row_groups):
+            if shown >= count:
+                break
+            table = parquet.read_row_group(group).slice(0, count - shown)
+            for row in table.to_pylist():
+                masked = len(row["masked_positions"])
+                items = len(
+                    row["target_positions"] if manifest.pipeline == PIPELINE_SHARED else row["chunk_masked"]
+                )
+                print(
+                    f"[{entry.file} row {shown}] {row['sample_id']} replica {row['replica']} t={row['t']:.4f} "
+                    f"L={len(row['input_ids'])} maskable={sum(row['maskable'])} masked={masked} "
+                    f"teacher L={len(row['teacher_input_ids'])} items={items}"
+                )
+                decode = _decode_shared if manifest.pipeline == PIPELINE_SHARED else _decode_cross
+                for line in decode(row, manifest):
+                    print(line)
+                shown += 1
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    try:
+        manifest = Manifest.load(args.path)
+    except CacheError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_manifest(manifest, args.path)
+    shard_rows, masked_total = _shard_rows(manifest, args.path)
+    total_bytes, total_targets = manifest.num_bytes, manifest.num_targets
+    print(
+        f"size       {manifest.num_rows} rows, {len(manifest.shards)} shards, {_human(total_bytes)}, "
+        f"{total_targets} target items, {masked_total} masked positions"
+    )
+    print(
+        f"bytes      {_per(total_bytes, total_targets)} per target item, "
+        f"{_per(total_bytes, masked_total)} per masked position, {_per(total_bytes, manifest.num_rows)} per row"
+    )
+    print()
+    _print_table(["shard", "rows", "size", "targets", "masked", "bytes/target"], shard_rows)
+    if args.rows > 0:
+        print()
+        try:
+            _print_rows(manifest, args.path, args.rows)
+        except (OSError, CacheError, ValueError) as exc:
+            print(f"error: cannot decode rows ({exc}); run `validate` for details", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point: ``python -m cache_schema.cli {inspect,validate} PATH``."""
+    parser = argparse.ArgumentParser(prog="python -m cache_schema.cli", description=__doc__.splitlines()[0])
+    register_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""Schemas, table builder, atomic writer, manifest and the torch reader of the cache format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from test_cache_synthetic import (
+    TEMPERATURES,
+    logsumexp,
+    make_manifest,
+    schema_for_manifest,
+    shared_rows,
+    strip,
+    write_cache,
+)
+from test_cache_synthetic import cross_rows as make_cross_rows
+
+from cache_schema import (
+    AsyncShardWriter,
+    CacheReader,
+    Manifest,
+    ManifestError,
+    Ragged,
+    RowError,
+    ShardError,
+    ShardWriteError,
+    UnknownFormatVersionError,
+    cross_schema,
+    pad_ragged,
+    shared_schema,
+    table_from_rows,
+    table_to_torch,
+    write_shard,
+)
+
+
+def _visible(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schemas and the builder
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_shared_schema_columns_and_types():
+    schema = shared_schema(k=64, value_dtype="float16", num_temperatures=2, passes=["compdemo", "plain"])
+    expected = {
+        "sample_id": pa.string(),
+        "sample_key": pa.int64(),
+        "replica": pa.int32(),
+        "t": pa.float64(),
+        "input_ids": pa.list_(pa.int32()),
+        "maskable": pa.list_(pa.bool_()),
+        "masked_positions": pa.list_(pa.int32()),
+        "teacher_input_ids": pa.list_(pa.int32()),
+        "compdemo_group": pa.list_(pa.uint8()),
+        "target_positions": pa.list_(pa.int32()),
+        "target_teacher_positions": pa.list_(pa.int32()),
+    }
+    for p in ("plain", "compdemo"):  # schema order follows (plain, compdemo) whatever order is given
+        expected[f"{p}_topk_ids"] = pa.list_(pa.list_(pa.int32(), 64))
+        expected[f"{p}_topk_values"] = pa.list_(pa.list_(pa.float16(), 64))
+        expected[f"{p}_log_partitions"] = pa.list_(pa.list_(pa.float32(), 2))
+        expected[f"{p}_gold_logprob"] = pa.list_(pa.float32())
+    assert schema.names == list(expected)
+    for name, type_ in expected.items():
+        assert schema.field(name).type.equals(type_), name
+        assert not schema.field(name).nullable
+
+
+def test_cross_schema_columns_and_types():
+    schema = cross_schema(passes=["plain"])
+    assert schema.names[9:] == [
+        "chunk_student_start",
+        "chunk_student_end",
+        "chunk_teacher_start",
+        "chunk_teacher_end",
+        "chunk_masked",
+        "chunk_in_prompt",
+        "plain_chunk_logprob",
+    ]
+    assert schema.field("chunk_masked").type.equals(pa.list_(pa.bool_()))
+    assert schema.field("plain_chunk_logprob").type.equals(pa.list_(pa.float32()))
+
+
+def test_table_from_rows_matches_python_lists():
+    rows = strip(shared_rows(5, seed=1, k=4))
+    schema = shared_schema(k=4, value_dtype="float16", num_temperatures=2, passes=["plain", "compdemo"])
+    table = table_from_rows(rows, schema)
+    assert table.schema.equals(schema)
+    # Independent expectation: pyarrow's own conversion of nested Python lists.
+    for name in ("input_ids", "maskable", "plain_topk_ids", "compdemo_log_partitions", "sample_id", "t"):
+        python = [r[name].tolist() if isinstance(r[name], np.ndarray) else r[name] for r in rows]
+        reference = pa.array(python, type=schema.field(name).type)
+        assert table.column(name).combine_chunks().equals(reference), name
+
+
+def test_table_from_rows_rejects_bad_rows():
+    schema = shared_schema(k=4, value_dtype="float32", num_temperatures=2, passes=["plain"])
+    rows = strip(shared_rows(2, seed=2, k=4, value_dtype="float32", passes=("plain",)))
+    wrong_width = [dict(rows[0]), rows[1]]
+    wrong_width[0]["plain_topk_ids"] = np.zeros((3, 5), np.int32)
+    with pytest.raises(RowError, match=r"row 0: column 'plain_topk_ids' needs a 2-D array of shape \(n, 4\)"):
+        table_from_rows(wrong_width, schema)
+    missing = [{k: v for k, v in rows[0].items() if k != "t"}]
+    with pytest.raises(RowError, match=r"row 0: keys do not match the schema: missing \['t'\]"):
+        table_from_rows(missing, schema)
+    overflow = [dict(rows[0])]
+    overflow[0]["input_ids"] = np.array([1, 2**40], dtype=np.int64)
+    with pytest.raises(RowError, match="do not fit int32"):
+        table_from_rows(overflow, schema)
+    floats = [dict(rows[0])]
+    floats[0]["masked_positions"] = np.array([1.5])
+    with pytest.raises(RowError, match="needs integers"):
+        table_from_rows(floats, schema)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _check_ragged(ragged: Ragged, expected: list[np.ndarray]) -> None:
+    assert len(ragged) == len(expected)
+    for i, value in enumerate(expected):
+        np.testing.assert_array_equal(ragged.row(i).numpy(), np.asarray(value))
+
+
+@pytest.mark.parametrize("value_dtype", ["float16", "float32"])
+def test_shared_round_trip_through_torch_reader(tmp_path, value_dtype):
+    rows = shared_rows(14, seed=11, value_dtype=value_dtype)
+    write_cache(tmp_path, "shared", rows, rows_per_shard=6, row_group_rows=4, value_dtype=value_dtype)
+    reader = CacheReader(tmp_path)
+    assert reader.num_rows == 14 and len(reader) == 14
+    # 3 shards of 6, 6, 2 rows; row groups of at most 4 rows.
+    assert [(u.shard_index, u.row_group, u.rows, u.first_row) for u in reader.units] == [
+        (0, 0, 4, 0),
+        (0, 1, 2, 4),
+        (1, 0, 4, 6),
+        (1, 1, 2, 10),
+        (2, 0, 2, 12),
+    ]
+    seen = 0
+    for unit, batch in zip(reader.units, reader.iter_torch(), strict=True):
+        part = rows[unit.first_row : unit.first_row + unit.rows]
+        assert batch["sample_id"] == [r["sample_id"] for r in part]
+        assert batch["t"].dtype == torch.float64
+        np.testing.assert_array_equal(batch["t"].numpy(), [r["t"] for r in part])
+        np.testing.assert_array_equal(batch["sample_key"].numpy(), [r["sample_key"] for r in part])
+        for name in ("input_ids", "maskable", "masked_positions", "target_positions", "compdemo_group"):
+            _check_ragged(batch[name], [r[name] for r in part])
+        assert batch["maskable"].values.dtype == torch.bool
+        values = batch["plain_topk_values"]
+        assert values.values.dtype == getattr(torch, value_dtype)
+        assert values.values.shape[1] == 8  # fixed-size lists arrive as 2-D (n, k)
+        for name in (
+            "plain_topk_ids",
+            "plain_topk_values",
+            "compdemo_log_partitions",
+            "compdemo_gold_logprob",
+        ):
+            _check_ragged(batch[name], [r[name] for r in part])
+        seen += unit.rows
+    assert seen == 14
+
+    # Decoded probabilities equal an independent softmax of the full logits at the stored ids.
+    table = reader.read_row_group(0, columns=["plain_topk_ids", "plain_topk_values", "plain_log_partitions"])
+    tensors = table_to_torch(table)
+    for i in range(table.num_rows):
+        ids = tensors["plain_topk_ids"].row(i).numpy()
+        values = tensors["plain_topk_values"].row(i).double()
+        log_z = tensors["plain_log_partitions"].row(i).double()
+        logits = rows[i]["_logits_plain"]
+        for j, temperature in enumerate(TEMPERATURES):
+            decoded = torch.exp(values / temperature - log_z[:, j : j + 1]).numpy()
+            expected = np.exp(logits / temperature - logsumexp(logits / temperature)[:, None])
+            expected = np.take_along_axis(expected, ids.astype(np.int64), axis=1)
+            tolerance = 5e-3 if value_dtype == "float16" else 1e-5
+            np.testing.assert_allclose(decoded, expected, atol=tolerance)
+
+
+def test_cross_round_trip_through_torch_reader(tmp_path):
+    rows = make_cross_rows(9, seed=4)
+    write_cache(tmp_path, "cross", rows, rows_per_shard=5, row_group_rows=2)
+    reader = CacheReader(tmp_path)
+    assert reader.pipeline == "cross" and reader.num_rows == 9
+    batches = list(reader.iter_torch(units=reversed(range(reader.num_units))))
+    units = list(reversed(reader.units))
+    for unit, batch in zip(units, batches, strict=True):
+        part = rows[unit.first_row : unit.first_row + unit.rows]
+        for name in (
+            "chunk_student_start",
+            "chunk_teacher_end",
+            "chunk_masked",
+            "chunk_in_prompt",
+            "teacher_input_ids",
+            "masked_positions",
+        ):
+            _check_ragged(batch[name], [r[name] for r in part])
+        for name in ("plain_chunk_logprob", "compdemo_chunk_logprob"):
+            for i, row in enumerate(part):
+                np.testing.assert_array_equal(batch[name].row(i).numpy(), row[name])  # NaN == NaN here
+    frame = reader.to_pandas(columns=["sample_id", "chunk_masked"])
+    assert list(frame["sample_id"]) == [r["sample_id"] for r in rows]
+    assert [int(x.sum()) for x in frame["chunk_masked"]] == [int(r["chunk_masked"].sum()) for r in rows]
+
+
+def test_pandas_reads_a_shard_and_decodes_probabilities(tmp_path):
+    rows = shared_rows(6, seed=8, k=8)
+    manifest = write_cache(tmp_path, "shared", rows, rows_per_shard=6)
+    frame = pd.read_parquet(tmp_path / manifest.shards[0].file)
+    assert list(frame.columns) == schema_for_manifest(manifest).names
+    assert list(frame["sample_id"]) == [r["sample_id"] for r in rows]
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(frame["input_ids"][i], row["input_ids"])
+        ids = np.stack(frame["plain_topk_ids"][i])  # (n_targets, k)
+        values = np.stack(frame["plain_topk_values"][i]).astype(np.float64)
+        log_z = np.stack(frame["plain_log_partitions"][i])[:, 0:1]
+        probs = np.exp(values - log_z)
+        logits = row["_logits_plain"]
+        reference = np.exp(logits - logsumexp(logits)[:, None])
+        np.testing.assert_allclose(
+            probs, np.take_along_axis(reference, ids.astype(np.int64), axis=1), atol=5e-3
+        )
+
+
+def test_pad_ragged_matches_a_python_loop():
+    values = torch.arange(10, dtype=torch.int32)
+    offsets = torch.tensor([0, 3, 3, 7, 10])
+    ragged = Ragged(values, offsets)
+    padded = pad_ragged(ragged, pad_value=-1)
+    expected = torch.full((4, 4), -1, dtype=torch.int32)
+    for i in range(4):
+        row = values[offsets[i] : offsets[i + 1]]
+        expected[i, : len(row)] = row
+    assert torch.equal(padded, expected)
+    assert pad_ragged(ragged, -1, max_len=6).shape == (4, 6)
+    with pytest.raises(ValueError, match="more than max_len=3"):
+        pad_ragged(ragged, -1, max_len=3)
+    two_d = Ragged(torch.arange(12.0).reshape(6, 2), torch.tensor([0, 1, 6]))
+    dense = two_d.pad(0.5)
+    assert dense.shape == (2, 5, 2)
+    assert torch.equal(dense[0, 0], torch.tensor([0.0, 1.0])) and torch.equal(
+        dense[0, 1], torch.tensor([0.5, 0.5])
+    )
+    assert torch.equal(dense[1], torch.arange(2.0, 12.0).reshape(5, 2))
+
+
+def test_table_to_torch_respects_sliced_tables(tmp_path):
+    rows = strip(shared_rows(5, seed=9, k=4))
+    schema = shared_schema(k=4, value_dtype="float16", num_temperatures=2, passes=["plain", "compdemo"])
+    table = table_from_rows(rows, schema).slice(2, 2)
+    tensors = table_to_torch(table, columns=["input_ids", "plain_topk_ids"])
+    _check_ragged(tensors["input_ids"], [rows[2]["input_ids"], rows[3]["input_ids"]])
+    _check_ragged(tensors["plain_topk_ids"], [rows[2]["plain_topk_ids"], rows[3]["plain_topk_ids"]])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writer: atomicity and the background writer
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_exception_mid_shard_leaves_no_visible_partial_shard(tmp_path):
+    manifest = make_manifest("shared")
+    schema = schema_for_manifest(manifest)
+    rows = strip(shared_rows(8, seed=3))
+
+    def batches():
+        yield table_from_rows(rows[:4], schema)
+        raise RuntimeError("teacher crashed")
+
+    with pytest.raises(RuntimeError, match="teacher crashed"):
+        write_shard(tmp_path, "shard-00000-of-00001.parquet", batches(), schema=schema, row_group_rows=2)
+    assert _visible(tmp_path) == []  # neither the shard nor its temporary file
+
+
+def test_write_shard_streams_row_groups_and_reports_its_entry(tmp_path):
+    manifest = make_manifest("shared")
+    schema = schema_for_manifest(manifest)
+    rows = strip(shared_rows(7, seed=3))
+    tables = [table_from_rows(rows[i : i + 2], schema) for i in range(0, 7, 2)]
+    info = write_shard(tmp_path, "s.parquet", iter(tables), schema=schema, row_group_rows=3)
+    parquet = pq.ParquetFile(tmp_path / "s.parquet")
+    assert [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)] == [
+        3,
+        3,
+        1,
+    ]
+    assert parquet.metadata.row_group(0).column(0).compression == "ZSTD"
+    assert info.rows == 7 and info.bytes == (tmp_path / "s.parquet").stat().st_size
+    assert info.num_targets == sum(len(r["target_positions"]) for r in rows)
+    import hashlib
+
+    assert info.sha256 == hashlib.sha256((tmp_path / "s.parquet").read_bytes()).hexdigest()
+    with pytest.raises(ShardWriteError, match="already exists"):
+        write_shard(tmp_path, "s.parquet", tables[0], schema=schema)
+
+
+def test_async_writer_matches_synchronous_writes(tmp_path):
+    manifest = make_manifest("cross")
+    schema = schema_for_manifest(manifest)
+    rows = strip(make_cross_rows(9, seed=2))
+    parts = [rows[0:4], rows[4:8], rows[8:9]]
+    with AsyncShardWriter(tmp_path / "async", schema=schema, row_group_rows=2, max_pending=1) as writer:
+        for i, part in enumerate(parts):
+            # Rows (built into a table on the background thread) and tables are both accepted.
+            writer.submit(f"shard-{i}.parquet", part if i % 2 else table_from_rows(part, schema))
+    infos = writer.infos
+    expected = [
+        write_shard(
+            tmp_path / "sync",
+            f"shard-{i}.parquet",
+            table_from_rows(p, schema),
+            schema=schema,
+            row_group_rows=2,
+        )
+        for i, p in enumerate(parts)
+    ]
+    assert [(i.file, i.rows, i.num_targets) for i in infos] == [
+        (e.file, e.rows, e.num_targets) for e in expected
+    ]
+    assert [i.sha256 for i in infos] == [e.sha256 for e in expected]
+    assert infos[0].num_targets == sum(int(r["chunk_masked"].sum()) for r in rows[0:4])
+
+
+def test_async_writer_reraises_background_errors(tmp_path):
+    manifest = make_manifest("shared")
+    schema = schema_for_manifest(manifest)
+    rows = strip(shared_rows(2, seed=3))
+    writer = AsyncShardWriter(tmp_path, schema=schema)
+    bad = table_from_rows(rows, schema).drop_columns(["t"])
+    writer.submit("bad.parquet", bad)
+    with pytest.raises(
+        ShardWriteError, match=r"background write of shard bad.parquet failed: .*missing columns \['t'\]"
+    ):
+        writer.close()
+    assert _visible(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Manifest and reader refusals
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_manifest_round_trip_and_unknown_version(tmp_path):
+    manifest = make_manifest("shared", k=16)
+    manifest.save(tmp_path)
+    text = json.loads((tmp_path / "manifest.json").read_text())
+    assert text["format"] == "tide-cache" and text["format_version"] == 1
+    assert text["targets"] == {
+        "passes": ["plain", "compdemo"],
+        "value_dtype": "float16",
+        "temperatures": [1.0, 2.0],
+        "k": 16,
+    }
+    assert Manifest.load(tmp_path) == manifest
+    text["format_version"] = 7
+    (tmp_path / "manifest.json").write_text(json.dumps(text))
+    with pytest.raises(UnknownFormatVersionError, match=r"format_version 7 is not supported .*supported: 1"):
+        Manifest.load(tmp_path)
+    text["format_version"] = 1
+    del text["noise"]["seed"]
+    (tmp_path / "manifest.json").write_text(json.dumps(text))
+    with pytest.raises(ManifestError, match=r"'noise' lacks required keys \['seed'\]"):
+        Manifest.load(tmp_path)
+
+
+def test_reader_refuses_checksum_and_row_count_mismatches(tmp_path):
+    manifest = write_cache(tmp_path, "shared", shared_rows(6, seed=1))
+    shard = tmp_path / manifest.shards[0].file
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(
+        ShardError, match=rf"shard {shard.name}: expected sha256 {manifest.shards[0].sha256}, found "
+    ):
+        CacheReader(tmp_path)
+    shard.write_bytes(
+        bytes(data[: len(data) // 2] + bytearray([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :])
+    )
+    CacheReader(tmp_path)  # restored
+    manifest.shards[0].rows += 1
+    manifest.save(tmp_path)
+    with pytest.raises(
+        ShardError, match=rf"shard {shard.name}: expected 7 rows, found 6; rebuild this shard"
+    ):
+        CacheReader(tmp_path, verify_checksums=False)
+
+
+def test_write_manifest_refuses_entries_that_disagree_with_the_files(tmp_path):
+    from cache_schema import write_manifest
+    from cache_schema.writer import shard_file_name
+
+    assert shard_file_name(3, 10) == "shard-00003-of-00010.parquet"
+    manifest = write_cache(tmp_path, "cross", make_cross_rows(4, seed=1), rows_per_shard=4)
+    (tmp_path / "manifest.json").unlink()
+    manifest.shards[0].bytes += 1
+    with pytest.raises(
+        ShardError, match=rf"shard {manifest.shards[0].file}: manifest entry says .* bytes but the file has"
+    ):
+        write_manifest(tmp_path, manifest)
+    manifest.shards[0].bytes -= 1
+    manifest.shards.append(type(manifest.shards[0])("shard-9.parquet", 1, 10, "0" * 64, 0))
+    with pytest.raises(ShardError, match="manifest lists shard shard-9.parquet but .* does not exist"):
+        write_manifest(tmp_path, manifest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        manifest.shards[0].file
+    ]  # no manifest, no temp file
