@@ -28,7 +28,7 @@ from tide.noise import (
 MASK64 = (1 << 64) - 1
 
 
-# --- scalar pure-Python reference, written from the spec in docs/noise.md -------------------------------
+# --- scalar pure-Python reference, written from the spec in docs/cache-format.md -------------------------------
 
 
 def ref_mix(z: int) -> int:

@@ -3,7 +3,7 @@
 A uniform draw is ``uniform(seed, sample_key, replica, stream, index)``. It does not depend on batch size,
 process count, device, library version or the order in which samples are processed, so stage two (and anyone
 else) can re-derive exactly the noise stage one used. The generator is named ``"splitmix64-v1"`` in cache
-manifests; ``docs/noise.md`` specifies it bit for bit.
+manifests; ``docs/cache-format.md`` (section "Noise generator") specifies it bit for bit.
 
 Construction (all arithmetic modulo 2**64):
 
