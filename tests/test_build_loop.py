@@ -1,0 +1,313 @@
+"""End-to-end stage-one builds on tiny teachers, real tokenizers and HumanEval-derived data.
+
+Each pipeline is built once (module fixtures); the other tests check that build against independent
+expectations: noise re-derived from the generator, a fresh teacher forward per pass, decoded chunk bytes,
+and byte-identical shards from a two-rank build and from an interrupted-then-resumed build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cache_schema.validate import validate_cache
+from stages.build.config import BuildConfig, BuildConfigError
+from stages.build.data import iter_sources, prepare_samples
+from stages.build.loop import BuildHooks, finalize_build, run_build
+from tide import noise
+
+SOURCES = "builtin:humaneval:3+builtin:synthetic:4"  # the first HumanEval prompt is too long: skipped
+COMMON = dict(sources=SOURCES, max_length=128, teacher_max_length=160, block_size=32, replicas=2,
+              rows_per_shard=3, rows_per_row_group=2, seed=7, demo_ratio=0.5, progress=False, device="cpu")
+SHARED_VOCAB = 151_646
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tokenizer_dir, student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
+    from tide.models.factories import build_tiny_llada2, build_tiny_wedlm
+
+    root = tmp_path_factory.mktemp("teachers")
+    return {
+        "student": tokenizer_dir / "student",
+        "wedlm": build_tiny_wedlm(root / "wedlm", tokenizer=wedlm_tokenizer),
+        "llada2": build_tiny_llada2(root / "llada2", tokenizer=llama3_tokenizer),
+    }
+
+
+def _config(models, teacher, output, **kw) -> BuildConfig:
+    values = dict(COMMON, teacher=str(models[teacher]), student_tokenizer=str(models["student"]), output=str(output))
+    values.update(kw)
+    return BuildConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def shared_build(models, tmp_path_factory):
+    config = _config(models, "wedlm", tmp_path_factory.mktemp("shared") / "cache", k=16, value_dtype="float32")
+    run_build(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def cross_build(models, tmp_path_factory):
+    config = _config(models, "llada2", tmp_path_factory.mktemp("cross") / "cache")
+    run_build(config)
+    return config
+
+
+def _rows(config) -> pd.DataFrame:
+    manifest = json.loads((Path(config.output) / "manifest.json").read_text())
+    return pd.concat([pd.read_parquet(Path(config.output) / s["file"]) for s in manifest["shards"]], ignore_index=True)
+
+
+def _shard_hashes(directory) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(directory).glob("shard-*.parquet"))}
+
+
+def _prepared(config, student_tok, teacher_tok, pipeline):
+    samples = prepare_samples(iter_sources(SOURCES), student_tok, teacher_tok, pipeline=pipeline,
+                              block_size=config.block_size, max_length=config.max_length,
+                              teacher_max_length=config.teacher_max_length)
+    return {s.sample_id: s for s in samples}
+
+
+def _matrix(cells, width) -> np.ndarray:
+    """A list<fixed_size_list> cell read by pandas (array of arrays) as an (n, width) array."""
+    return np.array([np.asarray(c) for c in cells]).reshape(-1, width)
+
+
+def _load_runner(path, block_size):
+    from tide.models.factories import load_teacher
+    from tide.models.teacher import TeacherRunner
+
+    model = load_teacher(path, dtype=torch.float32, device="cpu")
+    return model, TeacherRunner(model, regime="paper", block_size=block_size)
+
+
+# ------------------------------------------------------------------------------------------------ validity
+
+
+@pytest.mark.parametrize("fixture", ["shared_build", "cross_build"])
+def test_build_passes_validation_and_manifest_describes_it(fixture, request):
+    config = request.getfixturevalue(fixture)
+    assert validate_cache(config.output) == []
+    manifest = json.loads((Path(config.output) / "manifest.json").read_text())
+    rows = _rows(config)
+    assert len(rows) == 12 and manifest["build"]["stats"]["rows"] == 12  # 6 samples × 2 replicas
+    assert [s["file"] for s in manifest["shards"]] == [f"shard-{i:05d}-of-00004.parquet" for i in range(4)]
+    assert manifest["targets"]["passes"] == ["plain", "compdemo"]
+    assert manifest["noise"] == {"seed": 7, "replicas": 2, "eps": 1e-3, "schedule": "linear", "demo_ratio": 0.5,
+                                 "chunk_consistent": fixture == "cross_build", "generator": "splitmix64-v1"}
+    stats = manifest["build"]["stats"]
+    assert stats["skipped"] == {"prompt_too_long": 1} and 0.5 < stats["alignment_yield"] <= 1.0
+    assert stats["bytes_per_masked_position"] == pytest.approx(stats["bytes"] / stats["masked_positions"])
+    assert 0 < stats["teacher_seconds"] <= stats["build_seconds"]
+    # rows come in plan order: sample-major, replicas adjacent
+    assert rows["replica"].tolist() == [0, 1] * 6
+    assert len(set(rows["sample_id"])) == 6 and "builtin:humaneval:3:0" not in set(rows["sample_id"])
+
+
+def test_shared_rows_positions_are_consistent(shared_build):
+    rows = _rows(shared_build)
+    for row in rows.itertuples():
+        length, teacher_length = len(row.input_ids), len(row.teacher_input_ids)
+        assert length % 32 == 0 and len(row.maskable) == length
+        assert np.all(row.maskable[row.masked_positions])
+        assert set(row.target_positions) <= set(row.masked_positions)
+        assert np.all(np.diff(row.target_positions) > 0)
+        assert np.all(row.target_teacher_positions < teacher_length)
+        # aligned pairs carry the same token on both sides (shared vocabulary)
+        np.testing.assert_array_equal(row.input_ids[row.target_positions],
+                                      row.teacher_input_ids[row.target_teacher_positions])
+        assert len(row.compdemo_group) == len(row.target_positions)
+
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+def test_shared_targets_equal_a_fresh_teacher_forward(shared_build, student_tokenizer, wedlm_tokenizer):
+    config = shared_build.resolve()
+    rows = _rows(config)
+    prepared = _prepared(config, student_tokenizer, wedlm_tokenizer, "shared")
+    model, runner = _load_runner(config.teacher, config.block_size)
+    mask_id = model.config.mask_token_id
+    checked = 0
+    busiest = rows["target_positions"].map(len).sort_values(kind="stable").index[-4:]
+    for row in rows.loc[sorted(busiest)].itertuples():
+        sample = prepared[row.sample_id]
+        assert row.sample_key == sample.sample_key
+        t = noise.draw_timestep(7, row.sample_key, row.replica, eps=1e-3)
+        assert row.t == t
+        mask = noise.draw_mask(7, row.sample_key, row.replica, sample.maskable, t)
+        np.testing.assert_array_equal(row.masked_positions, np.flatnonzero(mask))
+        aligned = dict(zip(sample.student_pos.tolist(), sample.teacher_pos.tolist(), strict=True))
+        expected_targets = [p for p in np.flatnonzero(mask) if p in aligned]
+        np.testing.assert_array_equal(row.target_positions, expected_targets)
+        np.testing.assert_array_equal(row.target_teacher_positions, [aligned[p] for p in expected_targets])
+        group_a = noise.draw_compdemo_split(7, row.sample_key, row.replica, row.target_positions, demo_ratio=0.5)
+        np.testing.assert_array_equal(row.compdemo_group, np.where(group_a, 0, 1))
+
+        clean = torch.tensor(row.teacher_input_ids, dtype=torch.long)[None]
+        gold = torch.tensor(row.input_ids[row.target_positions], dtype=torch.long)
+        passes = {
+            "plain": [np.ones(len(expected_targets), dtype=bool)],
+            # pass 1 masks group B (targets for B), pass 2 masks group A (targets for A)
+            "compdemo": [~group_a, group_a],
+        }
+        for pass_name, forwards in passes.items():
+            ids = _matrix(row._asdict()[f"{pass_name}_topk_ids"], 16)
+            values = _matrix(row._asdict()[f"{pass_name}_topk_values"], 16)
+            log_z = _matrix(row._asdict()[f"{pass_name}_log_partitions"], 2)
+            gold_lp = row._asdict()[f"{pass_name}_gold_logprob"]
+            for items in forwards:
+                if not items.any():
+                    continue
+                masked_teacher = torch.tensor(row.target_teacher_positions[items], dtype=torch.long)
+                noised = clean.clone()
+                noised[0, masked_teacher] = mask_id
+                logits = runner.logits_at(noised, torch.tensor([clean.shape[1]]),
+                                          torch.zeros_like(masked_teacher), masked_teacher, clean_ids=clean)
+                shared = logits[:, :SHARED_VOCAB].double()
+                centred = shared - shared.max(dim=1, keepdim=True).values
+                top = torch.topk(centred, 16, dim=1)
+                np.testing.assert_array_equal(ids[items], top.indices.numpy())
+                np.testing.assert_allclose(values[items], top.values.numpy(), atol=1e-4)
+                for column, temperature in enumerate([1.0, 2.0]):
+                    np.testing.assert_allclose(log_z[items, column],
+                                               torch.logsumexp(centred / temperature, dim=1).numpy(), atol=1e-4)
+                expected_gold = torch.log_softmax(shared, dim=1).gather(1, gold[items, None]).squeeze(1)
+                np.testing.assert_allclose(gold_lp[items], expected_gold.numpy(), atol=1e-4)
+                checked += int(items.sum())
+    assert checked > 20
+
+
+def test_cross_targets_equal_a_fresh_teacher_forward(cross_build, student_tokenizer, llama3_tokenizer):
+    config = cross_build.resolve()
+    rows = _rows(config)
+    prepared = _prepared(config, student_tokenizer, llama3_tokenizer, "cross")
+    model, _ = _load_runner(config.teacher, config.block_size)
+    mask_id = model.config.mask_token_id
+    checked = 0
+    for row in rows.iloc[[0, 3, 6, 9, 11]].itertuples():
+        sample = prepared[row.sample_id]
+        t = noise.draw_timestep(7, row.sample_key, row.replica, eps=1e-3)
+        token_mask = noise.draw_mask(7, row.sample_key, row.replica, sample.maskable, t)
+        bounds = list(zip(row.chunk_student_start, row.chunk_student_end, strict=True))
+        chunk_masked = np.array([token_mask[s:e].any() for s, e in bounds])
+        np.testing.assert_array_equal(row.chunk_masked, chunk_masked)
+        expanded = token_mask.copy()
+        for (s, e), masked in zip(bounds, chunk_masked, strict=True):
+            expanded[s:e] |= masked
+        np.testing.assert_array_equal(row.masked_positions, np.flatnonzero(expanded))
+        assert not (row.chunk_in_prompt & row.chunk_masked).any()  # prompt tokens are never maskable
+        group_a = noise.draw_compdemo_split(7, row.sample_key, row.replica, np.arange(len(bounds)), demo_ratio=0.5)
+        np.testing.assert_array_equal(row.compdemo_group, np.where(group_a, 0, 1))
+
+        clean = torch.tensor(row.teacher_input_ids, dtype=torch.long)
+        for pass_name, forwards in {"plain": [chunk_masked], "compdemo": [chunk_masked & ~group_a,
+                                                                          chunk_masked & group_a]}.items():
+            stored = row._asdict()[f"{pass_name}_chunk_logprob"]
+            assert np.isnan(stored[~chunk_masked]).all()
+            for chosen in forwards:
+                if not chosen.any():
+                    continue
+                noised = clean.clone()
+                for c in np.flatnonzero(chosen):
+                    noised[row.chunk_teacher_start[c]:row.chunk_teacher_end[c]] = mask_id
+                with torch.no_grad():  # LLaDA2 paper regime: x_t alone, full bidirectional attention
+                    log_probs = torch.log_softmax(model(input_ids=noised[None]).logits[0].double(), dim=-1)
+                token_lp = log_probs.gather(1, clean[:, None]).squeeze(1)
+                for c in np.flatnonzero(chosen):
+                    expected = token_lp[row.chunk_teacher_start[c]:row.chunk_teacher_end[c]].sum().item()
+                    assert stored[c] == pytest.approx(expected, abs=1e-4)
+                    checked += 1
+    assert checked > 20
+
+
+def test_cross_chunks_decode_to_identical_bytes_inside_both_sequences(cross_build, student_tokenizer,
+                                                                      llama3_tokenizer):
+    rows = _rows(cross_build)
+    total = 0
+    for row in rows.itertuples():
+        for s, e, ts, te in zip(row.chunk_student_start, row.chunk_student_end, row.chunk_teacher_start,
+                                row.chunk_teacher_end, strict=True):
+            assert 0 <= s < e <= len(row.input_ids) and 0 <= ts < te <= len(row.teacher_input_ids)
+            student_text = student_tokenizer.decode(row.input_ids[s:e].tolist())
+            teacher_text = llama3_tokenizer.decode(row.teacher_input_ids[ts:te].tolist())
+            assert student_text.encode("utf-8") == teacher_text.encode("utf-8")
+            total += 1
+    assert total > 30
+
+
+# ------------------------------------------------------------------------------------------------ scale-out, resume
+
+
+def test_two_rank_build_equals_one_rank_build(shared_build, tmp_path):
+    config = BuildConfig(**{**shared_build.__dict__, "output": str(tmp_path / "two")})
+    assert run_build(config, rank=1, world_size=2, finalize=False) is None
+    assert sorted(_shard_hashes(tmp_path / "two")) == ["shard-00001-of-00004.parquet", "shard-00003-of-00004.parquet"]
+    with pytest.raises(Exception, match="not built yet"):
+        finalize_build(config)
+    run_build(config, rank=0, world_size=2, finalize=False)
+    finalize_build(config)
+    assert _shard_hashes(tmp_path / "two") == _shard_hashes(shared_build.output)
+    pd.testing.assert_frame_equal(_rows(config), _rows(shared_build))
+    assert validate_cache(config.output) == []
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_build_resumes_to_the_uninterrupted_cache(cross_build, tmp_path):
+    config = BuildConfig(**{**cross_build.__dict__, "output": str(tmp_path / "resumed")})
+
+    def crash_after_first(shard):
+        raise _Crash(f"killed after shard {shard}")
+
+    with pytest.raises(_Crash):
+        run_build(config, hooks=BuildHooks(after_shard=crash_after_first))
+    out = Path(config.output)
+    assert not (out / "manifest.json").exists()
+    assert len(list((out / "progress").glob("shard-*.json"))) == 1
+    # a corrupted complete shard and a stray temporary file are redone / removed on resume
+    shard_one = out / "shard-00001-of-00004.parquet"
+    if shard_one.exists():
+        shard_one.write_bytes(shard_one.read_bytes()[:100])
+    (out / ".shard-00002-of-00004.parquet.abc.tmp").write_bytes(b"partial")
+    recorded = json.loads((out / "progress" / "shard-00000.json").read_text())
+    run_build(config)
+    assert _shard_hashes(out) == _shard_hashes(cross_build.output)
+    assert json.loads((out / "progress" / "shard-00000.json").read_text()) == recorded  # kept, not redone
+    assert not list(out.glob(".*.tmp"))
+    assert validate_cache(out) == []
+
+
+def test_changed_setting_against_existing_output_is_refused(shared_build, tmp_path):
+    output = tmp_path / "copy"
+    shutil.copytree(shared_build.output, output)
+    changed = BuildConfig(**{**shared_build.__dict__, "output": str(output), "seed": 8})
+    with pytest.raises(BuildConfigError, match="seed: output directory was built with 7, this run has 8"):
+        run_build(changed)
+
+
+def test_cli_refuses_a_changed_setting_and_resumes_a_finished_build(shared_build, tmp_path, caplog):
+    from stages.cli import tide_cache_main
+
+    output = tmp_path / "copy"
+    shutil.copytree(shared_build.output, output)
+    before = _shard_hashes(output)
+    argv = ["build", "--teacher", shared_build.teacher, "--student-tokenizer", shared_build.student_tokenizer,
+            "--sources", SOURCES, "--output", str(output), "--max-length", "128", "--teacher-max-length", "160",
+            "--replicas", "2", "--rows-per-shard", "3", "--rows-per-row-group", "2", "--seed", "7", "--k", "16",
+            "--value-dtype", "float32", "--device", "cpu", "--no-progress"]
+    assert tide_cache_main(argv + ["--demo-ratio", "0.25"]) == 2
+    assert "demo_ratio: output directory was built with 0.5, this run has 0.25" in caplog.text
+    assert tide_cache_main(argv) == 0  # identical settings: every shard is complete, nothing is rebuilt
+    assert _shard_hashes(output) == before and validate_cache(output) == []
