@@ -19,7 +19,7 @@ stream's True (``compdemo_group`` 0), group B its False (``compdemo_group`` 1).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -290,15 +290,6 @@ def pack_batches(
     return batches
 
 
-class _TopkTensors(NamedTuple):
-    """The four top-k tensors of a head chunk (tensors only, so the runner concatenates chunks)."""
-
-    topk_ids: Any
-    topk_values: Any
-    log_partitions: Any
-    gold_logprob: Any
-
-
 def run_teacher_batch(
     runner: Any,
     batch: list[TeacherRequest],
@@ -340,17 +331,12 @@ def run_teacher_batch(
         for request, part in zip(batch, np.split(logprob, splits), strict=True):
             request.results = {"gold_logprob": part}
         return int(len(batch) * width)
-    from tide.targets import sparse_targets
-
-    def targets_fn(logits: Any, gold_ids: Any, **kwargs: Any) -> _TopkTensors:
-        found = sparse_targets(logits, gold_ids, **kwargs)
-        return _TopkTensors(found.topk_ids, found.topk_values, found.log_partitions, found.gold_logprob)
-
     found = runner.topk_targets(
         *args, k=k, shared_vocab_size=shared_vocab_size, temperatures=list(temperatures or [1.0]),
-        clean_ids=tensor(clean), targets_fn=targets_fn,
+        clean_ids=tensor(clean),
     )
-    arrays = [t.cpu().numpy() for t in found]
+    fields = (found.topk_ids, found.topk_values, found.log_partitions, found.gold_logprob)
+    arrays = [t.cpu().numpy() for t in fields]
     parts = [np.split(a, splits) for a in arrays]
     for index, request in enumerate(batch):
         request.results = {
