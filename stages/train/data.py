@@ -1,0 +1,198 @@
+"""Training data over a cache: row-group streaming, deterministic per-epoch order, rank split, collation.
+
+:class:`CacheStream` yields this process's micro-batches from a :class:`cache_schema.reader.CacheReader`:
+each epoch keeps the rows of one replica (``epoch mod R`` unless a cycle is configured), orders them with
+:func:`stages.train.order.epoch_order` (a pure function of seed, epoch and replica) and deals every global
+batch of ``batch_size * world_size`` rows round-robin to the ranks. Row groups are read on demand and kept
+in a small LRU cache, so memory holds a few row groups, never the cache. Every yielded batch comes with
+the :class:`DataCursor` that points just past it; saving that cursor and passing it back resumes the
+exact order mid-epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cache_schema.reader import CacheReader, Ragged, table_to_torch
+from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED
+from stages.train.collate import Batch, CollateSpec, collate_rows
+from stages.train.order import (
+    DataCursor,
+    epoch_order,
+    global_batch_rows,
+    rank_slice,
+    replica_for_epoch,
+    steps_in_epoch,
+)
+
+logger = logging.getLogger(__name__)
+
+BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "maskable", "masked_positions")
+
+
+def columns_for(pipeline: str, targets: str | None, target_pass: str) -> list[str]:
+    """Cache columns a training run reads for ``targets`` ("vocab", "chunk" or None) of ``target_pass``."""
+    columns = list(BASE_COLUMNS)
+    if targets == "vocab":
+        if pipeline != PIPELINE_SHARED:
+            raise ValueError(f"vocabulary targets need a '{PIPELINE_SHARED}' cache, this one is '{pipeline}'")
+        columns += ["target_positions", f"{target_pass}_topk_ids", f"{target_pass}_topk_values",
+                    f"{target_pass}_log_partitions"]
+    elif targets == "chunk":
+        if pipeline != PIPELINE_CROSS:
+            raise ValueError(f"chunk targets need a '{PIPELINE_CROSS}' cache, this one is '{pipeline}'")
+        columns += ["chunk_student_start", "chunk_student_end", "chunk_masked", "chunk_in_prompt",
+                    f"{target_pass}_chunk_logprob"]
+    return columns
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Order and split of the data: see :mod:`stages.train.order`."""
+
+    seed: int = 0
+    batch_size: int = 8
+    rank: int = 0
+    world_size: int = 1
+    shuffle_window: int = 4
+    replica_cycle: tuple[int, ...] = ()
+    shuffle: bool = True
+
+
+class _RowGroup:
+    """One row group converted to torch, with per-row access as numpy arrays."""
+
+    def __init__(self, columns: dict) -> None:
+        self.columns = columns
+
+    def row(self, index: int) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name, column in self.columns.items():
+            if isinstance(column, Ragged):
+                out[name] = column.row(index).numpy()
+            elif isinstance(column, list):
+                out[name] = column[index]
+            else:
+                out[name] = column[index].item()
+        return out
+
+
+class CacheStream:
+    """This rank's micro-batches over a cache, epoch after epoch, resumable from a :class:`DataCursor`."""
+
+    def __init__(
+        self,
+        reader: CacheReader,
+        collate_spec: CollateSpec,
+        columns: Sequence[str],
+        config: StreamConfig,
+    ) -> None:
+        if not 0 <= config.rank < config.world_size:
+            raise ValueError(f"rank {config.rank} is outside 0..{config.world_size - 1}")
+        if config.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
+        self.reader = reader
+        self.spec = collate_spec
+        self.columns = list(columns)
+        self.config = config
+        self.num_replicas = reader.manifest.noise.replicas
+        self._replicas = [
+            reader.read_row_group(u, ["replica"]).column("replica").to_numpy() for u in range(reader.num_units)
+        ]
+        for unit, values in enumerate(self._replicas):
+            bad = values[(values < 0) | (values >= self.num_replicas)]
+            if len(bad):
+                raise ValueError(
+                    f"{reader.path}: row group {unit} holds replica {int(bad[0])}, outside the manifest's "
+                    f"0..{self.num_replicas - 1}"
+                )
+        self._cache: OrderedDict[int, _RowGroup] = OrderedDict()
+        self._cache_size = config.shuffle_window + 1
+        self._orders: dict[int, np.ndarray] = {}
+
+    # --- order --------------------------------------------------------------------------------------------
+
+    def replica(self, epoch: int) -> int:
+        return replica_for_epoch(epoch, self.num_replicas, self.config.replica_cycle)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The global row order of ``epoch``, (N, 2) of (row-group unit, row)."""
+        if epoch not in self._orders:
+            self._orders = {
+                epoch: epoch_order(
+                    self._replicas, seed=self.config.seed, epoch=epoch, replica=self.replica(epoch),
+                    window=self.config.shuffle_window, shuffle=self.config.shuffle,
+                )
+            }
+        return self._orders[epoch]
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        """Micro-batches per rank in ``epoch`` (equal on every rank)."""
+        return steps_in_epoch(len(self.order(epoch)), self.config.batch_size, self.config.world_size)
+
+    def rows_of_replica(self, replica: int) -> int:
+        return int(sum(int((values == replica).sum()) for values in self._replicas))
+
+    def micro_batches_per_epoch(self, epoch: int) -> int:
+        """Like :meth:`steps_per_epoch` without building the order (counts rows of the epoch's replica)."""
+        rows = self.rows_of_replica(self.replica(epoch))
+        return steps_in_epoch(rows, self.config.batch_size, self.config.world_size)
+
+    def start_cursor(self, epoch: int = 0) -> DataCursor:
+        return DataCursor(epoch=epoch, position=0, seed=self.config.seed, replica=self.replica(epoch))
+
+    def check_cursor(self, cursor: DataCursor) -> None:
+        """Refuse a cursor saved with another seed or replica schedule than this stream's."""
+        if cursor.seed != self.config.seed:
+            raise ValueError(
+                f"data cursor was saved with seed {cursor.seed} but this run uses seed {self.config.seed}; "
+                "resume with the original --seed"
+            )
+        if cursor.replica != self.replica(cursor.epoch):
+            raise ValueError(
+                f"data cursor says epoch {cursor.epoch} trains replica {cursor.replica} but this run's "
+                f"schedule gives replica {self.replica(cursor.epoch)}; resume with the original --replica_cycle"
+            )
+        if cursor.position > len(self.order(cursor.epoch)):
+            raise ValueError(
+                f"data cursor position {cursor.position} is past the {len(self.order(cursor.epoch))} rows "
+                f"of epoch {cursor.epoch}; the cache differs from the one the checkpoint was trained on"
+            )
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def _row_group(self, unit: int) -> _RowGroup:
+        group = self._cache.get(unit)
+        if group is not None:
+            self._cache.move_to_end(unit)
+            return group
+        group = _RowGroup(table_to_torch(self.reader.read_row_group(unit, self.columns)))
+        self._cache[unit] = group
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return group
+
+    def rows(self, pairs: np.ndarray) -> list[dict[str, object]]:
+        """Rows for (unit, row) pairs, in the given order."""
+        return [self._row_group(int(unit)).row(int(row)) for unit, row in pairs]
+
+    def batches(self, cursor: DataCursor, *, epochs: int) -> Iterator[tuple[Batch, DataCursor]]:
+        """Yield (this rank's batch, cursor just past it) from ``cursor`` to the end of epoch ``epochs - 1``."""
+        self.check_cursor(cursor)
+        epoch, position = cursor.epoch, cursor.position
+        cfg = self.config
+        while epoch < epochs:
+            order = self.order(epoch)
+            consumed = global_batch_rows(order, position, cfg.batch_size, cfg.world_size)
+            if consumed == 0:
+                epoch, position = epoch + 1, 0
+                continue
+            mine = rank_slice(order, position, cfg.batch_size, cfg.rank, cfg.world_size)
+            batch = collate_rows(self.rows(mine), self.spec)
+            position += consumed
+            yield batch, DataCursor(epoch=epoch, position=position, seed=cfg.seed, replica=self.replica(epoch))

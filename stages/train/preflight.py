@@ -1,0 +1,107 @@
+"""Checks that run before training starts: can this cache serve this mode for this student?
+
+Every refusal names what the cache holds and what the run asked for, so the fix is obvious: the wrong
+cache, the wrong student, or a mode / temperature the cache was not built for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cache_schema.manifest import Manifest
+from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED
+from tide.losses import parse_mode, required_targets
+
+
+class CacheMismatchError(ValueError):
+    """The cache cannot serve the requested run (mode, pass, temperature, tokenizer, layout)."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the data pipeline must deliver: ``targets`` ("vocab", "chunk" or None), the teacher pass,
+    the distillation temperature (None for ``ce``) and the cache's stored temperatures."""
+
+    targets: str | None
+    target_pass: str
+    temperature: float | None
+    temperatures: tuple[float, ...]
+
+
+def plan_run(manifest: Manifest, *, mode: str, comp_demo: bool, temperature: float | None) -> RunPlan:
+    """Refuse a mode the cache cannot serve; otherwise say which targets to read.
+
+    ``temperature`` None means the mode's default (5.0 chunk, 2.0 vocabulary)."""
+    try:
+        entries = parse_mode(mode)
+    except ValueError as exc:
+        raise CacheMismatchError(f"--mode {mode!r}: {exc}") from None
+    kind = required_targets(entries)
+    pipeline = manifest.pipeline
+    passes = list(manifest.targets.passes)
+    if kind == "vocab" and pipeline != PIPELINE_SHARED:
+        raise CacheMismatchError(
+            f"--mode {mode!r} needs vocabulary (top-k) targets, but the cache is pipeline {pipeline!r} "
+            f"(chunk targets); use a chunk mode (calm, reverse_calm, tidal_calm, reverse_tidal_calm) or a "
+            f"'{PIPELINE_SHARED}' cache"
+        )
+    if kind == "chunk" and pipeline != PIPELINE_CROSS:
+        raise CacheMismatchError(
+            f"--mode {mode!r} needs chunk targets, but the cache is pipeline {pipeline!r} (vocabulary "
+            f"targets); use a vocabulary mode (kl, reverse_kl, tidal) or a '{PIPELINE_CROSS}' cache"
+        )
+    target_pass = "compdemo" if comp_demo else "plain"
+    if kind != "none" and target_pass not in passes:
+        if comp_demo:
+            raise CacheMismatchError(
+                f"--comp_demo asks for CompDemo targets, but the cache holds only the passes {passes}; "
+                "rebuild the cache with CompDemo targets or drop --comp_demo"
+            )
+        raise CacheMismatchError(
+            f"the cache holds no plain-pass targets (passes {passes}); add --comp_demo to train on them"
+        )
+    temperatures = tuple(float(t) for t in manifest.targets.temperatures)
+    if kind == "none":
+        return RunPlan(targets=None, target_pass=target_pass, temperature=None, temperatures=temperatures)
+    entry = next(e for e in entries if e.targets == kind)
+    chosen = float(temperature) if temperature else float(entry.default_temperature)
+    if kind == "vocab" and chosen not in temperatures:
+        raise CacheMismatchError(
+            f"temperature {chosen} is not stored in the cache (stored: {list(temperatures)}); vocabulary "
+            "modes need the log-partition at their temperature: pick one of the stored temperatures or "
+            "rebuild the cache with this one"
+        )
+    return RunPlan(targets=kind, target_pass=target_pass, temperature=chosen, temperatures=temperatures)
+
+
+def check_student_tokenizer(manifest: Manifest, fingerprint: str, *, student: str) -> None:
+    """Refuse a cache built for another student tokenizer (ids would mean different tokens)."""
+    cached = manifest.student.tokenizer_fingerprint
+    if cached != fingerprint:
+        raise CacheMismatchError(
+            f"student tokenizer mismatch: the cache was built for tokenizer fingerprint {cached}, but the "
+            f"student at {student} has {fingerprint}; train the student the cache was built for or rebuild it"
+        )
+
+
+def check_student_layout(manifest: Manifest, *, mask_token_id: int | None, vocab_rows: int, max_length: int) -> None:
+    """Mask id, vocabulary width and length options must agree with the cache."""
+    info = manifest.student
+    if mask_token_id is not None and mask_token_id != info.mask_token_id:
+        raise CacheMismatchError(
+            f"mask token mismatch: the cache uses student mask id {info.mask_token_id}, the student "
+            f"tokenizer's mask id is {mask_token_id}"
+        )
+    if manifest.pipeline == PIPELINE_SHARED and (manifest.teacher.shared_vocab_size or 0) > vocab_rows:
+        raise CacheMismatchError(
+            f"the cache compares the first {manifest.teacher.shared_vocab_size} ids, but the student has only "
+            f"{vocab_rows} vocabulary rows"
+        )
+    if info.mask_token_id >= vocab_rows:
+        raise CacheMismatchError(
+            f"the cache's mask id {info.mask_token_id} is outside the student's {vocab_rows} vocabulary rows"
+        )
+    if max_length and max_length % info.block_size:
+        raise CacheMismatchError(
+            f"--max_length {max_length} is not a multiple of the cache's block size {info.block_size}"
+        )

@@ -1,0 +1,136 @@
+"""Data order and collation over synthetic caches: deterministic (seed, epoch) shuffling through a hash,
+replica per epoch, disjoint ranks that cover every row, and exact mid-epoch resume from the cursor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cache_schema.reader import CacheReader
+from stages.train.collate import CollateSpec, collate_rows
+from stages.train.data import CacheStream, StreamConfig, columns_for
+from stages.train.order import DataCursor, mix, permutation, replica_for_epoch
+from stages.train.synthetic import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
+
+EOS, MASK, BLOCK, SEQ = 3, 95, 4, 8
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    rows = random_base_rows(num_samples=11, replicas=3, seq_len=SEQ, block_size=BLOCK, vocab_size=90,
+                            eos_token_id=EOS, prompt_len=2, seed=1)
+    spec = SyntheticCacheSpec(pipeline="cross", student_fingerprint="sha256:x", mask_token_id=MASK, eos_token_id=EOS,
+                              block_size=BLOCK, max_length=SEQ, student_vocab_size=96, replicas=3,
+                              teacher_vocab_size=96, row_group_rows=4, rows_per_shard=10)
+    for row in rows:
+        row.chunk_start, row.chunk_end = np.arange(SEQ), np.arange(SEQ) + 1
+        row.chunk_in_prompt = np.arange(SEQ) < 2
+        row.chunk_logprob = {"plain": -np.ones(SEQ)}
+    return write_synthetic_cache(tmp_path_factory.mktemp("data"), rows, spec)
+
+
+def stream(cache, **kwargs):
+    reader = CacheReader(cache)
+    spec = CollateSpec(pad_token_id=EOS, block_size=BLOCK)
+    return CacheStream(reader, spec, columns_for(reader.pipeline, None, "plain"), StreamConfig(**kwargs))
+
+
+def test_mix_is_a_hash_not_a_sum():
+    assert mix(0, 1) != mix(1, 0)
+    assert permutation(50, mix(0, 1)).tolist() != permutation(50, mix(1, 0)).tolist()
+    assert sorted(permutation(50, 7).tolist()) == list(range(50))
+    assert permutation(50, 7).tolist() == permutation(50, 7).tolist()
+
+
+def test_replica_per_epoch_and_configured_cycle():
+    assert [replica_for_epoch(e, 3) for e in range(5)] == [0, 1, 2, 0, 1]
+    assert [replica_for_epoch(e, 3, (2, 0)) for e in range(4)] == [2, 0, 2, 0]
+    with pytest.raises(ValueError, match="outside the cache's replicas"):
+        replica_for_epoch(0, 3, (3,))
+
+
+def test_epoch_order_deterministic_per_seed_and_epoch(cache):
+    s = stream(cache, seed=4, batch_size=2, shuffle_window=2)
+    again = stream(cache, seed=4, batch_size=2, shuffle_window=2)
+    np.testing.assert_array_equal(s.order(0), again.order(0))
+    assert not np.array_equal(s.order(0), s.order(3))  # same replica (3 mod 3 = 0), other shuffle
+    other_seed = stream(cache, seed=5, batch_size=2, shuffle_window=2)
+    assert not np.array_equal(s.order(0), other_seed.order(0))
+    # each epoch visits exactly the rows of its replica, each once
+    for epoch in range(3):
+        pairs = s.order(epoch)
+        replicas = [int(s._replicas[u][r]) for u, r in pairs]
+        assert set(replicas) == {epoch} and len(pairs) == 11
+        assert len({tuple(p) for p in pairs.tolist()}) == 11
+
+
+def test_rows_of_the_epoch_match_the_stored_replica(cache):
+    s = stream(cache, seed=0, batch_size=4)
+    reader = CacheReader(cache)
+    table = reader.read_all(["sample_id", "replica", "t"]).to_pandas()
+    seen = []
+    for unit, row in s.order(1):
+        got = s.rows(np.array([[unit, row]]))[0]
+        seen.append(got["sample_id"])
+        assert got["replica"] == 1
+        expected_t = table[(table.sample_id == got["sample_id"]) & (table.replica == 1)].t.item()
+        assert got["t"] == expected_t  # the stored noise is used as is
+    assert sorted(seen) == sorted(f"synthetic:{i}" for i in range(11))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_are_disjoint_and_cover_the_epoch(cache, world_size):
+    per_rank = []
+    for rank in range(world_size):
+        s = stream(cache, seed=9, batch_size=2, rank=rank, world_size=world_size)
+        rows, steps = [], 0
+        for batch, _ in s.batches(s.start_cursor(0), epochs=1):
+            steps += 1
+            rows.extend(batch.input_ids.tolist())
+        per_rank.append((steps, rows))
+    assert len({steps for steps, _ in per_rank}) == 1  # equal step counts on every rank
+    order = stream(cache, seed=9, batch_size=2).order(0)
+    # full global batches, then the last partial one trimmed to a multiple of world_size (< W rows dropped)
+    full, rest = divmod(11, 2 * world_size)
+    covered = full * 2 * world_size + rest - rest % world_size
+    assert 11 - covered < world_size
+    flat = [tuple(r) for _, rows in per_rank for r in rows]
+    assert len(flat) == covered
+    reader_rows = stream(cache, seed=9, batch_size=2).rows(order[:covered])
+    assert sorted(flat) == sorted(tuple(int(x) for x in r["input_ids"]) for r in reader_rows)
+
+
+def test_mid_epoch_cursor_resume_gives_the_same_sequence(cache):
+    s = stream(cache, seed=2, batch_size=3, shuffle_window=3)
+    full = [(b.input_ids.tolist(), c) for b, c in s.batches(s.start_cursor(0), epochs=2)]
+    cut = 2  # stop after two batches of epoch 0, resume from the saved JSON cursor
+    saved = DataCursor.from_json(full[cut - 1][1].to_json())
+    assert saved.epoch == 0 and saved.position == 6
+    fresh = stream(cache, seed=2, batch_size=3, shuffle_window=3)
+    rest = [(b.input_ids.tolist(), c) for b, c in fresh.batches(saved, epochs=2)]
+    assert rest == full[cut:]
+    with pytest.raises(ValueError, match="seed 2 but this run uses seed 7"):
+        list(stream(cache, seed=7, batch_size=3).batches(saved, epochs=1))
+
+
+def test_collate_pads_truncates_and_builds_chunk_tables():
+    rows = [
+        {"sample_id": "a", "t": 0.5, "input_ids": np.arange(8), "maskable": np.ones(8, bool),
+         "masked_positions": np.array([1, 2, 6]), "chunk_student_start": np.array([0, 1, 6]),
+         "chunk_student_end": np.array([1, 3, 8]), "chunk_masked": np.array([False, True, True]),
+         "chunk_in_prompt": np.array([True, False, False]), "plain_chunk_logprob": np.array([np.nan, -1.0, -2.0])},
+        {"sample_id": "b", "t": 0.25, "input_ids": np.arange(4), "maskable": np.array([0, 1, 1, 1], bool),
+         "masked_positions": np.array([3]), "chunk_student_start": np.array([3]),
+         "chunk_student_end": np.array([4]), "chunk_masked": np.array([True]),
+         "chunk_in_prompt": np.array([False]), "plain_chunk_logprob": np.array([-0.5])},
+    ]
+    batch = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, targets="chunk"))
+    assert batch.input_ids.tolist() == [list(range(8)), [0, 1, 2, 3, EOS, EOS, EOS, EOS]]
+    assert batch.masked.nonzero().tolist() == [[0, 1], [0, 2], [0, 6], [1, 3]]
+    assert batch.maskable[1].tolist() == [False, True, True, True, False, False, False, False]
+    assert batch.chunks.row.tolist() == [0, 0, 0, 1] and batch.chunks.active.tolist() == [False, True, True, True]
+    short = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, targets="chunk", max_length=4))
+    assert short.input_ids.shape == (2, 4) and short.chunks.start.tolist() == [0, 1, 3]
+    bad = [dict(rows[1], plain_chunk_logprob=np.array([np.nan]))]
+    with pytest.raises(ValueError, match="b: plain_chunk_logprob is not finite"):
+        collate_rows(bad, CollateSpec(pad_token_id=EOS, block_size=4, targets="chunk"))
