@@ -1,0 +1,49 @@
+"""A real two-process build (``accelerate launch --cpu --num_processes 2``) writes the same cache as one process.
+
+The in-process rank simulation in test_build_loop.py covers the plan; this runs the actual launcher, with
+torch.distributed (gloo) barriers between the ranks, so it is slow and excluded from the default run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tide.models.factories import build_tiny_student, build_tiny_wedlm
+
+pytestmark = pytest.mark.slow
+
+
+def _build(args: list[str], output: Path, *, launcher: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = [*launcher, "-m", "stages.cli", "build", *args, "--output", str(output)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_two_process_launch_writes_the_one_process_cache(tmp_path: Path) -> None:
+    teacher = build_tiny_wedlm(tmp_path / "wedlm")
+    student = build_tiny_student(tmp_path / "student")
+    args = [
+        "--teacher", str(teacher), "--student-tokenizer", str(student), "--sources", "builtin:humaneval:8",
+        "--max-length", "256", "--teacher-max-length", "320", "--rows-per-shard", "4", "--replicas", "2",
+        "--k", "16", "--no-progress",
+    ]
+    _build(args, tmp_path / "one", launcher=[sys.executable])
+    _build(
+        args,
+        tmp_path / "two",
+        launcher=[
+            sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        ],
+    )
+    one = sorted(p.name for p in (tmp_path / "one").glob("*.parquet"))
+    two = sorted(p.name for p in (tmp_path / "two").glob("*.parquet"))
+    assert one == two and len(one) == 4
+    for name in one:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
