@@ -548,6 +548,14 @@ def check_lengths(*, pipeline: str, block_size: int, max_length: int, teacher_ma
         raise ValueError(f"teacher_max_length={teacher_max_length}: must be positive")
 
 
+def _aligned(align: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run an aligner; contents the two templates render too differently to align skip the sample."""
+    try:
+        return align(*args, **kwargs)
+    except ContentSpanError as exc:
+        raise SkipSample(SKIP_SPAN, str(exc)) from exc
+
+
 def prepare_sample(
     raw: RawSample,
     student_tok: Any,
@@ -604,13 +612,14 @@ def prepare_sample(
         num_covered_tokens=0,
     )
     if pipeline == "shared":
-        pairs = align_positions(student, teacher, student_limit=kept, teacher_limit=teacher_kept)
+        pairs = _aligned(align_positions, student, teacher, student_limit=kept, teacher_limit=teacher_kept)
         prepared.student_pos = pairs.student_pos
         prepared.teacher_pos = pairs.teacher_pos
         prepared.num_covered_tokens = int(maskable[pairs.student_pos].sum())
         prepared.drops = Counter(pairs.drops)
     else:
-        table = align_chunks(
+        table = _aligned(
+            align_chunks,
             student,
             teacher,
             token_bytes_table(student_tok),

@@ -327,6 +327,8 @@ def _fingerprint(tokenizer: Any) -> str:
 
 def teacher_info(config: BuildConfig) -> dict[str, Any]:
     """The manifest's ``teacher`` section, read from the checkpoint's config.json (no weights loaded)."""
+    from tide.models.llada2_moe import MODEL_TYPE as LLADA2_MODEL_TYPE
+    from tide.models.llada2_moe import LLaDA2MoeConfig
     from tide.models.wedlm import (
         DEFAULT_WEDLM_MASK_TOKEN_ID,
         DEFAULT_WEDLM_SHARED_VOCAB_SIZE,
@@ -341,6 +343,10 @@ def teacher_info(config: BuildConfig) -> dict[str, Any]:
     if model_type == WEDLM_MODEL_TYPE:
         mask_id = DEFAULT_WEDLM_MASK_TOKEN_ID if mask_id is None else mask_id
         shared = raw.get("shared_vocab_size") or DEFAULT_WEDLM_SHARED_VOCAB_SIZE
+    elif model_type == LLADA2_MODEL_TYPE and mask_id is None:
+        # The upstream LLaDA2 config.json has no mask_token_id; the loaded model then carries the config
+        # class default (DESIGN.md §2), so the plan must record the same id.
+        mask_id = LLaDA2MoeConfig().mask_token_id
     if mask_id is None:
         raise BuildConfigError(f"teacher {config.teacher}: config.json has no mask_token_id")
     if config.pipeline == "shared" and shared is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tide.alignment.spans import TokenizedText, token_byte_intervals
+from tide.alignment.spans import ContentSpanError, TokenizedText, common_content_span, token_byte_intervals
 
 # Drop-counter names.
 DROP_BYTE_MISMATCH = "chunk_byte_mismatch"
@@ -128,9 +128,11 @@ def align_chunks(
     for span_index, ((s_a, s_b), (t_a, t_b)) in enumerate(
         zip(student.content_spans.tolist(), teacher.content_spans.tolist(), strict=True)
     ):
+        try:
+            s_a, s_b, t_a, t_b = common_content_span(student.text, (s_a, s_b), teacher.text, (t_a, t_b))
+        except ContentSpanError as exc:
+            raise ContentSpanError(f"message {span_index}: {exc}") from exc
         content = student.text[s_a:s_b]
-        if content != teacher.text[t_a:t_b]:
-            raise ValueError(f"message {span_index}: student and teacher content spans hold different text")
         s_iv = token_byte_intervals(student.text, student.offsets, student.ids, student_table, s_a, s_b)
         t_iv = token_byte_intervals(teacher.text, teacher.offsets, teacher.ids, teacher_table, t_a, t_b)
         s_bytes = [student_table[int(student.ids[k])] for k, _, _ in s_iv]

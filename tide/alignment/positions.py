@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tide.alignment.spans import TokenizedText, tokens_in_span
+from tide.alignment.spans import ContentSpanError, TokenizedText, common_content_span, tokens_in_span
 
 DROP_ID_MISMATCH = "pair_id_mismatch"
 DROP_TRUNCATED = "pair_truncated"
@@ -59,6 +59,10 @@ def align_positions(
     for span_index, ((s_a, s_b), (t_a, t_b)) in enumerate(
         zip(student.content_spans.tolist(), teacher.content_spans.tolist(), strict=True)
     ):
+        try:
+            s_a, s_b, t_a, t_b = common_content_span(student.text, (s_a, s_b), teacher.text, (t_a, t_b))
+        except ContentSpanError as exc:
+            raise ContentSpanError(f"message {span_index}: {exc}") from exc
         by_span: dict[tuple[int, int], list[int]] = defaultdict(list)
         for k in tokens_in_span(teacher.offsets, t_a, t_b):
             start, end = teacher.offsets[k]

@@ -142,6 +142,33 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> Tokeniz
     return TokenizedText(text=text, ids=ids, offsets=offsets, content_spans=spans)
 
 
+def common_content_span(
+    student_text: str, student_span: Sequence[int], teacher_text: str, teacher_span: Sequence[int]
+) -> tuple[int, int, int, int]:
+    """Narrow one message's student and teacher content spans to the text both sides hold.
+
+    A chat template may edit a content (e.g. ``| trim``), so one side's located content can be the other's
+    with surrounding characters removed (:func:`locate_content_spans`). Then the longer span is narrowed to
+    the first occurrence of the shorter text; tokens straddling the narrowed edge drop out of the
+    alignment like any token straddling a content edge. Returns ``(s_a, s_b, t_a, t_b)``; raises
+    :class:`ContentSpanError` when neither content contains the other.
+    """
+    s_a, s_b = (int(v) for v in student_span)
+    t_a, t_b = (int(v) for v in teacher_span)
+    s_content, t_content = student_text[s_a:s_b], teacher_text[t_a:t_b]
+    if s_content == t_content:
+        return s_a, s_b, t_a, t_b
+    if not s_content or not t_content:
+        return s_a, s_a, t_a, t_a  # a content one template dropped (e.g. whitespace only): nothing to align
+    if t_content in s_content:
+        s_a += s_content.find(t_content)
+        return s_a, s_a + len(t_content), t_a, t_b
+    if s_content in t_content:
+        t_a += t_content.find(s_content)
+        return s_a, s_b, t_a, t_a + len(s_content)
+    raise ContentSpanError("student and teacher content spans hold different text")
+
+
 def tokens_in_span(offsets: np.ndarray, start: int, end: int, limit: int | None = None) -> np.ndarray:
     """Indices (ascending, int64) of the non-empty tokens whose character range lies inside
     ``[start, end)``; tokens straddling an edge are excluded. ``limit`` keeps only indices ``< limit``
