@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -67,3 +68,18 @@ def test_teacher_template_that_trims_contents_neither_stops_the_build_nor_loses_
             decoded = student_tokenizer.decode(sample.input_ids[sample.student_pos].tolist())
             assert "answer is" in decoded and "Sure thing" in decoded
         assert sample.num_covered_tokens >= 6
+
+
+def test_auto_dtype_is_recorded_as_the_dtype_it_means_here() -> None:
+    """``dtype: auto`` is stored as bf16/fp32 so resuming on another device type is refused, not mixed."""
+    from stages.build.config import BuildConfig
+    from stages.build.loop import _pin_dtype
+
+    base = BuildConfig(teacher="t", student_tokenizer="s", sources="x", output="o", dtype="auto")
+    assert _pin_dtype(dataclasses.replace(base, device="cpu")).dtype == "float32"
+    assert _pin_dtype(dataclasses.replace(base, device="cuda:1")).dtype == "bfloat16"
+    assert _pin_dtype(dataclasses.replace(base, dtype="float16")).dtype == "float16"
+    differences = dataclasses.replace(base, dtype="bfloat16").differences(
+        dataclasses.asdict(dataclasses.replace(base, dtype="float32"))
+    )
+    assert any("dtype" in line for line in differences)

@@ -21,6 +21,7 @@ because shard content depends only on the configuration and the data.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -116,7 +117,7 @@ def run_build(
     this call wrote it, else None.
     """
     wall_start = time.perf_counter()
-    config = config.resolve()
+    config = _pin_dtype(config.resolve())
     info = _rank_info(rank, world_size)
     hooks = hooks or BuildHooks()
     output = Path(config.output)
@@ -150,7 +151,7 @@ def finalize_build(config: BuildConfig) -> Path:
     from cache_schema.writer import write_manifest
     from tide.noise import GENERATOR_NAME
 
-    config = config.resolve()
+    config = _pin_dtype(config.resolve())
     output = Path(config.output)
     check_or_store_config(config, output)
     plan_path = output / PROGRESS_DIR / PLAN_FILE
@@ -230,6 +231,17 @@ def _resolve_device(config: BuildConfig, info: RankInfo) -> Any:
     if info.state is not None:
         return info.state.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _pin_dtype(config: BuildConfig) -> BuildConfig:
+    """Replace ``dtype: auto`` by the dtype it means on this machine (bf16 on CUDA, fp32 otherwise), so the
+    stored config records it and resuming on another device type is refused instead of mixing precisions."""
+    if config.dtype != "auto":
+        return config
+    import torch
+
+    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return dataclasses.replace(config, dtype="bfloat16" if device.startswith("cuda") else "float32")
 
 
 def _resolve_dtype(config: BuildConfig, device: Any) -> Any:
@@ -447,7 +459,6 @@ def shard_is_complete(output: Path, plan: BuildPlan, shard: int) -> bool:
 
 
 def _write_record(output: Path, shard: int, shard_info: Any, stats: ShardStats) -> None:
-    import dataclasses
 
     record = {"shard": shard, "info": dataclasses.asdict(shard_info), "stats": stats.as_dict()}
     atomic_write_text(record_path(output, shard), json.dumps(record, indent=2, sort_keys=True))
