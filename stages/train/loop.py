@@ -33,6 +33,7 @@ from stages.train.preflight import RunPlan, check_student_layout, check_student_
 from stages.train.step import StepConfig, StudentStep
 from tide.losses import LossOptions
 from tide.models.factories import load_student
+from tide.models.student import BD3LMStudent
 from tide.models.tokenizers import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,8 @@ def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> TrainR
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = config.batch_size
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # The BD3LM forward must run inside the prepared (DDP) module's forward, or gradients are not synced.
+    model, optimizer = accelerator.prepare(BD3LMStudent(model), optimizer)
     if accelerator.gradient_accumulation_steps != config.grad_accum:
         raise ValueError(
             f"--grad_accum {config.grad_accum} disagrees with the launcher's gradient accumulation "
@@ -250,8 +252,8 @@ def _log_window(accelerator, metrics, step, sums, micro_batches, tokens, clock, 
 def _save_student(accelerator, model, tokenizer, output: Path) -> None:
     """``save_pretrained`` of the trained student (gathered state dict) and its tokenizer into ``output``."""
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)
-    unwrapped = accelerator.unwrap_model(model)
+    state_dict = {key.removeprefix("model."): value for key, value in accelerator.get_state_dict(model).items()}
+    unwrapped = accelerator.unwrap_model(model).model
     if accelerator.is_main_process:
         unwrapped.save_pretrained(str(output), state_dict=state_dict, save_function=accelerator.save)
         tokenizer.save_pretrained(str(output))

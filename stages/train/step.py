@@ -36,7 +36,7 @@ from tide.losses import (
     required_targets,
     tidal_lambda,
 )
-from tide.models.student import bd3lm_hidden_states
+from tide.models.student import BD3LMStudent, bd3lm_hidden_states
 
 TIDAL_MODES = ("tidal", "tidal_calm", "reverse_tidal_calm")
 
@@ -92,8 +92,18 @@ class StudentStep:
         x0, masked = batch.input_ids, batch.masked
         batch_size, seq_len = x0.shape
         noised = noise_input_ids(x0, masked, cfg.mask_token_id)
-        hidden = bd3lm_hidden_states(model, noised, x0, block_size=cfg.block_size)
-        lm_head = model.get_output_embeddings()
+        core = getattr(model, "module", model)  # what a DDP / DeepSpeed wrapper runs
+        if isinstance(core, BD3LMStudent):
+            # Through the (possibly distributed) wrapper's forward, so its gradient sync hooks run.
+            hidden = model(noised, x0, block_size=cfg.block_size)
+        elif core is not model:
+            raise ValueError(
+                f"the student is wrapped in {type(model).__name__}; wrap it in BD3LMStudent before "
+                "Accelerator.prepare so the forward runs inside the wrapper (gradient sync)"
+            )
+        else:
+            hidden = bd3lm_hidden_states(model, noised, x0, block_size=cfg.block_size)
+        lm_head = core.get_output_embeddings()
         anchor = hidden.sum() * 0.0  # keeps the graph alive when a batch has nothing to score
 
         flat = masked.reshape(-1).nonzero().squeeze(1)  # (M,) sorted row * L + position

@@ -102,6 +102,35 @@ def bd3lm_hidden_states(
     return outputs.last_hidden_state[:, : noised_ids.shape[1]]
 
 
+class BD3LMStudent(nn.Module):
+    """The student as a training module: ``forward(noised_ids, clean_ids, block_size=b)`` returns the x_t-half
+    hidden states (:func:`bd3lm_hidden_states`).
+
+    Distributed wrappers (DDP, as ``Accelerator.prepare`` applies) sync gradients only for work done inside
+    *their* ``forward``; calling ``model.base_model`` on a wrapped causal LM bypasses it, so every rank would
+    keep its own gradients. Wrap the student in this module before ``prepare`` and call the prepared module.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        noised_ids: torch.Tensor,
+        clean_ids: torch.Tensor,
+        *,
+        block_size: int,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return bd3lm_hidden_states(
+            self.model, noised_ids, clean_ids, block_size=block_size, attention_mask=attention_mask
+        )
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+
 def bd3lm_forward(
     model: nn.Module,
     noised_ids: torch.Tensor,

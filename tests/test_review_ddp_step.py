@@ -1,0 +1,102 @@
+"""The training step under DistributedDataParallel: the BD3LM forward must run inside the DDP wrapper's
+forward, or DDP never all-reduces the gradients and every rank trains its own student.
+
+Two CPU processes (gloo) run one step on different batches of the same tiny student; after backward every
+rank must hold the same gradient, the mean of the two single-process gradients.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from stages.train.collate import Batch
+from stages.train.step import StepConfig, StudentStep
+from tide.models.a2d_qwen3 import A2DQwen3Config, A2DQwen3LMHeadModel
+from tide.models.student import BD3LMStudent
+
+VOCAB, MASK_ID, BLOCK, SEQ_LEN = 48, 47, 8, 16
+
+
+def _student() -> A2DQwen3LMHeadModel:
+    config = A2DQwen3Config(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, tie_word_embeddings=True,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return A2DQwen3LMHeadModel(config).float()
+
+
+def _batch(rank: int) -> Batch:
+    gen = torch.Generator().manual_seed(100 + rank)
+    input_ids = torch.randint(0, MASK_ID, (2, SEQ_LEN), generator=gen)
+    masked = torch.rand(2, SEQ_LEN, generator=gen) < 0.5
+    masked[:, 0] = True
+    return Batch(input_ids=input_ids, maskable=torch.ones(2, SEQ_LEN, dtype=torch.bool), masked=masked,
+                 t=torch.tensor([0.4, 0.7]))
+
+
+def _step() -> StudentStep:
+    return StudentStep(StepConfig(mode="ce", block_size=BLOCK, mask_token_id=MASK_ID))
+
+
+def _grad(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+
+
+def _worker(rank: int, port: int, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        ddp = torch.nn.parallel.DistributedDataParallel(BD3LMStudent(_student()))
+        _step()(ddp, _batch(rank)).loss.backward()
+        queue.put((rank, _grad(ddp.module).tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_ddp_step_all_reduces_gradients():
+    expected = []
+    for rank in range(2):
+        model = _student()
+        _step()(model, _batch(rank)).loss.backward()
+        expected.append(_grad(model))
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    context = mp.start_processes(_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn", join=False)
+    grads = {rank: torch.tensor(values) for rank, values in (queue.get(timeout=120) for _ in range(2))}
+    while not context.join():
+        pass
+    mean = (expected[0] + expected[1]) / 2
+    assert not torch.allclose(expected[0], expected[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], mean, rtol=1e-5, atol=1e-6)
+
+
+def test_wrapped_raw_student_is_refused():
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    with pytest.raises(ValueError, match="BD3LMStudent"):
+        _step()(Wrapper(_student()), _batch(0))
+
+
+def test_bd3lm_student_wrapper_matches_raw_model():
+    raw = _step()(_student(), _batch(0))
+    wrapped = _step()(BD3LMStudent(_student()), _batch(0))
+    assert raw.terms == wrapped.terms
