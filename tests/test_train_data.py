@@ -134,3 +134,29 @@ def test_collate_pads_truncates_and_builds_chunk_tables():
     bad = [dict(rows[1], plain_chunk_logprob=np.array([np.nan]))]
     with pytest.raises(ValueError, match="b: plain_chunk_logprob is not finite"):
         collate_rows(bad, CollateSpec(pad_token_id=EOS, block_size=4, targets="chunk"))
+
+
+def test_a_row_without_target_items_collates_with_the_others():
+    """A small t can mask no aligned position: that row has zero vocabulary items and must still collate."""
+    k, num_t, length = 3, 2, 8
+    full = {
+        "input_ids": np.arange(length, dtype=np.int32), "maskable": np.ones(length, dtype=bool),
+        "masked_positions": np.array([1, 5], dtype=np.int32), "t": 0.5,
+        "target_positions": np.array([1, 5], dtype=np.int32),
+        "plain_topk_ids": np.array([[4, 2, 1], [7, 0, 3]], dtype=np.int32),
+        "plain_topk_values": np.array([[0.0, -1.0, -2.0], [0.0, -0.5, -3.0]], dtype=np.float16),
+        "plain_log_partitions": np.array([[0.4, 0.9], [0.3, 0.8]], dtype=np.float32),
+    }
+    # What a Parquet row with an empty list<fixed_size_list> column turns into: 1-D empty arrays.
+    empty = {**full, "masked_positions": np.zeros(0, dtype=np.int32), "t": 0.01,
+             "target_positions": np.zeros(0, dtype=np.int32), "plain_topk_ids": np.zeros(0, dtype=np.int32),
+             "plain_topk_values": np.zeros(0, dtype=np.float16),
+             "plain_log_partitions": np.zeros(0, dtype=np.float32)}
+    spec = CollateSpec(pad_token_id=EOS, block_size=4, targets="vocab", k=k, num_temperatures=num_t)
+    batch = collate_rows([empty, full], spec)
+    assert batch.vocab.row.tolist() == [1, 1]
+    assert batch.vocab.position.tolist() == [1, 5]
+    assert tuple(batch.vocab.topk_ids.shape) == (2, k)
+    assert tuple(batch.vocab.log_partitions.shape) == (2, num_t)
+    only_empty = collate_rows([empty], spec)
+    assert tuple(only_empty.vocab.topk_values.shape) == (0, k)

@@ -80,13 +80,17 @@ class Batch:
 @dataclass(frozen=True)
 class CollateSpec:
     """What to collate: ``targets`` is "vocab", "chunk" or None; ``target_pass`` is "plain" or
-    "compdemo"; ``max_length`` > 0 truncates rows (targets past it are dropped)."""
+    "compdemo"; ``max_length`` > 0 truncates rows (targets past it are dropped). ``k`` and
+    ``num_temperatures`` (vocabulary targets; from the manifest) give the item widths, so a row without
+    target items — a small t can mask no aligned position — still collates with the others."""
 
     pad_token_id: int
     block_size: int
     targets: str | None = None
     target_pass: str = "plain"
     max_length: int = 0
+    k: int | None = None
+    num_temperatures: int | None = None
 
 
 def _column(row: Mapping[str, object], name: str, row_label: str) -> np.ndarray:
@@ -141,6 +145,8 @@ def collate_rows(rows: Sequence[Mapping[str, object]], spec: CollateSpec) -> Bat
         t=torch.from_numpy(t),
     )
     if spec.targets == "vocab":
+        # Rows without items carry no width of their own; leave them out unless every row is empty.
+        vocab_parts = [p for p in vocab_parts if len(p["row"])] or vocab_parts[:1]
         cat = {k: np.concatenate([p[k] for p in vocab_parts]) for k in vocab_parts[0]}
         batch.vocab = VocabTargets(**{k: torch.from_numpy(v) for k, v in cat.items()})
     elif spec.targets == "chunk":
@@ -156,10 +162,11 @@ def _vocab_items(row: Mapping[str, object], label: str, b: int, n: int, spec: Co
     values = _column(row, f"{prefix}_topk_values", label)
     partitions = _column(row, f"{prefix}_log_partitions", label)
     count = len(positions)
-    k = ids.shape[1] if ids.ndim == 2 else 0
+    k = ids.shape[1] if ids.ndim == 2 else (spec.k or 0)
+    num_t = partitions.shape[1] if partitions.ndim == 2 else (spec.num_temperatures or 0)
     ids = ids.reshape(count, k)
     values = values.reshape(count, k)
-    partitions = partitions.reshape(count, -1)
+    partitions = partitions.reshape(count, num_t)
     keep = positions < n
     return {
         "row": np.full(int(keep.sum()), b, dtype=np.int64),

@@ -122,7 +122,8 @@ def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> TrainR
     stream = CacheStream(
         reader,
         CollateSpec(pad_token_id=manifest.student.eos_token_id, block_size=manifest.student.block_size,
-                    targets=plan.targets, target_pass=plan.target_pass, max_length=config.max_length),
+                    targets=plan.targets, target_pass=plan.target_pass, max_length=config.max_length,
+                    k=manifest.targets.k, num_temperatures=len(manifest.targets.temperatures)),
         columns_for(manifest.pipeline, plan.targets, plan.target_pass),
         StreamConfig(seed=config.seed, batch_size=config.batch_size, rank=accelerator.process_index,
                      world_size=accelerator.num_processes, shuffle_window=config.shuffle_window,
