@@ -65,9 +65,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "train_step", "Training step: from the cache vs CE vs online teacher", "bench_train_step.py",
         ("--batch", "4", "--seq-len", "128", "--output", "benchmarks/results/train_step.json"),
-        ("train_step.json", "train_step_wide_student.json"),
+        ("train_step.json", "train_step_wide_student.json", "train_step_qwen06b_width.json"),
         extra_runs=(("--batch", "4", "--seq-len", "128", "--hidden", "512", "--layers", "4", "--steps", "3",
-                     "--output", "benchmarks/results/train_step_wide_student.json"),),
+                     "--output", "benchmarks/results/train_step_wide_student.json"),
+                    # the 0.6B student's width (hidden 1024) with 2 of its 28 layers: the LM head's share
+                    # of the step as at real scale, the body still far smaller than the real one
+                    ("--batch", "4", "--seq-len", "128", "--hidden", "1024", "--layers", "2", "--steps", "3",
+                     "--output", "benchmarks/results/train_step_qwen06b_width.json")),
     ),
     Benchmark(
         "fidelity_k", "Top-k targets: bytes and fidelity for k in {8, ..., 256}", "bench_fidelity_k.py",
