@@ -10,15 +10,13 @@ target positions, CompDemo groups, chunk tables), runs the teacher on it with th
 builders — i.e. exactly what stage one would have stored, computed in-step. Vocabulary targets are computed
 at k = the whole shared vocabulary in float32, so the online teacher is exact.
 
-The swap is done by :func:`online_training`, which points ``stages.train.loop.CacheStream`` at the online
-stream for the duration of one run (tide-train has no public target-provider hook; see the report).
+:func:`online_stream_class` binds a target provider to that stream; the run passes it to
+``train(config, stream_class=...)``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -117,7 +115,7 @@ class OnlineTargetStream(CacheStream):
 
     def __init__(self, reader, collate_spec, columns, config) -> None:
         if self.provider is None:
-            raise RuntimeError("OnlineTargetStream.provider is not set (use online_training)")
+            raise RuntimeError("OnlineTargetStream.provider is not set (use online_stream_class)")
         self.target_pass = collate_spec.target_pass
         stored = [c for c in columns if not c.startswith(f"{collate_spec.target_pass}_")]
         extra = SHARED_NOISE_COLUMNS if reader.manifest.pipeline == "shared" else CROSS_NOISE_COLUMNS
@@ -134,15 +132,6 @@ class OnlineTargetStream(CacheStream):
         return self.provider.fill(rows, self.target_pass)
 
 
-@contextlib.contextmanager
-def online_training(provider: TeacherTargets) -> Iterator[None]:
-    """Within the block, ``stages.train.loop.train`` streams rows with live teacher targets."""
-    import stages.train.loop as loop
-
-    original = loop.CacheStream
-    stream_cls = type("BoundOnlineTargetStream", (OnlineTargetStream,), {"provider": provider})
-    loop.CacheStream = stream_cls
-    try:
-        yield
-    finally:
-        loop.CacheStream = original
+def online_stream_class(provider: TeacherTargets) -> type[OnlineTargetStream]:
+    """The :class:`OnlineTargetStream` subclass whose rows take their teacher targets from ``provider``."""
+    return type("BoundOnlineTargetStream", (OnlineTargetStream,), {"provider": provider})

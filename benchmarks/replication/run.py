@@ -231,7 +231,8 @@ class Runner:
                 "bytes": size, "build_stats": manifest.get("build", {}).get("stats", manifest.get("build", {}))}
 
     def train_student(self, output: Path, *, cache: str, mode: str, comp_demo: bool, steps: int, lr: float,
-                      seed: int, student: Path, log_every: int = 5) -> dict[str, Any]:
+                      seed: int, student: Path, log_every: int = 5,
+                      stream_class: type | None = None) -> dict[str, Any]:
         from stages.train.config import TrainConfig
         from stages.train.loop import train
 
@@ -240,7 +241,7 @@ class Runner:
         config = TrainConfig(cache=str(self.cache_dir(cache)), student=str(student), output=str(output), mode=mode,
                              comp_demo=comp_demo, lr=lr, max_steps=steps, batch_size=self.cfg.batch_size,
                              seed=seed, log_every=log_every, mixed_precision="no", warmup_ratio=0.05)
-        result = train(config)
+        result = train(config, stream_class=stream_class) if stream_class else train(config)
         return {"steps": result.steps, "last": result.last_metrics}
 
     def init(self) -> dict[str, Any]:
@@ -281,7 +282,7 @@ class Runner:
 
     def compare(self, name: str, cache: str, pipeline: str, mode: str) -> dict[str, Any]:
         """Cached vs online for ``compare_steps`` steps from the init student, per-step losses logged."""
-        from benchmarks.replication.online import TeacherTargets, online_training
+        from benchmarks.replication.online import TeacherTargets, online_stream_class
         from cache_schema.reader import CacheReader
         from tide.models.factories import load_student, load_teacher
         from tide.models.teacher import TeacherRunner
@@ -300,8 +301,7 @@ class Runner:
         provider = TeacherTargets(runner, pipeline=pipeline, shared_vocab_size=manifest.teacher.shared_vocab_size,
                                   temperatures=tuple(manifest.targets.temperatures))
         start = time.perf_counter()
-        with online_training(provider):
-            self.train_student(online_dir, **kwargs)
+        self.train_student(online_dir, stream_class=online_stream_class(provider), **kwargs)
         online_s = time.perf_counter() - start
 
         def curve(path: Path) -> list[float]:

@@ -98,9 +98,17 @@ def prepare_run(config: TrainConfig, reader: CacheReader) -> tuple[RunPlan, obje
     return plan, tokenizer
 
 
-def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    stop_after_steps: int | None = None,
+    stream_class: type[CacheStream] = CacheStream,
+) -> TrainResult:
     """Run training as configured. ``stop_after_steps`` ends the run (after its checkpoint, if one is
-    due) once that many optimizer steps are done, as a pre-emption would; ``--resume`` continues it."""
+    due) once that many optimizer steps are done, as a pre-emption would; ``--resume`` continues it.
+    ``stream_class`` is the data stream over the cache: a subclass may change where a batch's rows come
+    from (e.g. teacher targets computed in-step for an online comparison) with order, collation and
+    everything else unchanged."""
     config.validate()
     output = Path(config.output)
     accelerator = Accelerator(
@@ -119,7 +127,7 @@ def train(config: TrainConfig, *, stop_after_steps: int | None = None) -> TrainR
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
 
-    stream = CacheStream(
+    stream = stream_class(
         reader,
         CollateSpec(pad_token_id=manifest.student.eos_token_id, block_size=manifest.student.block_size,
                     targets=plan.targets, target_pass=plan.target_pass, max_length=config.max_length,
