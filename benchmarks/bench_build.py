@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from stages.build.config import BuildConfig
-from stages.build.loop import ShardBuilder, iter_prepared, load_or_make_plan, load_tokenizers, run_build
-from stages.build.passes import build_requests, draw_unit_noise, pack_batches
-from stages.build.plan import BuildPlan
+from stages.cache_build.config import BuildConfig
+from stages.cache_build.loop import ShardBuilder, iter_prepared, load_or_make_plan, load_tokenizers, run_build
+from stages.cache_build.passes import build_requests, draw_unit_noise, pack_batches
+from stages.cache_build.plan import BuildPlan
 from tide.models.factories import build_tiny_wedlm
 from tide.models.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_qwen_tokenizer
 

@@ -105,7 +105,7 @@ def _row(sample_id: str, key: int, t: float, input_ids: np.ndarray, maskable: np
 
 def tiny_wedlm_family(num_positions: int, workdir: Path, seed: int = 0) -> TeacherFamily:
     """Teacher logits of a tiny WeDLM-class model on HumanEval chat pairs (see the module docstring)."""
-    from stages.build.data import humaneval_messages
+    from stages.cache_build.data import humaneval_messages
     from tide import noise
     from tide.alignment.spans import tokenize_chat
     from tide.models.factories import build_tiny_wedlm, load_teacher

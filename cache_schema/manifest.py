@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from cache_schema.errors import ManifestError, UnknownFormatVersionError
+from cache_schema.files import atomic_write_text
 from cache_schema.schemas import PASSES, PIPELINE_SHARED, PIPELINES, VALUE_DTYPES, schema_for
 
 FORMAT_NAME = "tide-cache"
@@ -28,48 +28,6 @@ SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
 MANIFEST_FILE = "manifest.json"
 REGIMES: tuple[str, ...] = ("paper", "native")
 NOISE_GENERATOR = "splitmix64-v1"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Atomic file helpers (shared with the shard writer)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def fsync_directory(directory: str | os.PathLike[str]) -> None:
-    """Flush a directory entry (a rename into it) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(os.fspath(directory), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temp_path_for(final_path: Path) -> Path:
-    """A unique hidden temporary name next to ``final_path`` (same directory, so the rename is atomic)."""
-    fd, name = tempfile.mkstemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old file or the whole new one, never a part."""
-    final = Path(path)
-    tmp = temp_path_for(final)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(final.parent)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -383,7 +341,7 @@ class Manifest:
             raise ManifestError(
                 f"{target}: manifest is not JSON-serialisable (check 'build'): {exc}"
             ) from exc
-        atomic_write_bytes(target, text.encode("utf-8"))
+        atomic_write_text(target, text)
         return target
 
     @classmethod

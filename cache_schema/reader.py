@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import torch
 
 from cache_schema.errors import SchemaError, ShardError
+from cache_schema.files import sha256_of_file
 from cache_schema.manifest import Manifest
 from cache_schema.schemas import schemas_match
-from cache_schema.writer import sha256_of_file
 
 __all__ = ["CacheReader", "Ragged", "RowGroupUnit", "check_shard", "pad_ragged", "table_to_torch"]
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache_schema.errors import ManifestError
+from cache_schema.files import sha256_of_file
 from cache_schema.manifest import MANIFEST_FILE, Manifest
 from cache_schema.schemas import (
     PIPELINE_SHARED,
@@ -31,7 +32,6 @@ from cache_schema.schemas import (
     topk_ids_column,
     topk_values_column,
 )
-from cache_schema.writer import sha256_of_file
 
 __all__ = ["Problem", "validate_cache", "PROBABILITY_TOLERANCE"]
 

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache_schema.errors import SchemaError, ShardError, ShardWriteError
-from cache_schema.manifest import Manifest, ShardInfo, fsync_directory, temp_path_for
+from cache_schema.files import HASH_BLOCK, fsync_directory, temp_path_for
+from cache_schema.manifest import Manifest, ShardInfo
 from cache_schema.schemas import num_target_items, schemas_match, table_from_rows
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "AsyncShardWriter",
     "ShardInfo",
     "shard_file_name",
-    "sha256_of_file",
     "write_manifest",
     "write_shard",
 ]
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROW_GROUP_ROWS = 256
 DEFAULT_COMPRESSION_LEVEL = 3
-_HASH_BLOCK = 1 << 20
 
 TableData = pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBatch]
 
@@ -50,15 +49,6 @@ def shard_file_name(index: int, total: int | None = None) -> str:
     if total is None:
         return f"shard-{index:05d}.parquet"
     return f"shard-{index:05d}-of-{total:05d}.parquet"
-
-
-def sha256_of_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _as_tables(data: TableData) -> Iterable[pa.Table]:
@@ -189,7 +179,7 @@ def write_shard(
         writer = None
         digest = hashlib.sha256()
         with open(tmp, "rb") as handle:
-            while block := handle.read(_HASH_BLOCK):
+            while block := handle.read(HASH_BLOCK):
                 digest.update(block)
             os.fsync(handle.fileno())
         size = tmp.stat().st_size

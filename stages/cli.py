@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, inspect and validate TIDE logits caches (zstd Parquet shards + manifest.json).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from stages.build.cli import register_build_command
+    from stages.cache_build.cli import register_build_command
 
     register_build_command(subparsers)
     format_cli.register_commands(subparsers)

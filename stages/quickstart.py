@@ -7,7 +7,7 @@
    a LLaDA2-MoE teacher with the Llama-3 tokenizer (the foreign teacher of pipeline A, ``cross``) and a
    WeDLM teacher (Qwen3 weights, Qwen vocabulary, another chat template; pipeline B, ``shared``);
 2. writes the chat data as JSONL: HumanEval problems with their solutions plus a small generated set
-   (:func:`stages.build.data.humaneval_chat`), and a held-out evaluation task (generated arithmetic
+   (:func:`stages.cache_build.data.humaneval_chat`), and a held-out evaluation task (generated arithmetic
    questions, lm-eval YAML + JSONL, scored offline by exact match of the last number of the answer);
 3. runs ``tide-cache build`` once per pipeline and ``tide-cache inspect`` on each cache;
 4. runs ``tide-train`` for a few steps of each pipeline's native mode and of its baseline (A: ``reverse_calm``
@@ -182,7 +182,7 @@ class Summary:
 def write_chat_data(path: Path, humaneval: int, synthetic: int) -> int:
     """Write HumanEval chat pairs (the first ``humaneval``) plus ``synthetic`` generated pairs as JSONL rows
     ``{"messages": [...]}``; returns the number of rows."""
-    from stages.build.data import humaneval_chat
+    from stages.cache_build.data import humaneval_chat
 
     conversations = humaneval_chat(humaneval, synthetic)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.build import data
-from stages.build.data import (
+from stages.cache_build import data
+from stages.cache_build.data import (
     PrepStats,
     RawSample,
     SkipCounter,

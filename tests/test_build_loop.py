@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from cache_schema.validate import validate_cache
-from stages.build.config import BuildConfig, BuildConfigError
-from stages.build.data import iter_sources, prepare_samples
-from stages.build.loop import BuildHooks, finalize_build, run_build
+from stages.cache_build.config import BuildConfig, BuildConfigError
+from stages.cache_build.data import iter_sources, prepare_samples
+from stages.cache_build.loop import BuildHooks, finalize_build, run_build
 from tide import noise
 
 SOURCES = "builtin:humaneval:3+builtin:synthetic:4"  # the first HumanEval prompt is too long: skipped

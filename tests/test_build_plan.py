@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from stages.build.cli import InjectedFailure, add_build_arguments, config_from_args, fail_after_hook
-from stages.build.config import BuildConfig, BuildConfigError, check_or_store_config
-from stages.build.passes import (
+from stages.cache_build.cli import InjectedFailure, add_build_arguments, config_from_args, fail_after_hook
+from stages.cache_build.config import BuildConfig, BuildConfigError, check_or_store_config
+from stages.cache_build.passes import (
     COMPDEMO_1,
     COMPDEMO_2,
     PLAIN,
@@ -20,7 +20,7 @@ from stages.build.passes import (
     items_of_pass,
     pack_batches,
 )
-from stages.build.plan import BuildPlan
+from stages.cache_build.plan import BuildPlan
 
 # ------------------------------------------------------------------------------------------------- plan
 

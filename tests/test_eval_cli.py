@@ -7,8 +7,8 @@ import math
 import pytest
 
 from stages.eval.cli import build_parser
+from stages.eval.protocol import PAPER_TASKS, resolve_tasks
 from stages.eval.runner import TaskScore, format_table, pick_score
-from stages.eval.settings import PAPER_TASKS, resolve_tasks
 
 
 def test_protocol_matches_design():

@@ -13,9 +13,9 @@ from lm_eval.api.instance import Instance
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from stages.eval.lm_eval_model import TideBD3LM
+from stages.eval.protocol import THINK_BLOCK, TaskSetting
 from stages.eval.provenance import PROVENANCE_FIELDS, weights_fingerprint
 from stages.eval.runner import build_task_manager, run_task
-from stages.eval.settings import THINK_BLOCK, TaskSetting
 from tide.sampler import BlockDiffusionSampler, SamplerConfig
 
 REPO = Path(__file__).resolve().parents[1]

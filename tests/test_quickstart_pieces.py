@@ -55,7 +55,7 @@ def test_chat_data_rows(tmp_path):
 
 
 def test_build_and_train_commands_parse_with_the_real_clis(tmp_path):
-    from stages.build.cli import add_build_arguments, config_from_args
+    from stages.cache_build.cli import add_build_arguments, config_from_args
     from stages.train.cli import config_from_args as train_config
 
     config = qs.QuickstartConfig(output=tmp_path, k=32, steps=3, batch_size=2, replicas=2)

@@ -201,7 +201,7 @@ def test_help_documents_every_option(capsys):
 def test_training_never_imports_teacher_or_build_code():
     code = (
         "import sys; import stages.train.loop, stages.train.cli, stages.train.step, stages.train.data; "
-        "bad = [m for m in sys.modules if m == 'tide.models.teacher' or m.startswith('stages.build')]; "
+        "bad = [m for m in sys.modules if m == 'tide.models.teacher' or m.startswith('stages.cache_build')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache_schema.files import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 # Parts of the stdlib tree that are tests, demos, vendored tools or installed third-party code.
@@ -147,7 +149,7 @@ def split_pairs(pairs: list[FunctionPair], heldout_percent: int = 10) -> tuple[l
 
 def humaneval_conversations() -> list[list[dict[str, str]]]:
     """HumanEval as chat pairs, read through the build stage's built-in source."""
-    from stages.build.data import humaneval_messages
+    from stages.cache_build.data import humaneval_messages
 
     return humaneval_messages()
 
@@ -158,12 +160,11 @@ def write_jsonl(conversations: list[list[dict[str, str]]], path: str | os.PathLi
     if extra is not None and len(extra) != len(conversations):
         raise ValueError(f"extra has {len(extra)} entries for {len(conversations)} conversations")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for i, messages in enumerate(conversations):
-            row = {"messages": messages, **(extra[i] if extra else {})}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    lines = [
+        json.dumps({"messages": messages, **(extra[i] if extra else {})}, ensure_ascii=False) + "\n"
+        for i, messages in enumerate(conversations)
+    ]
+    atomic_write_text(path, "".join(lines))
     return path
 
 

@@ -5,7 +5,7 @@ online run is :func:`stages.train.loop.train` itself (same order, collation, ste
 clipping, logging), with its data stream swapped for :class:`OnlineTargetStream`: it reads each batch's
 rows from the cache *without* the stored teacher targets, takes the stored noise (t, masked positions,
 target positions, CompDemo groups, chunk tables), runs the teacher on it with the build stage's own code
-(:func:`stages.build.passes.build_requests` → ``pack_batches`` → ``run_teacher_batch`` on a
+(:func:`stages.cache_build.passes.build_requests` → ``pack_batches`` → ``run_teacher_batch`` on a
 :class:`tide.models.teacher.TeacherRunner`), and assembles the target columns with the build stage's row
 builders — i.e. exactly what stage one would have stored, computed in-step. Vocabulary targets are computed
 at k = the whole shared vocabulary in float32, so the online teacher is exact.
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from stages.build.passes import UnitNoise, build_requests, pack_batches, pass_kinds, run_teacher_batch
-from stages.build.rows import cross_row, shared_row
+from stages.cache_build.passes import UnitNoise, build_requests, pack_batches, pass_kinds, run_teacher_batch
+from stages.cache_build.rows import cross_row, shared_row
 from stages.train.data import CacheStream
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from benchmarks.replication import models as rmodels
 from benchmarks.replication import tokenizers as rtok
 from benchmarks.replication import training as rtrain
 from benchmarks.replication.config import FULL, QUICK, ReplicationConfig
+from cache_schema.files import atomic_write_text
 
 logger = logging.getLogger("replication")
 
@@ -62,9 +62,7 @@ class Runner:
         start = time.perf_counter()
         result = fn()
         result["wall_s"] = time.perf_counter() - start
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=float))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(result, indent=2, default=float))
         logger.info("=== stage %s done in %.1f s", name, result["wall_s"])
         return result
 
@@ -210,8 +208,8 @@ class Runner:
                 "heldout_nll": nll, "train_samples": len(samples), "path": str(final)}
 
     def cache(self, name: str, pipeline: str, **overrides: Any) -> dict[str, Any]:
-        from stages.build.config import BuildConfig
-        from stages.build.loop import run_build
+        from stages.cache_build.config import BuildConfig
+        from stages.cache_build.loop import run_build
 
         cfg = self.cfg
         settings = dict(

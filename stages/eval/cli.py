@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from stages.eval.settings import (
+from stages.eval.protocol import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CFG_SCALE,
     DEFAULT_REMASKING,

@@ -31,20 +31,20 @@ from lm_eval.models.utils import handle_stop_sequences
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from stages.eval.provenance import weights_fingerprint
-from stages.eval.settings import (
+from stages.eval.protocol import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_CFG_SCALE,
     DEFAULT_REMASKING,
     DEFAULT_TEMPERATURE,
     THINK_BLOCK,
 )
+from stages.eval.provenance import weights_fingerprint
+from tide.runtime import resolve_device, resolve_dtype
 from tide.sampler import BlockDiffusionSampler, SamplerConfig
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "tide_bd3lm"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 
 
@@ -75,22 +75,6 @@ def _as_float(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"model argument {name}={value!r} is not a number") from None
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"model argument dtype={dtype!r} is not one of auto, {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 def load_checkpoint(

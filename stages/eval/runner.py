@@ -23,8 +23,8 @@ from lm_eval.utils import handle_non_serializable
 
 from stages.eval import TASKS_DIR
 from stages.eval.lm_eval_model import TideBD3LM
+from stages.eval.protocol import TaskSetting
 from stages.eval.provenance import provenance_record
-from stages.eval.settings import TaskSetting
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cache_schema.files import atomic_write_json
 from stages.train.order import DataCursor
 
 logger = logging.getLogger(__name__)
@@ -45,13 +46,6 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def _write_json_durably(path: Path, payload: dict[str, Any]) -> None:
-    with path.open("w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def save_checkpoint(
     accelerator,
     output_dir: str | os.PathLike,
@@ -74,7 +68,7 @@ def save_checkpoint(
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         state = {"step": step, "cursor": json.loads(cursor.to_json()), **(extra or {})}
-        _write_json_durably(tmp / STATE_FILE, state)
+        atomic_write_json(tmp / STATE_FILE, state)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

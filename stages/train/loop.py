@@ -28,13 +28,14 @@ from stages.train.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from stages.train.collate import CollateSpec
 from stages.train.config import TrainConfig
 from stages.train.data import CacheStream, StreamConfig, columns_for
-from stages.train.logging_utils import MetricsLogger, plot_loss_curve
+from stages.train.metrics import MetricsLogger, plot_loss_curve
 from stages.train.preflight import RunPlan, check_student_layout, check_student_tokenizer, plan_run
 from stages.train.step import StepConfig, StudentStep
 from tide.losses import LossOptions
 from tide.models.factories import load_student
 from tide.models.student import BD3LMStudent
 from tide.models.tokenizers import tokenizer_fingerprint
+from tide.runtime import resolve_mixed_precision
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,6 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
         return 1.0 - progress
 
     return factor
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def total_optimizer_steps(stream: CacheStream, config: TrainConfig) -> tuple[int, int]:

@@ -49,6 +49,7 @@ from tide.models.wedlm import (
     load_wedlm,
     read_checkpoint_config,
 )
+from tide.runtime import default_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,6 @@ def round_up(value: int, multiple: int = VOCAB_ROW_MULTIPLE) -> int:
     if value <= 0 or multiple <= 0:
         raise ValueError(f"round_up needs positive arguments, got value={value}, multiple={multiple}")
     return -(-value // multiple) * multiple
-
-
-def default_dtype(device: torch.device | str | None) -> torch.dtype:
-    """bf16 on GPU, fp32 on CPU (the runtime precision of teachers and students)."""
-    return torch.bfloat16 if torch.device(device or "cpu").type == "cuda" else torch.float32
 
 
 def _qwen3_kwargs(tokenizer: PreTrainedTokenizerBase, hidden_size: int, num_layers: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.build.passes import (
+from stages.cache_build.passes import (
     COMPDEMO_1,
     COMPDEMO_2,
     PLAIN,

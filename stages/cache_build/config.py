@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cache_schema.files import atomic_write_text
+
 PIPELINES = ("cross", "shared")
 PASSES = ("plain", "compdemo")
 REGIMES = ("paper", "native")
@@ -247,19 +249,3 @@ def check_or_store_config(config: BuildConfig, output_dir: str | os.PathLike) ->
         return
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, config.to_json())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -101,7 +101,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The BuildConfig of a parsed command line: YAML (if any) with the given flags on top."""
-    from stages.build.config import BuildConfig
+    from stages.cache_build.config import BuildConfig
 
     config = BuildConfig.from_yaml(args.config) if getattr(args, "config", None) else BuildConfig()
     names = set(BuildConfig.field_names())
@@ -111,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def fail_after_hook(count: int) -> Any:
     """A BuildHooks whose ``after_shard`` raises :class:`InjectedFailure` after ``count`` shards."""
-    from stages.build.loop import BuildHooks
+    from stages.cache_build.loop import BuildHooks
 
     done = []
 
@@ -124,8 +124,8 @@ def fail_after_hook(count: int) -> Any:
 
 
 def run_build_command(args: argparse.Namespace) -> int:
-    from stages.build.config import BuildConfigError
-    from stages.build.loop import run_build
+    from stages.cache_build.config import BuildConfigError
+    from stages.cache_build.loop import run_build
 
     try:
         config = config_from_args(args)
@@ -159,7 +159,7 @@ def register_build_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stages.build.cli ...`` (same flags as ``tide-cache build``)."""
+    """``python -m stages.cache_build.cli ...`` (same flags as ``tide-cache build``)."""
     parser = argparse.ArgumentParser(prog="tide-cache build")
     add_build_arguments(parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,7 +6,7 @@ One call of :func:`run_build` does the work of one rank:
    (``build_config.json``);
 2. make or load the plan (``progress/plan.json``): one counting pass over the prepared data gives the
    number of samples, the skip counts and the alignment yield, and fixes the shard layout
-   (:class:`stages.build.plan.BuildPlan`);
+   (:class:`stages.cache_build.plan.BuildPlan`);
 3. for each shard of this rank that is not complete — complete means the file is present and its
    sha256 and size equal its ``progress/`` record, which is written atomically only after the shard is in
    place — draw the noise of its units, pack the teacher forwards by length, run the teacher, assemble
@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from stages.build.config import BuildConfig, BuildConfigError, atomic_write_text, check_or_store_config
-from stages.build.passes import (
+from cache_schema.files import atomic_write_text
+from stages.cache_build.config import BuildConfig, BuildConfigError, check_or_store_config
+from stages.cache_build.passes import (
     PLAIN,
     build_requests,
     draw_unit_noise,
@@ -43,8 +44,8 @@ from stages.build.passes import (
     pass_kinds,
     run_teacher_batch,
 )
-from stages.build.plan import BuildPlan
-from stages.build.rows import cross_row, shared_row
+from stages.cache_build.plan import BuildPlan
+from stages.cache_build.rows import cross_row, shared_row
 
 logger = logging.getLogger(__name__)
 
@@ -224,13 +225,11 @@ def _rank_info(rank: int | None, world_size: int | None) -> RankInfo:
 
 
 def _resolve_device(config: BuildConfig, info: RankInfo) -> Any:
-    import torch
+    from tide.runtime import resolve_device
 
-    if config.device != "auto":
-        return torch.device(config.device)
-    if info.state is not None:
+    if config.device == "auto" and info.state is not None:
         return info.state.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(config.device)
 
 
 def _pin_dtype(config: BuildConfig) -> BuildConfig:
@@ -238,18 +237,10 @@ def _pin_dtype(config: BuildConfig) -> BuildConfig:
     stored config records it and resuming on another device type is refused instead of mixing precisions."""
     if config.dtype != "auto":
         return config
-    import torch
+    from tide.runtime import default_dtype, dtype_name, resolve_device
 
-    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return dataclasses.replace(config, dtype="bfloat16" if device.startswith("cuda") else "float32")
-
-
-def _resolve_dtype(config: BuildConfig, device: Any) -> Any:
-    import torch
-
-    if config.dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, config.dtype)
+    device = resolve_device("auto") if config.device == "auto" else config.device
+    return dataclasses.replace(config, dtype=dtype_name(default_dtype(device)))
 
 
 _TOKENIZERS: dict[tuple[str, float], Any] = {}
@@ -276,7 +267,7 @@ def load_tokenizers(config: BuildConfig) -> tuple[Any, Any]:
 def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_counter: Any = None,
                   stats: Any = None) -> Iterator[Any]:
     """Prepared samples of the configured sources, in source order, at most ``max_samples``."""
-    from stages.build.data import iter_sources, prepare_samples
+    from stages.cache_build.data import iter_sources, prepare_samples
 
     prepared = prepare_samples(
         iter_sources(config.sources, skip_counter),
@@ -306,7 +297,7 @@ def load_or_make_plan(config: BuildConfig, student_tok: Any, teacher_tok: Any) -
         if plan_info.get("plan_format") != PLAN_FORMAT:
             raise BuildConfigError(f"{path}: plan format {plan_info.get('plan_format')!r} is not {PLAN_FORMAT}")
         return plan_info
-    from stages.build.data import PrepStats, SkipCounter
+    from stages.cache_build.data import PrepStats, SkipCounter
 
     start = time.perf_counter()
     skip_counter, prep_stats = SkipCounter(), PrepStats()
@@ -442,7 +433,7 @@ def read_shard_record(output: Path, plan: BuildPlan, shard: int) -> dict[str, An
 
 def shard_is_complete(output: Path, plan: BuildPlan, shard: int) -> bool:
     """True when the shard file is present and its size and sha256 equal its progress record."""
-    from cache_schema.writer import sha256_of_file
+    from cache_schema.files import sha256_of_file
 
     record = read_shard_record(output, plan, shard)
     path = output / plan.shard_file(shard)
@@ -480,10 +471,11 @@ class ShardBuilder:
     def __init__(self, config: BuildConfig, plan_info: dict[str, Any], device: Any) -> None:
         from tide.models.factories import load_teacher
         from tide.models.teacher import TeacherRunner
+        from tide.runtime import resolve_dtype
 
         self.config = config
         self.device = device
-        dtype = _resolve_dtype(config, device)
+        dtype = resolve_dtype(config.dtype, device)
         model = load_teacher(config.teacher, dtype=dtype, device=device)
         self.runner = TeacherRunner(
             model, regime=config.regime, block_size=config.block_size, head_chunk_size=config.lm_head_chunk
