@@ -99,17 +99,19 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
     from cache_schema.reader import CacheReader
     from stages.train.collate import CollateSpec
     from stages.train.data import CacheStream, StreamConfig, columns_for
-    from stages.train.step import StepConfig, StudentStep
+    from stages.train.pipelines import train_pipeline
+    from stages.train.step import StudentStep
     from tide.losses import LossOptions
     from tide.models.factories import load_student
+    from tide.objective import Objective
     from tide.targets import sparse_targets
 
     reader = CacheReader(workdir / "cache")
     manifest = reader.manifest
-    targets = None if variant == "ce" else "vocab"
-    spec = CollateSpec(pad_token_id=manifest.student.eos_token_id, block_size=BLOCK, targets=targets,
+    pipeline = None if variant == "ce" else train_pipeline(manifest)
+    spec = CollateSpec(pad_token_id=manifest.student.eos_token_id, block_size=BLOCK, pipeline=pipeline,
                        target_pass="compdemo")
-    stream = CacheStream(reader, spec, columns_for("shared", targets, "compdemo"),
+    stream = CacheStream(reader, spec, columns_for(pipeline, "compdemo"),
                          StreamConfig(batch_size=reader.num_rows, shuffle=False))
     batch, _ = next(stream.batches(stream.start_cursor(), epochs=1))
     batch = batch.to(device)
@@ -119,10 +121,9 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
         from tide.models.factories import load_teacher
 
         teacher = load_teacher(workdir / "teacher", dtype=torch.float32, device=device)
-    step = StudentStep(StepConfig(
-        mode="ce" if variant == "ce" else "tidal", block_size=BLOCK, mask_token_id=manifest.student.mask_token_id,
-        shared_vocab_size=SHARED, temperatures=TEMPS, options=LossOptions(temperature=2.0),
-    ))
+    objective = Objective(mode="ce" if variant == "ce" else "tidal", options=LossOptions(temperature=2.0),
+                          shared_vocab_size=SHARED)
+    step = StudentStep(objective, block_size=BLOCK, mask_token_id=manifest.student.mask_token_id, pipeline=pipeline)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
 
     def one_step():

@@ -15,9 +15,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stages.train.collate import Batch
-from stages.train.step import StepConfig, StudentStep
+from stages.train.step import StudentStep
 from tide.models.a2d_qwen3 import A2DQwen3Config, A2DQwen3LMHeadModel
 from tide.models.student import BD3LMStudent
+from tide.objective import Objective
 
 VOCAB, MASK_ID, BLOCK, SEQ_LEN = 48, 47, 8, 16
 
@@ -42,7 +43,7 @@ def _batch(rank: int) -> Batch:
 
 
 def _step() -> StudentStep:
-    return StudentStep(StepConfig(mode="ce", block_size=BLOCK, mask_token_id=MASK_ID))
+    return StudentStep(Objective(mode="ce"), block_size=BLOCK, mask_token_id=MASK_ID)
 
 
 def _grad(model: torch.nn.Module) -> torch.Tensor:

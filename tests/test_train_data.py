@@ -10,6 +10,7 @@ from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec, collate_rows
 from stages.train.data import CacheStream, StreamConfig, columns_for
 from stages.train.order import DataCursor, mix, permutation, replica_for_epoch
+from stages.train.pipelines import CrossPipeline, SharedPipeline
 from stages.train.synthetic import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
 
 EOS, MASK, BLOCK, SEQ = 3, 95, 4, 8
@@ -32,7 +33,7 @@ def cache(tmp_path_factory):
 def stream(cache, **kwargs):
     reader = CacheReader(cache)
     spec = CollateSpec(pad_token_id=EOS, block_size=BLOCK)
-    return CacheStream(reader, spec, columns_for(reader.pipeline, None, "plain"), StreamConfig(**kwargs))
+    return CacheStream(reader, spec, columns_for(None, "plain"), StreamConfig(**kwargs))
 
 
 def test_mix_is_a_hash_not_a_sum():
@@ -124,16 +125,16 @@ def test_collate_pads_truncates_and_builds_chunk_tables():
          "chunk_student_end": np.array([4]), "chunk_masked": np.array([True]),
          "chunk_in_prompt": np.array([False]), "plain_chunk_logprob": np.array([-0.5])},
     ]
-    batch = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, targets="chunk"))
+    batch = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, pipeline=CrossPipeline()))
     assert batch.input_ids.tolist() == [list(range(8)), [0, 1, 2, 3, EOS, EOS, EOS, EOS]]
     assert batch.masked.nonzero().tolist() == [[0, 1], [0, 2], [0, 6], [1, 3]]
     assert batch.maskable[1].tolist() == [False, True, True, True, False, False, False, False]
     assert batch.chunks.row.tolist() == [0, 0, 0, 1] and batch.chunks.active.tolist() == [False, True, True, True]
-    short = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, targets="chunk", max_length=4))
+    short = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, pipeline=CrossPipeline(), max_length=4))
     assert short.input_ids.shape == (2, 4) and short.chunks.start.tolist() == [0, 1, 3]
     bad = [dict(rows[1], plain_chunk_logprob=np.array([np.nan]))]
     with pytest.raises(ValueError, match="b: plain_chunk_logprob is not finite"):
-        collate_rows(bad, CollateSpec(pad_token_id=EOS, block_size=4, targets="chunk"))
+        collate_rows(bad, CollateSpec(pad_token_id=EOS, block_size=4, pipeline=CrossPipeline()))
 
 
 def test_a_row_without_target_items_collates_with_the_others():
@@ -152,7 +153,7 @@ def test_a_row_without_target_items_collates_with_the_others():
              "target_positions": np.zeros(0, dtype=np.int32), "plain_topk_ids": np.zeros(0, dtype=np.int32),
              "plain_topk_values": np.zeros(0, dtype=np.float16),
              "plain_log_partitions": np.zeros(0, dtype=np.float32)}
-    spec = CollateSpec(pad_token_id=EOS, block_size=4, targets="vocab", k=k, num_temperatures=num_t)
+    spec = CollateSpec(pad_token_id=EOS, block_size=4, pipeline=SharedPipeline(k=k, temperatures=(1.0, 2.0)[:num_t]))
     batch = collate_rows([empty, full], spec)
     assert batch.vocab.row.tolist() == [1, 1]
     assert batch.vocab.position.tolist() == [1, 5]

@@ -15,11 +15,13 @@ import torch
 from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec
 from stages.train.data import CacheStream, StreamConfig, columns_for
-from stages.train.step import StepConfig, StudentStep
+from stages.train.pipelines import CrossPipeline, SharedPipeline, train_pipeline
+from stages.train.step import StudentStep
 from stages.train.synthetic import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
 from tide.losses import LossOptions
 from tide.models.a2d_qwen3 import A2DQwen3Config, A2DQwen3LMHeadModel
 from tide.models.student import bd3lm_forward
+from tide.objective import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +102,9 @@ def cross_cache(tmp_path, *, seed: int = 0):
 
 def one_batch(path, targets, target_pass="plain"):
     reader = CacheReader(path)
-    spec = CollateSpec(pad_token_id=EOS_ID, block_size=BLOCK, targets=targets, target_pass=target_pass)
-    stream = CacheStream(reader, spec, columns_for(reader.pipeline, targets, target_pass),
+    pipeline = None if targets is None else train_pipeline(reader.manifest)
+    spec = CollateSpec(pad_token_id=EOS_ID, block_size=BLOCK, pipeline=pipeline, target_pass=target_pass)
+    stream = CacheStream(reader, spec, columns_for(pipeline, target_pass),
                          StreamConfig(batch_size=reader.num_rows, shuffle=False))
     batch, _ = next(stream.batches(stream.start_cursor(), epochs=1))
     return batch
@@ -172,12 +175,15 @@ def direct_chunk_term(mode, logits, batch, temperature, progress):
     return torch.stack(losses).mean()
 
 
-def step_for(mode, *, temperature, chunk_size=4096, shared=SHARED_VOCAB):
-    return StudentStep(StepConfig(
-        mode=mode, block_size=BLOCK, mask_token_id=MASK_ID, shared_vocab_size=shared, temperatures=TEMPS,
-        options=LossOptions(temperature=temperature, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX),
-        loss_chunk_size=chunk_size,
-    ))
+def step_for(mode, *, temperature, chunk_size=4096, shared=SHARED_VOCAB, pipeline=None):
+    objective = Objective(
+        mode=mode, options=LossOptions(temperature=temperature, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX),
+        shared_vocab_size=shared, head_chunk_size=chunk_size,
+    )
+    kind = objective.target_kind
+    if pipeline is None and kind != "none":
+        pipeline = SharedPipeline(k=1, temperatures=TEMPS) if kind == "vocab" else CrossPipeline()
+    return StudentStep(objective, block_size=BLOCK, mask_token_id=MASK_ID, pipeline=pipeline)
 
 
 def grads(model, loss):

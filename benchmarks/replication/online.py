@@ -120,9 +120,9 @@ class OnlineTargetStream(CacheStream):
         stored = [c for c in columns if not c.startswith(f"{collate_spec.target_pass}_")]
         extra = SHARED_NOISE_COLUMNS if reader.manifest.pipeline == "shared" else CROSS_NOISE_COLUMNS
         needed = stored + [c for c in extra if c not in stored]
-        if collate_spec.targets is None:
+        if collate_spec.pipeline is None:
             needed = list(columns)
-        self._online = collate_spec.targets is not None
+        self._online = collate_spec.pipeline is not None
         super().__init__(reader, collate_spec, needed, config)
 
     def rows(self, pairs: np.ndarray) -> list[dict[str, object]]:

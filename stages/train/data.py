@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cache_schema.reader import CacheReader, Ragged, table_to_torch
-from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED
 from stages.train.collate import Batch, CollateSpec, collate_rows
 from stages.train.order import (
     DataCursor,
@@ -29,25 +28,16 @@ from stages.train.order import (
     replica_for_epoch,
     steps_in_epoch,
 )
+from stages.train.pipelines import BASE_COLUMNS, TrainPipeline
 
 logger = logging.getLogger(__name__)
 
-BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "maskable", "masked_positions")
-
-
-def columns_for(pipeline: str, targets: str | None, target_pass: str) -> list[str]:
-    """Cache columns a training run reads for ``targets`` ("vocab", "chunk" or None) of ``target_pass``."""
+def columns_for(pipeline: TrainPipeline | None, target_pass: str) -> list[str]:
+    """Cache columns a training run reads: the base columns plus ``pipeline``'s target columns of
+    ``target_pass`` (None: a run without teacher targets)."""
     columns = list(BASE_COLUMNS)
-    if targets == "vocab":
-        if pipeline != PIPELINE_SHARED:
-            raise ValueError(f"vocabulary targets need a '{PIPELINE_SHARED}' cache, this one is '{pipeline}'")
-        columns += ["target_positions", f"{target_pass}_topk_ids", f"{target_pass}_topk_values",
-                    f"{target_pass}_log_partitions"]
-    elif targets == "chunk":
-        if pipeline != PIPELINE_CROSS:
-            raise ValueError(f"chunk targets need a '{PIPELINE_CROSS}' cache, this one is '{pipeline}'")
-        columns += ["chunk_student_start", "chunk_student_end", "chunk_masked", "chunk_in_prompt",
-                    f"{target_pass}_chunk_logprob"]
+    if pipeline is not None:
+        columns += pipeline.columns(target_pass)
     return columns
 
 

@@ -30,11 +30,12 @@ from stages.train.config import TrainConfig
 from stages.train.data import CacheStream, StreamConfig, columns_for
 from stages.train.metrics import MetricsLogger, plot_loss_curve
 from stages.train.preflight import RunPlan, check_student_layout, check_student_tokenizer, plan_run
-from stages.train.step import StepConfig, StudentStep
+from stages.train.step import StudentStep
 from tide.losses import LossOptions
 from tide.models.factories import load_student
 from tide.models.student import BD3LMStudent
 from tide.models.tokenizers import tokenizer_fingerprint
+from tide.objective import Objective
 from tide.runtime import resolve_mixed_precision
 
 logger = logging.getLogger(__name__)
@@ -125,9 +126,8 @@ def train(
     stream = stream_class(
         reader,
         CollateSpec(pad_token_id=manifest.student.eos_token_id, block_size=manifest.student.block_size,
-                    targets=plan.targets, target_pass=plan.target_pass, max_length=config.max_length,
-                    k=manifest.targets.k, num_temperatures=len(manifest.targets.temperatures)),
-        columns_for(manifest.pipeline, plan.targets, plan.target_pass),
+                    pipeline=plan.pipeline, target_pass=plan.target_pass, max_length=config.max_length),
+        columns_for(plan.pipeline, plan.target_pass),
         StreamConfig(seed=config.seed, batch_size=config.batch_size, rank=accelerator.process_index,
                      world_size=accelerator.num_processes, shuffle_window=config.shuffle_window,
                      replica_cycle=tuple(config.replica_cycle)),
@@ -139,13 +139,15 @@ def train(
             f"{config.batch_size} x grad_accum {config.grad_accum} x {accelerator.num_processes} processes"
         )
     warmup = config.warmup_steps or int(config.warmup_ratio * total_steps)
-    step_fn = StudentStep(StepConfig(
-        mode=config.mode, block_size=manifest.student.block_size, mask_token_id=manifest.student.mask_token_id,
-        shared_vocab_size=manifest.teacher.shared_vocab_size, temperatures=plan.temperatures,
+    objective = Objective(
+        mode=config.mode,
         options=LossOptions(temperature=plan.temperature, axis=config.tidal_axis, decay=config.tidal_decay,
                             lambda0=config.lambda0, lambda_max=config.lambda_max, weighting=config.tidal_weight),
-        distill_weight=config.distill_weight, ce_weight=config.ce_weight, loss_chunk_size=config.loss_chunk_size,
-    ))
+        ce_weight=config.ce_weight, distill_weight=config.distill_weight,
+        shared_vocab_size=manifest.teacher.shared_vocab_size, head_chunk_size=config.loss_chunk_size,
+    )
+    step_fn = StudentStep(objective, block_size=manifest.student.block_size,
+                          mask_token_id=manifest.student.mask_token_id, pipeline=plan.pipeline)
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cache_schema.manifest import Manifest
-from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED
-from tide.losses import parse_mode, required_targets
+from stages.train.pipelines import CrossPipeline, SharedPipeline, train_pipeline
+from tide.losses import LOSSES, parse_mode, required_targets
 
 
 class CacheMismatchError(ValueError):
@@ -19,36 +19,39 @@ class CacheMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What the data pipeline must deliver: ``targets`` ("vocab", "chunk" or None), the teacher pass,
-    the distillation temperature (None for ``ce``) and the cache's stored temperatures."""
+    """What the data pipeline must deliver: the cache's training pipeline (None when the mode needs no
+    teacher targets), the teacher pass, the distillation temperature (None for ``ce``) and the cache's
+    stored temperatures."""
 
-    targets: str | None
+    pipeline: SharedPipeline | CrossPipeline | None
     target_pass: str
     temperature: float | None
     temperatures: tuple[float, ...]
 
 
+TARGET_WORDS = {"vocab": "vocabulary (top-k)", "chunk": "chunk"}
+
+
+def _modes_for(kind: str) -> str:
+    return ", ".join(name for name, entry in LOSSES.items() if entry.targets == kind)
+
+
 def plan_run(manifest: Manifest, *, mode: str, comp_demo: bool, temperature: float | None) -> RunPlan:
     """Refuse a mode the cache cannot serve; otherwise say which targets to read.
 
-    ``temperature`` None means the mode's default (5.0 chunk, 2.0 vocabulary)."""
+    ``temperature`` None means the mode's default (its loss-registry entry's)."""
     try:
         entries = parse_mode(mode)
     except ValueError as exc:
         raise CacheMismatchError(f"--mode {mode!r}: {exc}") from None
     kind = required_targets(entries)
-    pipeline = manifest.pipeline
+    pipeline = train_pipeline(manifest)
     passes = list(manifest.targets.passes)
-    if kind == "vocab" and pipeline != PIPELINE_SHARED:
+    if kind != "none" and kind != pipeline.target_kind:
         raise CacheMismatchError(
-            f"--mode {mode!r} needs vocabulary (top-k) targets, but the cache is pipeline {pipeline!r} "
-            f"(chunk targets); use a chunk mode (calm, reverse_calm, tidal_calm, reverse_tidal_calm) or a "
-            f"'{PIPELINE_SHARED}' cache"
-        )
-    if kind == "chunk" and pipeline != PIPELINE_CROSS:
-        raise CacheMismatchError(
-            f"--mode {mode!r} needs chunk targets, but the cache is pipeline {pipeline!r} (vocabulary "
-            f"targets); use a vocabulary mode (kl, reverse_kl, tidal) or a '{PIPELINE_CROSS}' cache"
+            f"--mode {mode!r} needs {TARGET_WORDS[kind]} targets, but the cache is pipeline {pipeline.name!r} "
+            f"({TARGET_WORDS[pipeline.target_kind]} targets); use one of its modes "
+            f"({_modes_for(pipeline.target_kind)}) or a cache with {TARGET_WORDS[kind]} targets"
         )
     target_pass = "compdemo" if comp_demo else "plain"
     if kind != "none" and target_pass not in passes:
@@ -62,7 +65,7 @@ def plan_run(manifest: Manifest, *, mode: str, comp_demo: bool, temperature: flo
         )
     temperatures = tuple(float(t) for t in manifest.targets.temperatures)
     if kind == "none":
-        return RunPlan(targets=None, target_pass=target_pass, temperature=None, temperatures=temperatures)
+        return RunPlan(pipeline=None, target_pass=target_pass, temperature=None, temperatures=temperatures)
     entry = next(e for e in entries if e.targets == kind)
     chosen = float(temperature) if temperature else float(entry.default_temperature)
     if kind == "vocab" and chosen not in temperatures:
@@ -71,7 +74,7 @@ def plan_run(manifest: Manifest, *, mode: str, comp_demo: bool, temperature: flo
             "modes need the log-partition at their temperature: pick one of the stored temperatures or "
             "rebuild the cache with this one"
         )
-    return RunPlan(targets=kind, target_pass=target_pass, temperature=chosen, temperatures=temperatures)
+    return RunPlan(pipeline=pipeline, target_pass=target_pass, temperature=chosen, temperatures=temperatures)
 
 
 def check_student_tokenizer(manifest: Manifest, fingerprint: str, *, student: str) -> None:
@@ -92,7 +95,7 @@ def check_student_layout(manifest: Manifest, *, mask_token_id: int | None, vocab
             f"mask token mismatch: the cache uses student mask id {info.mask_token_id}, the student "
             f"tokenizer's mask id is {mask_token_id}"
         )
-    if manifest.pipeline == PIPELINE_SHARED and (manifest.teacher.shared_vocab_size or 0) > vocab_rows:
+    if (manifest.teacher.shared_vocab_size or 0) > vocab_rows:
         raise CacheMismatchError(
             f"the cache compares the first {manifest.teacher.shared_vocab_size} ids, but the student has only "
             f"{vocab_rows} vocabulary rows"

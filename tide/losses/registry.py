@@ -100,13 +100,17 @@ class LossOptions:
 
 @dataclass(frozen=True)
 class LossEntry:
-    """One mode: its name, the teacher targets it needs, its default temperature and its loss function."""
+    """One mode and its properties: the teacher targets it needs ("none", "vocab" or "chunk"), its
+    default temperature (None for CE), whether it follows the TIDAL λ schedule, and its loss function.
+
+    Code that needs to know something about a mode asks its entry; nothing else lists mode names."""
 
     name: str
     targets: TargetKind
     default_temperature: float | None
     compute: Callable[..., torch.Tensor] = field(repr=False)
     description: str = ""
+    uses_tidal_schedule: bool = False
 
     def temperature(self, options: LossOptions) -> float | None:
         if self.default_temperature is None:
@@ -186,11 +190,11 @@ _ENTRIES = [
     LossEntry("ce", "none", None, _ce, "BD3LM cross-entropy only"),
     LossEntry("kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _kl, "forward KL(p_T^T || p_S^T) · T^2"),
     LossEntry("reverse_kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _reverse_kl, "reverse KL(p_S^T || p_T^T) · T^2"),
-    LossEntry("tidal", "vocab", DEFAULT_VOCAB_TEMPERATURE, _tidal, "TIDAL interpolated forward KL · T^2"),
+    LossEntry("tidal", "vocab", DEFAULT_VOCAB_TEMPERATURE, _tidal, "TIDAL interpolated forward KL · T^2", True),
     LossEntry("calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _calm(False), "CALM chunk binary cross-entropy"),
     LossEntry("reverse_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _calm(True), "reverse CALM (TIDE-Cross)"),
-    LossEntry("tidal_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _tidal_calm(False), "TIDAL-CALM"),
-    LossEntry("reverse_tidal_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _tidal_calm(True), "reverse TIDAL-CALM"),
+    LossEntry("tidal_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _tidal_calm(False), "TIDAL-CALM", True),
+    LossEntry("reverse_tidal_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _tidal_calm(True), "reverse TIDAL-CALM", True),
 ]
 
 LOSSES: Mapping[str, LossEntry] = MappingProxyType({entry.name: entry for entry in _ENTRIES})
@@ -229,8 +233,9 @@ def combine_losses(
     distill: Mapping[str, torch.Tensor],
     *,
     weight: float | Mapping[str, float] = 1.0,
+    ce_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """total = ce + Σ weight[name]·distill[name]; returns (total, parts including "ce").
+    """total = ce_weight·ce + Σ weight[name]·distill[name]; returns (total, parts including "ce").
 
     ``weight`` is one float for every term or a mapping by mode name (missing names get 1.0).
     """
@@ -246,7 +251,7 @@ def combine_losses(
         weights = {name: float(weight.get(name, 1.0)) for name in distill}
     else:
         weights = dict.fromkeys(distill, float(weight))
-    total = ce
+    total = ce_weight * ce
     for name, term in distill.items():
         total = total + weights[name] * term
     return total, {"ce": ce, **distill}

@@ -1,0 +1,184 @@
+"""What each cache pipeline means to training: its columns, how its target items collate, and how a
+collated batch becomes the objective's teacher targets.
+
+One object per pipeline, chosen once from the manifest (:func:`train_pipeline`); nothing else in
+training compares pipeline names. ``shared`` (pipeline B) carries top-k vocabulary targets at target
+positions; ``cross`` (pipeline A) carries chunk tables with the teacher's chunk log-probs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from cache_schema.manifest import Manifest
+from cache_schema.schemas import (
+    PIPELINE_CROSS,
+    PIPELINE_SHARED,
+    chunk_logprob_column,
+    log_partitions_column,
+    topk_ids_column,
+    topk_values_column,
+)
+from tide.objective import ChunkTargets, VocabTargets, chunk_token_index, index_among
+
+# Columns every training run reads, whatever the pipeline and mode.
+BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "maskable", "masked_positions")
+
+
+@dataclass
+class VocabItems:
+    """Top-k teacher targets of a batch, one entry per target item.
+
+    row, position: int64 (N,); topk_ids: int64 (N, k); topk_values: float32 (N, k) (teacher logits minus
+    the row max over the shared slice, descending); log_partitions: float32 (N, n_T), one column per stored
+    temperature (manifest ``targets.temperatures``, the first being 1.0)."""
+
+    row: torch.Tensor
+    position: torch.Tensor
+    topk_ids: torch.Tensor
+    topk_values: torch.Tensor
+    log_partitions: torch.Tensor
+
+
+@dataclass
+class ChunkItems:
+    """Aligned chunks of a batch: row, start, end int64 (C,) (student positions, end exclusive);
+    teacher_logprob float32 (C,) (NaN where not masked); active bool (C,) = masked ∧ ¬prompt."""
+
+    row: torch.Tensor
+    start: torch.Tensor
+    end: torch.Tensor
+    teacher_logprob: torch.Tensor
+    active: torch.Tensor
+
+
+def row_column(row: Mapping[str, object], name: str, label: str) -> np.ndarray:
+    """One column of a cache row as a numpy array; KeyError naming the row (``label``) if it is absent."""
+    if name not in row:
+        raise KeyError(f"{label}: column {name!r} is missing from the cache row")
+    return np.asarray(row[name])
+
+
+class TrainPipeline(Protocol):
+    """The training side of one cache pipeline."""
+
+    name: str
+    target_kind: str  # the objective's target kind: "vocab" or "chunk"
+    items_class: type
+
+    def columns(self, target_pass: str) -> list[str]:
+        """Cache columns a run with targets of ``target_pass`` reads, besides :data:`BASE_COLUMNS`."""
+
+    def row_items(self, row: Mapping[str, object], label: str, b: int, n: int, target_pass: str) -> dict:
+        """Per-row item arrays (numpy) of row ``b`` truncated to ``n`` tokens."""
+
+    def concat_items(self, parts: list[dict]) -> VocabItems | ChunkItems:
+        """One item table for the batch from the rows' parts."""
+
+    def loss_targets(self, items: VocabItems | ChunkItems, flat_masked: torch.Tensor, row_t: torch.Tensor,
+                     seq_len: int) -> VocabTargets | ChunkTargets:
+        """The objective's targets: items mapped onto the M masked positions (``flat_masked``, ascending
+        ``row · seq_len + position``); ``row_t`` (B,) the rows' timesteps."""
+
+
+@dataclass(frozen=True)
+class SharedPipeline:
+    """Pipeline B: top-k targets at target positions (a subset of the masked positions)."""
+
+    k: int
+    temperatures: tuple[float, ...]
+    name: str = PIPELINE_SHARED
+    target_kind: str = "vocab"
+    items_class: type = VocabItems
+
+    def columns(self, target_pass: str) -> list[str]:
+        return ["target_positions", topk_ids_column(target_pass), topk_values_column(target_pass),
+                log_partitions_column(target_pass)]
+
+    def row_items(self, row: Mapping[str, object], label: str, b: int, n: int, target_pass: str) -> dict:
+        positions = row_column(row, "target_positions", label).astype(np.int64)
+        ids = row_column(row, topk_ids_column(target_pass), label)
+        values = row_column(row, topk_values_column(target_pass), label)
+        partitions = row_column(row, log_partitions_column(target_pass), label)
+        count = len(positions)
+        # A row without items carries no width of its own: take the widths from the manifest.
+        ids = ids.reshape(count, self.k)
+        values = values.reshape(count, self.k)
+        partitions = partitions.reshape(count, len(self.temperatures))
+        keep = positions < n
+        return {
+            "row": np.full(int(keep.sum()), b, dtype=np.int64),
+            "position": positions[keep],
+            "topk_ids": ids[keep].astype(np.int64),
+            "topk_values": values[keep].astype(np.float32),
+            "log_partitions": partitions[keep].astype(np.float32),
+        }
+
+    def concat_items(self, parts: list[dict]) -> VocabItems:
+        return VocabItems(**{key: torch.from_numpy(np.concatenate([p[key] for p in parts])) for key in parts[0]})
+
+    def loss_targets(self, items: VocabItems, flat_masked: torch.Tensor, row_t: torch.Tensor,
+                     seq_len: int) -> VocabTargets:
+        index = index_among(flat_masked, items.row * seq_len + items.position, "cache target positions")
+        return VocabTargets(index=index, topk_ids=items.topk_ids, topk_values=items.topk_values,
+                            log_partitions=items.log_partitions, temperatures=self.temperatures)
+
+
+@dataclass(frozen=True)
+class CrossPipeline:
+    """Pipeline A: chunk tables with the teacher's chunk log-prob per masked chunk."""
+
+    name: str = PIPELINE_CROSS
+    target_kind: str = "chunk"
+    items_class: type = ChunkItems
+
+    def columns(self, target_pass: str) -> list[str]:
+        return ["chunk_student_start", "chunk_student_end", "chunk_masked", "chunk_in_prompt",
+                chunk_logprob_column(target_pass)]
+
+    def row_items(self, row: Mapping[str, object], label: str, b: int, n: int, target_pass: str) -> dict:
+        start = row_column(row, "chunk_student_start", label).astype(np.int64)
+        end = row_column(row, "chunk_student_end", label).astype(np.int64)
+        chunk_masked = row_column(row, "chunk_masked", label).astype(bool)
+        in_prompt = row_column(row, "chunk_in_prompt", label).astype(bool)
+        name = chunk_logprob_column(target_pass)
+        logprob = row_column(row, name, label).astype(np.float32)
+        if not (len(start) == len(end) == len(chunk_masked) == len(in_prompt) == len(logprob)):
+            raise ValueError(f"{label}: chunk columns have different lengths")
+        keep = end <= n
+        active = chunk_masked & ~in_prompt & keep
+        bad = active & ~np.isfinite(logprob)
+        if bad.any():
+            raise ValueError(f"{label}: {name} is not finite for {int(bad.sum())} masked response chunk(s)")
+        return {
+            "row": np.full(int(keep.sum()), b, dtype=np.int64),
+            "start": start[keep],
+            "end": end[keep],
+            "teacher_logprob": logprob[keep],
+            "active": active[keep],
+        }
+
+    def concat_items(self, parts: list[dict]) -> ChunkItems:
+        return ChunkItems(**{key: torch.from_numpy(np.concatenate([p[key] for p in parts])) for key in parts[0]})
+
+    def loss_targets(self, items: ChunkItems, flat_masked: torch.Tensor, row_t: torch.Tensor,
+                     seq_len: int) -> ChunkTargets:
+        active = items.active.nonzero().squeeze(1)
+        rows = items.row[active]
+        token_index, chunk_of_token = chunk_token_index(
+            flat_masked, rows, items.start[active], items.end[active], seq_len)
+        return ChunkTargets(token_index=token_index, chunk_of_token=chunk_of_token,
+                            teacher_logprob=items.teacher_logprob[active], t=row_t.float()[rows])
+
+
+def train_pipeline(manifest: Manifest) -> SharedPipeline | CrossPipeline:
+    """The training view of a cache's pipeline, from its manifest."""
+    if manifest.pipeline == PIPELINE_SHARED:
+        return SharedPipeline(k=int(manifest.targets.k),
+                              temperatures=tuple(float(t) for t in manifest.targets.temperatures))
+    return CrossPipeline()
