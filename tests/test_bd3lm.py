@@ -15,6 +15,7 @@ from tide.bd3lm import (
     bd3lm_bool_mask,
     bd3lm_mask_mod,
     bd3lm_position_ids,
+    block_causal_bool_mask,
     bool_to_additive,
     flex_attention_available,
     with_key_padding,
@@ -159,3 +160,17 @@ def test_bool_mask_is_wrong_for_eager_and_additive_is_right():
         bad = eager_model(input_ids=ids, attention_mask=boolean.float(), position_ids=pos).logits
     torch.testing.assert_close(good, ref, atol=1e-5, rtol=1e-5)
     assert (bad - ref).abs().max() > 1e-2
+
+
+def test_block_causal_mask_allows_a_shorter_last_block():
+    """Length 5 with blocks of 2: blocks {0,1}, {2,3}, {4}; a token sees its own block and earlier ones."""
+    expected = torch.tensor([
+        [1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(block_causal_bool_mask(5, 2), expected)
+    with pytest.raises(ValueError, match="block_size"):
+        block_causal_bool_mask(4, 0)

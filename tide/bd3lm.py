@@ -72,9 +72,10 @@ def block_causal_bool_mask(
 ) -> torch.Tensor:
     """Block-causal mask over one clean sequence, shape (L, L): a token sees its own and earlier blocks.
 
-    This is the clean half of the BD3LM mask alone, used to fill the KV cache of finished blocks."""
-    if seq_len % block_size != 0:
-        raise ValueError(f"seq_len={seq_len} is not a multiple of block_size={block_size}")
+    This is the clean half of the BD3LM mask alone (the sampler fills its KV cache of finished blocks with
+    it). ``seq_len`` need not be a multiple of ``block_size``: a last, shorter block is a block too."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
     block = torch.arange(seq_len, device=device) // block_size
     return block[:, None] >= block[None, :]
 

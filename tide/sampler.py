@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from tide.bd3lm import bool_to_additive
+from tide.bd3lm import block_causal_bool_mask, bool_to_additive, with_key_padding
 
 logger = logging.getLogger(__name__)
 
@@ -331,13 +331,10 @@ class BlockDiffusionSampler:
 
 
 def _block_causal(key_valid: torch.Tensor, block_size: int) -> torch.Tensor:
-    """(B, L, L) attend-mask: block-causal over positions (block id = index // block_size), valid keys
-    only, plus the diagonal so that a pad query never has an empty row."""
-    length = key_valid.shape[1]
-    index = torch.arange(length, device=key_valid.device)
-    block = index // block_size
-    causal = block[:, None] >= block[None, :]
-    return (causal[None] & key_valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=key_valid.device)
+    """(B, L, L) attend-mask: the clean half of the BD3LM rule (block-causal), valid keys only, plus the
+    diagonal so that a pad query never has an empty row."""
+    causal = block_causal_bool_mask(key_valid.shape[1], block_size, device=key_valid.device)
+    return with_key_padding(causal, key_valid)
 
 
 def _prefix_and_block(prefix_valid: torch.Tensor, length: int) -> torch.Tensor:

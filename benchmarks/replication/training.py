@@ -3,7 +3,8 @@
 Everything goes through the project's pieces: samples are tokenized by the build stage's
 :func:`stages.cache_build.data.prepare_sample`; noise comes from :mod:`tide.noise`; the student forward is
 :func:`tide.models.student.bd3lm_hidden_states`; a teacher is run in exactly the layout the build stage
-queries it with (:func:`tide.models.teacher.build_layout`); the loss is ``tide.losses.LOSSES["ce"]``.
+queries it with (:func:`tide.models.teacher.build_layout`); the loss is the CE term of the training
+objective (:func:`tide.objective.compute_objective`).
 
 A "forward" here is ``fn(noised (B, L), clean (B, L), valid (B, L) bool) -> hidden (B, L, H)`` for the x_t
 positions; logits come from the model's output embeddings at the positions needed.
@@ -23,15 +24,16 @@ from torch import nn
 
 from stages.cache_build.data import RawSample, SkipCounter, SkipSample, prepare_sample
 from tide import noise
-from tide.bd3lm import attention_mask_for, noise_input_ids
-from tide.losses import LOSSES, CEInputs, LossOptions
+from tide.bd3lm import noise_input_ids
 from tide.models.student import bd3lm_hidden_states
-from tide.models.teacher import build_layout
+from tide.models.teacher import build_layout, layout_hidden_states
+from tide.objective import MaskedPositions, Objective, compute_objective
 
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 EVAL_SEED = 1234
+CE_OBJECTIVE = Objective(mode="ce")  # teacher pre-training: the BD3LM CE term of the training objective
 
 
 @dataclass
@@ -129,11 +131,7 @@ def teacher_forward(model: nn.Module, family: str, regime: str, block_size: int,
 
     def fn(noised, clean, valid):
         layout = build_layout(family, regime, noised, clean, valid, block_size=block_size, mask_token_id=mask_token_id)
-        impl = getattr(model.config, "_attn_implementation", None) or "eager"
-        mask = attention_mask_for(layout.allowed, impl, dtype=model.dtype)
-        hidden = model.base_model(input_ids=layout.input_ids, attention_mask=mask,
-                                  position_ids=layout.position_ids, use_cache=False).last_hidden_state
-        return hidden.gather(1, layout.index[..., None].expand(-1, -1, hidden.shape[-1]))
+        return layout_hidden_states(model, layout)
 
     return fn
 
@@ -183,12 +181,9 @@ def pretrain(
         t, masked = draw_noise(batch, ids.shape[1], seed=seed, replica=epoch)
         noised = noise_input_ids(ids, masked, mask_token_id)
         hidden = forward(noised, ids, valid)
-        logits = head(hidden[masked]).float()
-        loss = LOSSES["ce"](
-            CEInputs(logits=logits, gold_ids=ids[masked], t=t[:, None].expand_as(ids)[masked],
-                     num_maskable=max(int(maskable.sum()), 1)),
-            LossOptions(),
-        )
+        positions = MaskedPositions(hidden=hidden[masked], gold_ids=ids[masked], t=t[:, None].expand_as(ids)[masked],
+                                    num_maskable=int(maskable.sum()))
+        loss = compute_objective(CE_OBJECTIVE, head, positions, None).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -170,6 +170,27 @@ def build_layout(
     raise ValueError(f"unknown teacher family/regime {family!r}/{regime!r}: families {FAMILIES}, regimes {REGIMES}")
 
 
+def layout_hidden_states(
+    model: nn.Module,
+    layout: TeacherLayout,
+    row_index: torch.Tensor | None = None,
+    position: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Final hidden states (after the last norm) at logical x_t positions of ``layout``.
+
+    With ``row_index`` / ``position`` (N,) only those positions, (N, H); without, every logical position,
+    (B, T, H). Differentiable: the runner calls it under ``inference_mode``, teacher pre-training with
+    gradients. ``layout.index`` maps each logical position to its slot in the teacher's sequence."""
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    mask = attention_mask_for(layout.allowed, impl, dtype=model.dtype)
+    hidden = model.base_model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
+                              use_cache=False).last_hidden_state
+    if row_index is None:
+        return hidden.gather(1, layout.index[..., None].expand(-1, -1, hidden.shape[-1]))
+    rows = row_index.to(hidden.device)
+    return hidden[rows, layout.index[rows, position.to(hidden.device)]]
+
+
 def infer_family(config: Any) -> str:
     """``llada2`` for ``llada2_moe`` configs, ``wedlm`` for WeDLM loaded as Qwen3 (see ``load_wedlm``)."""
     model_type = getattr(config, "model_type", None)
@@ -310,18 +331,7 @@ class TeacherRunner:
         """Final hidden states (after the last norm) at the selected positions, shape (N, hidden)."""
         self._check(noised_ids, lengths, row_index, position, clean_ids)
         layout = self.layout(noised_ids, lengths, clean_ids)
-        impl = getattr(self.model.config, "_attn_implementation", None) or "eager"
-        mask = attention_mask_for(layout.allowed, impl, dtype=self.model.dtype)
-        outputs = self.model.base_model(
-            input_ids=layout.input_ids,
-            attention_mask=mask,
-            position_ids=layout.position_ids,
-            use_cache=False,
-        )
-        hidden = outputs.last_hidden_state
-        rows = row_index.to(hidden.device)
-        seq_index = layout.index[rows, position.to(hidden.device)]
-        return hidden[rows, seq_index]
+        return layout_hidden_states(self.model, layout, row_index, position)
 
     def map_head(self, hidden: torch.Tensor, fn: Callable[[torch.Tensor, slice], Any]) -> Any:
         """Apply ``fn(logits_fp32 (n, V), rows slice)`` to the LM-head output of ``hidden`` (N, H) in chunks of
