@@ -22,43 +22,38 @@ from pathlib import Path
 import torch
 
 from stages.cache_build.config import BuildConfig
-from stages.cache_build.loop import ShardBuilder, iter_prepared, load_or_make_plan, load_tokenizers, run_build
-from stages.cache_build.passes import build_requests, draw_unit_noise, pack_batches
-from stages.cache_build.plan import BuildPlan
+from stages.cache_build.passes import pack_batches, pad_batch
+from stages.cache_build.run import run_build
+from stages.cache_build.shard_builder import ShardBuilder
+from stages.cache_build.shard_layout import ShardLayout
+from stages.cache_build.survey import iter_prepared, load_or_make_survey, load_tokenizers
 from tide.models.factories import build_tiny_wedlm
 from tide.models.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_qwen_tokenizer
 
 
-def bare_teacher_seconds(config: BuildConfig, plan_info: dict, student_tok, teacher_tok) -> tuple[float, int]:
+def bare_teacher_seconds(config: BuildConfig, survey: dict, student_tok, teacher_tok) -> tuple[float, int]:
     """Time only the runner calls over the build's own batches (inputs prepared beforehand)."""
     config = config.resolve()
-    builder = ShardBuilder(config, plan_info, torch.device(config.device))
-    plan = BuildPlan(plan_info["num_samples"], config.replicas, config.rows_per_shard)
+    builder = ShardBuilder(config, survey, torch.device(config.device))
+    layout = ShardLayout(survey["num_samples"], config.replicas, config.rows_per_shard)
     samples = list(iter_prepared(config, student_tok, teacher_tok))
     total, forwards = 0.0, 0
-    for shard in range(plan.num_shards):
-        units = [(samples[s], r) for s, r in (plan.unit(u) for u in plan.shard_units(shard))]
+    for shard in range(layout.num_shards):
+        units = [(samples[s], r) for s, r in (layout.unit(u) for u in layout.shard_units(shard))]
         requests = []
         for index, (sample, replica) in enumerate(units):
-            noise = draw_unit_noise(sample, replica, pipeline="shared", seed=config.seed, eps=config.eps,
-                                    demo_ratio=config.demo_ratio, compdemo=True)
-            requests += build_requests(index, sample, noise, pipeline="shared", kinds=builder.kinds,
-                                       teacher_mask_id=builder.runner.mask_token_id)
+            noise = builder.pipeline.draw_noise(sample, replica, seed=config.seed, eps=config.eps,
+                                                demo_ratio=config.demo_ratio, compdemo=True)
+            requests += builder.pipeline.requests(index, sample, noise, kinds=builder.kinds,
+                                                  teacher_mask_id=builder.runner.mask_token_id)
         for batch in pack_batches(requests, batch_tokens=config.batch_tokens, batch_rows=config.batch_rows,
                                   cost_factor=builder.cost_factor):
-            width = max(r.length for r in batch)
-            noised = torch.full((len(batch), width), builder.pad_id, dtype=torch.long)
-            clean = noised.clone()
-            for row, r in enumerate(batch):
-                noised[row, : r.length] = torch.from_numpy(r.noised_ids)
-                clean[row, : r.length] = torch.from_numpy(r.clean_ids)
-            lengths = torch.tensor([r.length for r in batch])
-            rows = torch.cat([torch.full((len(r.positions),), i) for i, r in enumerate(batch)])
-            positions = torch.cat([torch.from_numpy(r.positions) for r in batch])
-            gold = clean[rows, positions]
+            arrays = pad_batch(batch, builder.pad_id)
+            args = [torch.from_numpy(a) for a in (arrays.noised, arrays.lengths, arrays.row_index,
+                                                  arrays.position, arrays.gold)]
             start = time.perf_counter()
-            builder.runner.topk_targets(noised, lengths, rows, positions, gold, k=config.k,
-                                        temperatures=config.temperatures, clean_ids=clean)
+            builder.runner.topk_targets(*args, k=config.k, temperatures=config.temperatures,
+                                        clean_ids=torch.from_numpy(arrays.clean))
             total += time.perf_counter() - start
             forwards += len(batch)
     return total, forwards
@@ -94,11 +89,11 @@ def main() -> None:
         resolved = config.resolve()
         student_tok, teacher_tok = load_tokenizers(resolved)
         start = time.perf_counter()
-        plan_info = load_or_make_plan(resolved, student_tok, teacher_tok)  # counting pass (once per build)
+        survey = load_or_make_survey(resolved, student_tok, teacher_tok)  # counting pass (once per build)
         plan_seconds = time.perf_counter() - start
         builds, bares, inside = [], [], []
         for _ in range(args.repeats):
-            for shard_file in (root / "cache").glob("shard-*"):  # keep the plan, rebuild every shard
+            for shard_file in (root / "cache").glob("shard-*"):  # keep the survey, rebuild every shard
                 shard_file.unlink()
             for record in (root / "cache" / "progress").glob("shard-*.json"):
                 record.unlink()
@@ -109,10 +104,10 @@ def main() -> None:
             manifest = json.loads((root / "cache" / "manifest.json").read_text())
             stats = manifest["build"]["stats"]
             inside.append(stats["teacher_seconds"])
-            bare, forwards = bare_teacher_seconds(config, plan_info, student_tok, teacher_tok)
+            bare, forwards = bare_teacher_seconds(config, survey, student_tok, teacher_tok)
             bares.append(bare)
         start = time.perf_counter()
-        ShardBuilder(resolved, plan_info, torch.device("cpu"))
+        ShardBuilder(resolved, survey, torch.device("cpu"))
         load_seconds = time.perf_counter() - start
         build_seconds, bare = min(builds), min(bares)
 

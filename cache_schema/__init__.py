@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cache_schema.directory import CacheDirectory, shard_file_name, write_manifest
 from cache_schema.errors import (
     CacheError,
     ManifestError,
@@ -29,7 +30,7 @@ from cache_schema.manifest import (
 )
 from cache_schema.schemas import cross_schema, schema_for, shared_schema, table_from_columns, table_from_rows
 from cache_schema.validate import Problem, validate_cache
-from cache_schema.writer import AsyncShardWriter, shard_file_name, write_manifest, write_shard
+from cache_schema.writer import AsyncShardWriter, write_shard
 
 _READER_NAMES = ("CacheReader", "Ragged", "RowGroupUnit", "pad_ragged", "table_to_torch")
 
@@ -37,6 +38,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "AsyncShardWriter",
+    "CacheDirectory",
     "CacheError",
     "Manifest",
     "ManifestError",

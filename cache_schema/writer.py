@@ -1,4 +1,5 @@
-"""Atomic shard writing (zstd Parquet), a background writer, and the final manifest write.
+"""Atomic shard writing (zstd Parquet) and a background writer (the directory's other files:
+:mod:`cache_schema.directory`).
 
 A shard is written under a hidden temporary name in the cache directory, flushed to disk, hashed, and only
 then renamed to its final name (and the directory entry flushed). A crash or exception at any point leaves
@@ -19,9 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cache_schema.errors import SchemaError, ShardError, ShardWriteError
+from cache_schema.errors import SchemaError, ShardWriteError
 from cache_schema.files import HASH_BLOCK, fsync_directory, temp_path_for
-from cache_schema.manifest import Manifest, ShardInfo
+from cache_schema.manifest import ShardInfo
 from cache_schema.schemas import num_target_items, schemas_match, table_from_rows
 
 __all__ = [
@@ -29,8 +30,6 @@ __all__ = [
     "DEFAULT_COMPRESSION_LEVEL",
     "AsyncShardWriter",
     "ShardInfo",
-    "shard_file_name",
-    "write_manifest",
     "write_shard",
 ]
 
@@ -40,15 +39,6 @@ DEFAULT_ROW_GROUP_ROWS = 256
 DEFAULT_COMPRESSION_LEVEL = 3
 
 TableData = pa.Table | pa.RecordBatch | Iterable[pa.Table | pa.RecordBatch]
-
-
-def shard_file_name(index: int, total: int | None = None) -> str:
-    """``shard-00003-of-00010.parquet`` (or ``shard-00003.parquet`` when the total is not known yet)."""
-    if index < 0 or (total is not None and not 0 <= index < total):
-        raise ValueError(f"shard index {index} is outside [0, {total})")
-    if total is None:
-        return f"shard-{index:05d}.parquet"
-    return f"shard-{index:05d}-of-{total:05d}.parquet"
 
 
 def _as_tables(data: TableData) -> Iterable[pa.Table]:
@@ -300,27 +290,3 @@ class AsyncShardWriter:
             self.close()
         except ShardWriteError:
             logger.exception("background shard write also failed while handling another error")
-
-
-def write_manifest(
-    directory: str | os.PathLike[str], manifest: Manifest, *, verify_files: bool = True
-) -> Path:
-    """Write ``manifest.json`` last, after checking every listed shard is in place with its listed size.
-
-    Returns the manifest's path.
-    """
-    root = Path(directory)
-    if verify_files:
-        for shard in manifest.shards:
-            path = root / shard.file
-            if not path.is_file():
-                raise ShardError(
-                    f"manifest lists shard {shard.file} but {path} does not exist; write it first"
-                )
-            size = path.stat().st_size
-            if size != shard.bytes:
-                raise ShardError(
-                    f"shard {shard.file}: manifest entry says {shard.bytes} bytes but the file has {size}; "
-                    "use the ShardInfo that write_shard returned"
-                )
-    return manifest.save(root)

@@ -20,7 +20,7 @@ import torch
 from cache_schema.validate import validate_cache
 from stages.cache_build.config import BuildConfig, BuildConfigError
 from stages.cache_build.data import iter_sources, prepare_samples
-from stages.cache_build.loop import BuildHooks, finalize_build, run_build
+from stages.cache_build.run import BuildHooks, finalize_build, run_build
 from tide import noise
 
 SOURCES = "builtin:humaneval:3+builtin:synthetic:4"  # the first HumanEval prompt is too long: skipped

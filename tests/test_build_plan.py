@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from cache_schema.directory import CacheDirectory
 from stages.cache_build.cli import InjectedFailure, add_build_arguments, config_from_args, fail_after_hook
 from stages.cache_build.config import BuildConfig, BuildConfigError, check_or_store_config
 from stages.cache_build.passes import (
@@ -15,12 +16,11 @@ from stages.cache_build.passes import (
     COMPDEMO_2,
     PLAIN,
     TeacherRequest,
-    _expand_ranges,
-    chunk_sums,
     items_of_pass,
     pack_batches,
 )
-from stages.cache_build.plan import BuildPlan
+from stages.cache_build.pipelines import _expand_ranges, chunk_sums
+from stages.cache_build.shard_layout import ShardLayout as BuildPlan
 
 # ------------------------------------------------------------------------------------------------- plan
 
@@ -89,14 +89,14 @@ def test_config_pipeline_defaults_and_validation(tmp_path):
 
 def test_changed_content_setting_is_refused_and_runtime_setting_is_not(tmp_path):
     config = _config(tmp_path).resolve(teacher_model_type="wedlm")
-    check_or_store_config(config, tmp_path / "out")
+    check_or_store_config(config, CacheDirectory(tmp_path / "out"))
     stored = json.loads((tmp_path / "out" / "build_config.json").read_text())
     assert stored["seed"] == 0
     check_or_store_config(_config(tmp_path, batch_tokens=99, device="cpu").resolve(teacher_model_type="wedlm"),
-                          tmp_path / "out")
+                          CacheDirectory(tmp_path / "out"))
     changed = _config(tmp_path, seed=5, k=16).resolve(teacher_model_type="wedlm")
     with pytest.raises(BuildConfigError) as error:
-        check_or_store_config(changed, tmp_path / "out")
+        check_or_store_config(changed, CacheDirectory(tmp_path / "out"))
     message = str(error.value)
     assert "seed: output directory was built with 0, this run has 5" in message
     assert "k: output directory was built with 64, this run has 16" in message

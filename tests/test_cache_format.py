@@ -397,7 +397,7 @@ def test_reader_refuses_checksum_and_row_count_mismatches(tmp_path):
 
 def test_write_manifest_refuses_entries_that_disagree_with_the_files(tmp_path):
     from cache_schema import write_manifest
-    from cache_schema.writer import shard_file_name
+    from cache_schema.directory import shard_file_name
 
     assert shard_file_name(3, 10) == "shard-00003-of-00010.parquet"
     manifest = write_cache(tmp_path, "cross", make_cross_rows(4, seed=1), rows_per_shard=4)

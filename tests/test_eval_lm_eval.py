@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from stages.eval.lm_eval_model import TideBD3LM
 from stages.eval.protocol import THINK_BLOCK, TaskSetting
-from stages.eval.provenance import PROVENANCE_FIELDS, weights_fingerprint
+from stages.eval.provenance import PROVENANCE_FIELDS
 from stages.eval.runner import build_task_manager, run_task
+from stages.provenance import weights_fingerprint
 from tide.sampler import BlockDiffusionSampler, SamplerConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 
 from stages.cache_build.config import BuildConfig
 from stages.cache_build.data import RawSample, SkipCounter, prepare_samples
-from stages.cache_build.loop import teacher_info
+from stages.cache_build.survey import teacher_info
 from tide.models.factories import build_tiny_llada2, load_teacher
 from tide.models.tokenizers import build_llama3_tokenizer, build_qwen_tokenizer
 
@@ -73,7 +73,7 @@ def test_teacher_template_that_trims_contents_neither_stops_the_build_nor_loses_
 def test_auto_dtype_is_recorded_as_the_dtype_it_means_here() -> None:
     """``dtype: auto`` is stored as bf16/fp32 so resuming on another device type is refused, not mixed."""
     from stages.cache_build.config import BuildConfig
-    from stages.cache_build.loop import _pin_dtype
+    from stages.cache_build.run import pin_dtype as _pin_dtype
 
     base = BuildConfig(teacher="t", student_tokenizer="s", sources="x", output="o", dtype="auto")
     assert _pin_dtype(dataclasses.replace(base, device="cpu")).dtype == "float32"

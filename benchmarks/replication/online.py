@@ -5,9 +5,8 @@ online run is :func:`stages.train.loop.train` itself (same order, collation, ste
 clipping, logging), with its data stream swapped for :class:`OnlineTargetStream`: it reads each batch's
 rows from the cache *without* the stored teacher targets, takes the stored noise (t, masked positions,
 target positions, CompDemo groups, chunk tables), runs the teacher on it with the build stage's own code
-(:func:`stages.cache_build.passes.build_requests` → ``pack_batches`` → ``run_teacher_batch`` on a
-:class:`tide.models.teacher.TeacherRunner`), and assembles the target columns with the build stage's row
-builders — i.e. exactly what stage one would have stored, computed in-step. Vocabulary targets are computed
+(the pipeline's ``requests`` → ``pack_batches`` → the pipeline's ``run_batch`` on a
+:class:`tide.models.teacher.TeacherRunner`), and assembles the target columns with the pipeline's ``row`` — i.e. exactly what stage one would have stored, computed in-step. Vocabulary targets are computed
 at k = the whole shared vocabulary in float32, so the online teacher is exact.
 
 :func:`online_stream_class` binds a target provider to that stream; the run passes it to
@@ -21,9 +20,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
 
-from stages.cache_build.passes import UnitNoise, build_requests, pack_batches, pass_kinds, run_teacher_batch
-from stages.cache_build.rows import cross_row, shared_row
+from stages.cache_build.passes import UnitNoise, pack_batches, pad_batch, pass_kinds
+from stages.cache_build.pipelines import TargetSettings, build_pipeline
 from stages.train.data import CacheStream
 
 logger = logging.getLogger(__name__)
@@ -82,25 +82,23 @@ class TeacherTargets:
         """Return copies of ``rows`` with the ``target_pass`` target columns computed by the teacher."""
         units = [self._unit(row) for row in rows]
         kinds = pass_kinds([target_pass])
+        pipeline = build_pipeline(self.pipeline)
         requests = [
-            build_requests(i, sample, noise, pipeline=self.pipeline, kinds=kinds,
-                           teacher_mask_id=self.runner.mask_token_id)
+            pipeline.requests(i, sample, noise, kinds=kinds, teacher_mask_id=self.runner.mask_token_id)
             for i, (sample, noise) in enumerate(units)
         ]
+        # At k = the whole shared vocabulary in float32, the online teacher's targets are exact.
+        targets = TargetSettings(passes=(target_pass,), k=int(self.shared_vocab_size or 1),
+                                 temperatures=tuple(self.temperatures), value_dtype="float32",
+                                 shared_vocab_size=self.shared_vocab_size)
         flat = [r for unit_requests in requests for r in unit_requests]
         for batch in pack_batches(flat, batch_tokens=self.batch_tokens, batch_rows=None):
-            run_teacher_batch(self.runner, batch, pipeline=self.pipeline, device=self.device, pad_id=self.pad_id,
-                              k=self.shared_vocab_size, shared_vocab_size=self.shared_vocab_size,
-                              temperatures=self.temperatures)
+            arrays = pad_batch(batch, self.pad_id)
+            pipeline.run_batch(self.runner, batch, arrays, lambda a: torch.from_numpy(a).to(self.device), targets)
             self.forwards += len(batch)
         out = []
         for row, (sample, noise), unit_requests in zip(rows, units, requests, strict=True):
-            if self.pipeline == "shared":
-                built = shared_row(sample, int(row["replica"]), noise, unit_requests, passes=[target_pass],
-                                   k=int(self.shared_vocab_size), num_temperatures=len(self.temperatures),
-                                   value_dtype="float32")
-            else:
-                built = cross_row(sample, int(row["replica"]), noise, unit_requests, passes=[target_pass])
+            built = pipeline.row(sample, int(row["replica"]), noise, unit_requests, targets)
             merged = dict(row)
             merged.update({k: v for k, v in built.items() if k.startswith(f"{target_pass}_")})
             out.append(merged)

@@ -209,7 +209,7 @@ class Runner:
 
     def cache(self, name: str, pipeline: str, **overrides: Any) -> dict[str, Any]:
         from stages.cache_build.config import BuildConfig
-        from stages.cache_build.loop import run_build
+        from stages.cache_build.run import run_build
 
         cfg = self.cfg
         settings = dict(

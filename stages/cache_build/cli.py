@@ -111,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def fail_after_hook(count: int) -> Any:
     """A BuildHooks whose ``after_shard`` raises :class:`InjectedFailure` after ``count`` shards."""
-    from stages.cache_build.loop import BuildHooks
+    from stages.cache_build.run import BuildHooks
 
     done = []
 
@@ -125,7 +125,7 @@ def fail_after_hook(count: int) -> Any:
 
 def run_build_command(args: argparse.Namespace) -> int:
     from stages.cache_build.config import BuildConfigError
-    from stages.cache_build.loop import run_build
+    from stages.cache_build.run import run_build
 
     try:
         config = config_from_args(args)

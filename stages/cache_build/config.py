@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cache_schema.files import atomic_write_text
+from cache_schema.directory import CacheDirectory
 
 PIPELINES = ("cross", "shared")
 PASSES = ("plain", "compdemo")
@@ -34,8 +34,6 @@ PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # Settings that never change what a shard contains; every other setting must match on resume.
 RUNTIME_KEYS = frozenset({"output", "device", "batch_tokens", "batch_rows", "lm_head_chunk", "progress"})
-
-CONFIG_FILE = "build_config.json"
 
 
 class BuildConfigError(ValueError):
@@ -230,22 +228,18 @@ def read_teacher_model_type(teacher_path: str) -> str:
     return str(model_type)
 
 
-def check_or_store_config(config: BuildConfig, output_dir: str | os.PathLike) -> None:
+def check_or_store_config(config: BuildConfig, directory: CacheDirectory) -> None:
     """Refuse a content change against an existing output directory; store the config on first use.
 
     Raises ``BuildConfigError`` naming every differing setting.
     """
-    output_dir = Path(output_dir)
-    path = output_dir / CONFIG_FILE
-    if path.is_file():
-        with open(path, encoding="utf-8") as handle:
-            stored = json.load(handle)
+    stored = directory.read_build_config()
+    if stored is not None:
         diffs = config.differences(stored)
         if diffs:
             raise BuildConfigError(
-                f"{output_dir} holds a build with different settings; refusing to mix them. "
+                f"{directory.root} holds a build with different settings; refusing to mix them. "
                 "Use a new --output, or rerun with the original settings to resume:\n  " + "\n  ".join(diffs)
             )
         return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, config.to_json())
+    directory.write_build_config(json.loads(config.to_json()))

@@ -38,7 +38,7 @@ from stages.eval.protocol import (
     DEFAULT_TEMPERATURE,
     THINK_BLOCK,
 )
-from stages.eval.provenance import weights_fingerprint
+from stages.provenance import weights_fingerprint
 from tide.runtime import resolve_device, resolve_dtype
 from tide.sampler import BlockDiffusionSampler, SamplerConfig
 
@@ -139,6 +139,8 @@ class TideBD3LM(LM):
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = weights_fingerprint(self.checkpoint)
+        if self.fingerprint is None:
+            raise FileNotFoundError(f"pretrained={self.checkpoint}: no *.safetensors or *.bin weight files")
         if tokenizer.mask_token_id is None:
             raise ValueError(f"tokenizer of {self.checkpoint} has no mask token; a diffusion student needs one")
         if tokenizer.eos_token_id is None:

@@ -1,53 +1,13 @@
 """What every evaluation result records: the checkpoint, its weight fingerprint, the generation settings
-and the library versions."""
+and the library versions (both from :mod:`stages.provenance`, shared with the cache build)."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any
 
-PROJECT_DISTRIBUTION = "tide-offline"
-_READ_CHUNK = 1 << 20
-
-
-def weights_fingerprint(checkpoint: str | os.PathLike) -> str:
-    """``sha256:<hex>`` over the checkpoint's ``*.safetensors`` files, in name order: the digest of the
-    lines ``<file name> <sha256 of the file>``. Independent of file modification times and of the path."""
-    root = Path(checkpoint)
-    if not root.is_dir():
-        raise FileNotFoundError(f"checkpoint {root} is not a directory")
-    files = sorted(root.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"checkpoint {root} holds no *.safetensors files to fingerprint")
-    outer = hashlib.sha256()
-    for path in files:
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(_READ_CHUNK):
-                inner.update(chunk)
-        outer.update(f"{path.name} {inner.hexdigest()}\n".encode())
-    return "sha256:" + outer.hexdigest()
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries that decide a result."""
-    return {
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "lm_eval": _version("lm_eval") or _version("lm-eval"),
-        PROJECT_DISTRIBUTION: _version(PROJECT_DISTRIBUTION),
-    }
-
+from stages.provenance import library_versions
 
 PROVENANCE_FIELDS = (
     "checkpoint",

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cache_schema.directory import shard_file_name, write_manifest
 from cache_schema.manifest import Manifest, NoiseInfo, StudentInfo, TargetsInfo, TeacherInfo
 from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, schema_for, table_from_rows
-from cache_schema.writer import shard_file_name, write_manifest, write_shard
+from cache_schema.writer import write_shard
 from tide.targets import sparse_targets
 
 

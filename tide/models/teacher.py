@@ -415,3 +415,45 @@ class TeacherRunner:
             )
 
         return self.map_head(hidden, chunk_targets)
+
+
+@dataclass(frozen=True)
+class TeacherVocabulary:
+    """What a teacher checkpoint's config says about its ids: ``model_type``, the mask id, the embedding
+    rows and (WeDLM only) how many leading ids it shares with the student."""
+
+    model_type: str
+    mask_token_id: int
+    vocab_size: int
+    shared_vocab_size: int | None
+
+
+def teacher_vocabulary(raw_config: dict[str, Any], *, where: str = "teacher") -> TeacherVocabulary:
+    """Read a teacher's ids from its ``config.json`` dict, with each teacher family's defaults.
+
+    WeDLM's release may omit ``mask_token_id`` / ``shared_vocab_size`` (the defaults of
+    :mod:`tide.models.wedlm` apply); the upstream LLaDA2 config omits ``mask_token_id``, and the loaded model
+    then carries its config class default, so that is the id to record. Raises ValueError naming ``where``.
+    """
+    from tide.models.llada2_moe import MODEL_TYPE as LLADA2_MODEL_TYPE
+    from tide.models.llada2_moe import LLaDA2MoeConfig
+    from tide.models.wedlm import (
+        DEFAULT_WEDLM_MASK_TOKEN_ID,
+        DEFAULT_WEDLM_SHARED_VOCAB_SIZE,
+        WEDLM_MODEL_TYPE,
+    )
+
+    model_type = raw_config.get("model_type")
+    mask_id = raw_config.get("mask_token_id")
+    shared = None
+    if model_type == WEDLM_MODEL_TYPE:
+        mask_id = DEFAULT_WEDLM_MASK_TOKEN_ID if mask_id is None else mask_id
+        shared = raw_config.get("shared_vocab_size") or DEFAULT_WEDLM_SHARED_VOCAB_SIZE
+    elif model_type == LLADA2_MODEL_TYPE and mask_id is None:
+        mask_id = LLaDA2MoeConfig().mask_token_id
+    if mask_id is None:
+        raise ValueError(f"{where}: config.json has no mask_token_id")
+    if "vocab_size" not in raw_config:
+        raise ValueError(f"{where}: config.json has no vocab_size")
+    return TeacherVocabulary(str(model_type), int(mask_id), int(raw_config["vocab_size"]),
+                             None if shared is None else int(shared))

@@ -1,4 +1,4 @@
-"""The build plan: work units → shards → ranks, a pure function of the configuration.
+"""The shard layout of a build: work units → shards → ranks, a pure function of the configuration.
 
 A work unit is one (sample index, replica) pair, where the sample index counts the samples that survive
 data preparation, in source order. Units are numbered sample-major, ``unit = sample * replicas + replica``
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cache_schema.directory import shard_file_name
+
 
 @dataclass(frozen=True)
-class BuildPlan:
+class ShardLayout:
     """Deterministic layout of a build of ``num_samples`` prepared samples × ``replicas``."""
 
     num_samples: int
@@ -79,7 +81,11 @@ class BuildPlan:
     def shard_file(self, shard: int) -> str:
         """File name of ``shard``: ``shard-00003-of-00010.parquet``."""
         self._check_shard(shard)
-        return f"shard-{shard:05d}-of-{self.num_shards:05d}.parquet"
+        return shard_file_name(shard, self.num_shards)
+
+    def shard_files(self) -> list[str]:
+        """File names of every shard, in shard order."""
+        return [self.shard_file(shard) for shard in range(self.num_shards)]
 
     def _check_unit(self, index: int) -> None:
         if not 0 <= index < self.num_units:

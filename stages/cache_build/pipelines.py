@@ -1,0 +1,323 @@
+"""What each cache pipeline means to stage one: noise → teacher requests → teacher outputs → cache row.
+
+One object per pipeline (:func:`build_pipeline`), chosen once from the resolved build settings; nothing
+else in the build compares pipeline names.
+
+* ``shared`` (pipeline B): the student mask is drawn over maskable positions; target items are the masked
+  student positions that have an aligned teacher position (ascending). A request masks the teacher at the
+  aligned teacher positions of its items and asks for top-k targets there.
+* ``cross`` (pipeline A): the student mask is made chunk-consistent (any masked token masks its chunk);
+  target items are all chunks of the table (``chunk_masked`` tells which carry targets). A request masks
+  every teacher token of its chunks and asks for the gold log-probs of those tokens, summed per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cache_schema.schemas import (
+    PIPELINE_CROSS,
+    PIPELINE_SHARED,
+    chunk_logprob_column,
+    gold_logprob_column,
+    log_partitions_column,
+    schema_for,
+    topk_ids_column,
+    topk_values_column,
+)
+from stages.cache_build.passes import (
+    PASS_SOURCES,
+    PLAIN,
+    PaddedBatch,
+    TeacherRequest,
+    UnitNoise,
+    compdemo_groups,
+    draw_timestep_and_mask,
+    items_of_pass,
+    make_request,
+    no_groups,
+)
+from tide import noise
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """The build settings the teacher outputs depend on."""
+
+    passes: tuple[str, ...]
+    k: int
+    temperatures: tuple[float, ...]
+    value_dtype: str
+    shared_vocab_size: int | None = None
+
+
+def common_columns(sample: Any, replica: int, unit_noise: UnitNoise) -> dict[str, Any]:
+    """The columns every pipeline has."""
+    return {
+        "sample_id": str(sample.sample_id),
+        "sample_key": int(sample.sample_key),
+        "replica": int(replica),
+        "t": float(unit_noise.t),
+        "input_ids": np.asarray(sample.input_ids, dtype=np.int32),
+        "maskable": np.asarray(sample.maskable, dtype=bool),
+        "masked_positions": np.asarray(unit_noise.masked_positions, dtype=np.int32),
+        "teacher_input_ids": np.asarray(sample.teacher_input_ids, dtype=np.int32),
+        "compdemo_group": np.asarray(unit_noise.compdemo_group, dtype=np.uint8),
+    }
+
+
+def _missing_targets(sample: Any, replica: int, pass_name: str, items: list[int]) -> RuntimeError:
+    return RuntimeError(
+        f"sample {sample.sample_id} replica {replica}: pass {pass_name!r} has no teacher targets for target "
+        f"items {items[:5]} (internal error: a teacher forward is missing)"
+    )
+
+
+class SharedBuildPipeline:
+    """Pipeline B: top-k teacher targets at aligned, masked student positions."""
+
+    name = PIPELINE_SHARED
+    has_vocabulary_targets = True  # top-k over a shared vocabulary: the manifest records k and its size
+    chunk_consistent = False
+
+    def schema(self, targets: TargetSettings) -> pa.Schema:
+        return schema_for(self.name, passes=targets.passes, k=targets.k, value_dtype=targets.value_dtype,
+                          num_temperatures=len(targets.temperatures))
+
+    def forward_cost_factor(self, regime: str) -> int:
+        """Sequence copies per teacher token: every WeDLM regime concatenates x0 and x_t."""
+        return 2
+
+    def draw_noise(self, sample: Any, replica: int, *, seed: int, eps: float, demo_ratio: float,
+                   compdemo: bool) -> UnitNoise:
+        t, mask = draw_timestep_and_mask(sample, replica, seed=seed, eps=eps)
+        if sample.student_pos is None or sample.teacher_pos is None:
+            raise ValueError(f"sample {sample.sample_id}: no aligned positions (was it prepared for pipeline 'shared'?)")
+        student_pos = np.asarray(sample.student_pos, dtype=np.int64)
+        teacher_pos = np.asarray(sample.teacher_pos, dtype=np.int64)
+        if student_pos.shape != teacher_pos.shape:
+            raise ValueError(f"sample {sample.sample_id}: student_pos {student_pos.shape} and teacher_pos "
+                             f"{teacher_pos.shape} differ in shape")
+        order = np.argsort(student_pos, kind="stable")
+        student_pos, teacher_pos = student_pos[order], teacher_pos[order]
+        hit = mask[student_pos]
+        targets = student_pos[hit].astype(np.int32)
+        groups = (compdemo_groups(sample, replica, targets, seed=seed, demo_ratio=demo_ratio) if compdemo
+                  else no_groups())
+        return UnitNoise(t=t, masked_positions=np.flatnonzero(mask).astype(np.int32),
+                         item_masked=np.ones(targets.shape[0], dtype=bool), compdemo_group=groups,
+                         target_positions=targets, target_teacher_positions=teacher_pos[hit].astype(np.int32))
+
+    def requests(self, unit: int, sample: Any, unit_noise: UnitNoise, *, kinds: list[str],
+                 teacher_mask_id: int) -> list[TeacherRequest]:
+        """The teacher forwards of one unit; a forward with nothing masked is left out."""
+        clean = np.asarray(sample.teacher_input_ids, dtype=np.int64)
+        out = []
+        for kind in kinds:
+            items = items_of_pass(kind, unit_noise.item_masked, unit_noise.compdemo_group)
+            if items.shape[0]:
+                positions = unit_noise.target_teacher_positions[items].astype(np.int64)
+                out.append(make_request(unit, kind, clean, positions, items.astype(np.int64), teacher_mask_id))
+        return out
+
+    def run_batch(self, runner: Any, batch: list[TeacherRequest], arrays: PaddedBatch, tensor: Any,
+                  targets: TargetSettings) -> None:
+        """Top-k targets at the batch's wanted positions, stored per request (numpy) in ``results``."""
+        found = runner.topk_targets(
+            tensor(arrays.noised), tensor(arrays.lengths), tensor(arrays.row_index), tensor(arrays.position),
+            tensor(arrays.gold), k=targets.k, shared_vocab_size=targets.shared_vocab_size,
+            temperatures=list(targets.temperatures), clean_ids=tensor(arrays.clean),
+        )
+        fields = (found.topk_ids, found.topk_values, found.log_partitions, found.gold_logprob)
+        parts = [np.split(t.cpu().numpy(), arrays.splits) for t in fields]
+        for index, request in enumerate(batch):
+            request.results = {
+                "topk_ids": parts[0][index].astype(np.int32),
+                "topk_values": parts[1][index].astype(np.float32),
+                "log_partitions": parts[2][index].astype(np.float32),
+                "gold_logprob": parts[3][index].astype(np.float32),
+            }
+
+    def row(self, sample: Any, replica: int, unit_noise: UnitNoise, requests: list[TeacherRequest],
+            targets: TargetSettings) -> dict[str, Any]:
+        """One row; each request's ``results`` holds its positions' targets, in position order."""
+        row = common_columns(sample, replica, unit_noise)
+        row["target_positions"] = np.asarray(unit_noise.target_positions, dtype=np.int32)
+        row["target_teacher_positions"] = np.asarray(unit_noise.target_teacher_positions, dtype=np.int32)
+        num_items = row["target_positions"].shape[0]
+        by_kind = {request.kind: request for request in requests}
+        for pass_name in targets.passes:
+            ids = np.zeros((num_items, targets.k), dtype=np.int32)
+            values = np.zeros((num_items, targets.k), dtype=np.float32)
+            log_z = np.zeros((num_items, len(targets.temperatures)), dtype=np.float32)
+            gold = np.zeros(num_items, dtype=np.float32)
+            filled = np.zeros(num_items, dtype=bool)
+            for kind in PASS_SOURCES[pass_name]:
+                request = by_kind.get(kind)
+                if request is None:
+                    continue
+                items = request.items
+                ids[items] = request.results["topk_ids"]
+                values[items] = request.results["topk_values"]
+                log_z[items] = request.results["log_partitions"]
+                gold[items] = request.results["gold_logprob"]
+                filled[items] = True
+            if not filled.all():
+                raise _missing_targets(sample, replica, pass_name, np.flatnonzero(~filled).tolist())
+            row[topk_ids_column(pass_name)] = ids
+            row[topk_values_column(pass_name)] = values.astype(np.dtype(targets.value_dtype))
+            row[log_partitions_column(pass_name)] = log_z
+            row[gold_logprob_column(pass_name)] = gold
+        return row
+
+    def num_targets(self, row: dict[str, Any]) -> int:
+        return int(row["target_positions"].shape[0])
+
+    def tail_mass(self, requests: list[TeacherRequest], passes: tuple[str, ...]) -> tuple[float, int]:
+        """(Σ tail mass 1 − Σ top-k p at T = 1, positions) of the plain pass (CompDemo's if no plain pass)."""
+        chosen = [r for r in requests if r.kind == PLAIN] if "plain" in passes else requests
+        total, count = 0.0, 0
+        for request in chosen:
+            values = request.results["topk_values"].astype(np.float64)
+            log_z = request.results["log_partitions"][:, 0].astype(np.float64)
+            tail = 1.0 - np.exp(values - log_z[:, None]).sum(axis=1)
+            total += float(np.clip(tail, 0.0, 1.0).sum())
+            count += int(tail.shape[0])
+        return total, count
+
+
+class CrossBuildPipeline:
+    """Pipeline A: the teacher's chunk log-prob at every masked chunk."""
+
+    name = PIPELINE_CROSS
+    has_vocabulary_targets = False
+    chunk_consistent = True  # a masked token masks its whole chunk
+
+    def schema(self, targets: TargetSettings) -> pa.Schema:
+        return schema_for(self.name, passes=targets.passes)
+
+    def forward_cost_factor(self, regime: str) -> int:
+        """Sequence copies per teacher token: LLaDA2's paper regime sees x_t alone, native x_t ⊕ x0."""
+        return 1 if regime == "paper" else 2
+
+    @staticmethod
+    def chunk_table(sample: Any) -> dict[str, np.ndarray]:
+        """The chunk table of a prepared sample as int64/bool arrays (C,): ``student_start``,
+        ``student_end``, ``teacher_start``, ``teacher_end`` (end exclusive) and ``in_prompt``."""
+        chunks = sample.chunks
+        if chunks is None or sample.chunk_in_prompt is None:
+            raise ValueError(f"sample {sample.sample_id}: no chunk table (was it prepared for pipeline 'cross'?)")
+        table = {
+            "student_start": np.asarray(chunks.student_start, dtype=np.int64),
+            "student_end": np.asarray(chunks.student_end, dtype=np.int64),
+            "teacher_start": np.asarray(chunks.teacher_start, dtype=np.int64),
+            "teacher_end": np.asarray(chunks.teacher_end, dtype=np.int64),
+            "in_prompt": np.asarray(sample.chunk_in_prompt, dtype=bool),
+        }
+        sizes = {k: v.shape for k, v in table.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"sample {sample.sample_id}: chunk table columns differ in shape: {sizes}")
+        return table
+
+    def draw_noise(self, sample: Any, replica: int, *, seed: int, eps: float, demo_ratio: float,
+                   compdemo: bool) -> UnitNoise:
+        t, mask = draw_timestep_and_mask(sample, replica, seed=seed, eps=eps)
+        table = self.chunk_table(sample)
+        expanded, chunk_masked = noise.chunk_consistent_mask(mask, table["student_start"], table["student_end"])
+        indices = np.arange(table["student_start"].shape[0], dtype=np.int64)
+        groups = (compdemo_groups(sample, replica, indices, seed=seed, demo_ratio=demo_ratio) if compdemo
+                  else no_groups())
+        return UnitNoise(t=t, masked_positions=np.flatnonzero(np.asarray(expanded, dtype=bool)).astype(np.int32),
+                         item_masked=np.asarray(chunk_masked, dtype=bool), compdemo_group=groups)
+
+    def requests(self, unit: int, sample: Any, unit_noise: UnitNoise, *, kinds: list[str],
+                 teacher_mask_id: int) -> list[TeacherRequest]:
+        """The teacher forwards of one unit; a forward with nothing masked is left out."""
+        clean = np.asarray(sample.teacher_input_ids, dtype=np.int64)
+        table = self.chunk_table(sample)
+        out = []
+        for kind in kinds:
+            items = items_of_pass(kind, unit_noise.item_masked, unit_noise.compdemo_group)
+            if items.shape[0]:
+                positions, item_of_position = _expand_ranges(table["teacher_start"][items],
+                                                             table["teacher_end"][items], items)
+                out.append(make_request(unit, kind, clean, positions, item_of_position, teacher_mask_id))
+        return out
+
+    def run_batch(self, runner: Any, batch: list[TeacherRequest], arrays: PaddedBatch, tensor: Any,
+                  targets: TargetSettings) -> None:
+        """The teacher's log-prob of the clean token at each wanted position, per request in ``results``."""
+        logprob = runner.gold_logprobs(
+            tensor(arrays.noised), tensor(arrays.lengths), tensor(arrays.row_index), tensor(arrays.position),
+            tensor(arrays.gold), clean_ids=tensor(arrays.clean),
+        ).float().cpu().numpy()
+        for request, part in zip(batch, np.split(logprob, arrays.splits), strict=True):
+            request.results = {"gold_logprob": part}
+
+    def row(self, sample: Any, replica: int, unit_noise: UnitNoise, requests: list[TeacherRequest],
+            targets: TargetSettings) -> dict[str, Any]:
+        """One row; a chunk's log-prob is the sum of its teacher tokens' gold log-probs."""
+        row = common_columns(sample, replica, unit_noise)
+        table = self.chunk_table(sample)
+        for side in ("student", "teacher"):
+            row[f"chunk_{side}_start"] = table[f"{side}_start"].astype(np.int32)
+            row[f"chunk_{side}_end"] = table[f"{side}_end"].astype(np.int32)
+        row["chunk_masked"] = np.asarray(unit_noise.item_masked, dtype=bool)
+        row["chunk_in_prompt"] = table["in_prompt"]
+        num_chunks = row["chunk_masked"].shape[0]
+        by_kind = {request.kind: request for request in requests}
+        for pass_name in targets.passes:
+            logprob = np.full(num_chunks, np.nan, dtype=np.float32)
+            for kind in PASS_SOURCES[pass_name]:
+                request = by_kind.get(kind)
+                if request is None:
+                    continue
+                sums = chunk_sums(np.asarray(request.results["gold_logprob"]), request.items, num_chunks)
+                present = ~np.isnan(sums)
+                logprob[present] = sums[present]
+            missing = np.flatnonzero(np.isnan(logprob) & row["chunk_masked"])
+            if missing.size:
+                raise _missing_targets(sample, replica, pass_name, missing.tolist())
+            row[chunk_logprob_column(pass_name)] = logprob
+        return row
+
+    def num_targets(self, row: dict[str, Any]) -> int:
+        return int(row["chunk_masked"].sum())
+
+    def tail_mass(self, requests: list[TeacherRequest], passes: tuple[str, ...]) -> tuple[float, int]:
+        return 0.0, 0  # chunk log-probs have no top-k tail
+
+
+def _expand_ranges(starts: np.ndarray, ends: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All positions of the half-open ranges [starts, ends) and the label of the range each belongs to."""
+    lengths = (ends - starts).astype(np.int64)
+    if np.any(lengths <= 0):
+        raise ValueError("chunk with an empty or inverted teacher range")
+    total = int(lengths.sum())
+    range_of = np.repeat(np.arange(lengths.shape[0]), lengths)
+    offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return (starts[range_of] + offsets).astype(np.int64), labels[range_of].astype(np.int64)
+
+
+def chunk_sums(values: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """Σ of per-position values grouped by item; NaN for items without positions. float32 (num_items,)."""
+    sums = np.bincount(items, weights=values.astype(np.float64), minlength=num_items)
+    present = np.bincount(items, minlength=num_items) > 0
+    out = np.full(num_items, np.nan, dtype=np.float32)
+    out[present] = sums[present].astype(np.float32)
+    return out
+
+
+BuildPipeline = SharedBuildPipeline | CrossBuildPipeline
+_PIPELINES: dict[str, type] = {PIPELINE_SHARED: SharedBuildPipeline, PIPELINE_CROSS: CrossBuildPipeline}
+
+
+def build_pipeline(name: str) -> BuildPipeline:
+    """The stage-one view of pipeline ``name`` ("shared" or "cross")."""
+    if name not in _PIPELINES:
+        raise ValueError(f"pipeline={name!r}: expected one of {sorted(_PIPELINES)}")
+    return _PIPELINES[name]()

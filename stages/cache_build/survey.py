@@ -1,0 +1,142 @@
+"""The data survey of a build: one counting pass over the prepared data, stored in the cache's journal.
+
+The survey fixes what every rank needs before any teacher runs: how many samples survive preparation
+(hence the shard layout), the skip counts and alignment statistics, the teacher's and student's ids, the
+teacher tokenizer's fingerprint and the library versions. It is a pure function of the settings and the
+data, so every rank that finds none makes the same one and writes it atomically; no rank waits for another.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cache_schema.directory import CacheDirectory
+from stages.cache_build.config import BuildConfig, BuildConfigError
+from stages.cache_build.pipelines import build_pipeline
+from stages.provenance import library_versions, weights_fingerprint
+
+logger = logging.getLogger(__name__)
+
+SURVEY_FORMAT = 1
+
+_TOKENIZERS: dict[tuple[str, float], Any] = {}
+
+
+def _load_tokenizer(path: str) -> Any:
+    """A tokenizer directory, loaded once per process (keyed by path and file times): the alignment's
+    per-tokenizer byte tables are cached on the tokenizer object, so reusing it saves their rebuild."""
+    from transformers import AutoTokenizer
+
+    directory = Path(path)
+    stamp = max((f.stat().st_mtime for f in directory.glob("tokenizer*")), default=0.0) if directory.is_dir() else 0.0
+    key = (str(directory.resolve()) if directory.exists() else path, stamp)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return _TOKENIZERS[key]
+
+
+def load_tokenizers(config: BuildConfig) -> tuple[Any, Any]:
+    """(student tokenizer, teacher tokenizer) from their directories."""
+    return _load_tokenizer(config.student_tokenizer), _load_tokenizer(config.teacher_tokenizer)
+
+
+def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_counter: Any = None,
+                  stats: Any = None) -> Iterator[Any]:
+    """Prepared samples of the configured sources, in source order, at most ``max_samples``."""
+    from stages.cache_build.data import iter_sources, prepare_samples
+
+    prepared = prepare_samples(
+        iter_sources(config.sources, skip_counter),
+        student_tok,
+        teacher_tok,
+        pipeline=config.pipeline,
+        block_size=config.block_size,
+        max_length=config.max_length,
+        teacher_max_length=config.teacher_max_length,
+        skip_counter=skip_counter,
+        stats=stats,
+    )
+    if config.max_samples is not None:
+        prepared = itertools.islice(prepared, config.max_samples)
+    yield from prepared
+
+
+def teacher_info(config: BuildConfig) -> dict[str, Any]:
+    """The manifest's ``teacher`` section, read from the checkpoint's config.json (no weights loaded)."""
+    from tide.models.teacher import teacher_vocabulary
+    from tide.models.wedlm import read_checkpoint_config
+
+    raw = read_checkpoint_config(config.teacher)
+    try:
+        ids = teacher_vocabulary(raw, where=f"teacher {config.teacher}")
+    except ValueError as exc:
+        raise BuildConfigError(str(exc)) from None
+    if build_pipeline(config.pipeline).has_vocabulary_targets and ids.shared_vocab_size is None:
+        raise BuildConfigError(f"teacher {config.teacher}: pipeline 'shared' needs a shared_vocab_size in config.json")
+    return {
+        "name": str(raw.get("_name_or_path") or Path(config.teacher).name),
+        "revision": raw.get("_commit_hash"),
+        "weights_fingerprint": weights_fingerprint(config.teacher),
+        "model_type": ids.model_type,
+        "regime": config.regime,
+        "mask_token_id": ids.mask_token_id,
+        "vocab_size": ids.vocab_size,
+        "shared_vocab_size": ids.shared_vocab_size,
+    }
+
+
+def student_info(config: BuildConfig, student_tok: Any) -> dict[str, Any]:
+    """The manifest's ``student`` section."""
+    from tide.models.tokenizers import tokenizer_fingerprint
+
+    if student_tok.mask_token_id is None:
+        raise BuildConfigError(f"student tokenizer {config.student_tokenizer}: no mask token")
+    if student_tok.eos_token_id is None:
+        raise BuildConfigError(f"student tokenizer {config.student_tokenizer}: no EOS token")
+    return {
+        "tokenizer_fingerprint": tokenizer_fingerprint(student_tok),
+        "mask_token_id": int(student_tok.mask_token_id),
+        "eos_token_id": int(student_tok.eos_token_id),
+        "block_size": config.block_size,
+        "max_length": config.max_length,
+        "vocab_size": int(config.student_vocab_size or len(student_tok)),
+    }
+
+
+def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any) -> dict[str, Any]:
+    """The survey of the output directory's build, made by a counting pass over the data if missing."""
+    directory = CacheDirectory(config.output)
+    survey = directory.read_survey()
+    if survey is not None:
+        if survey.get("survey_format") != SURVEY_FORMAT:
+            raise BuildConfigError(
+                f"{directory.survey_path}: survey format {survey.get('survey_format')!r} is not {SURVEY_FORMAT}")
+        return survey
+    from stages.cache_build.data import PrepStats, SkipCounter
+    from tide.models.tokenizers import tokenizer_fingerprint
+
+    start = time.perf_counter()
+    skip_counter, prep_stats = SkipCounter(), PrepStats()
+    num_samples = sum(1 for _ in iter_prepared(config, student_tok, teacher_tok, skip_counter, prep_stats))
+    logger.info(
+        "data: %d samples prepared in %.1f s, %d skipped %s, alignment yield %.3f",
+        num_samples, time.perf_counter() - start, skip_counter.total, skip_counter.as_dict(),
+        prep_stats.alignment_yield,
+    )
+    survey = {
+        "survey_format": SURVEY_FORMAT,
+        "num_samples": num_samples,
+        "skipped": skip_counter.as_dict(),
+        "prep": prep_stats.as_dict(),
+        "teacher": teacher_info(config),
+        "student": student_info(config, student_tok),
+        "teacher_tokenizer_fingerprint": tokenizer_fingerprint(teacher_tok),
+        "versions": library_versions(),
+    }
+    directory.write_survey(survey)
+    return survey
