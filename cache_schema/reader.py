@@ -20,9 +20,8 @@ import pyarrow.parquet as pq
 import torch
 
 from cache_schema.errors import SchemaError, ShardError
-from cache_schema.files import sha256_of_file
 from cache_schema.manifest import Manifest
-from cache_schema.schemas import schemas_match
+from cache_schema.shard_checks import check_shard_file
 
 __all__ = ["CacheReader", "Ragged", "RowGroupUnit", "check_shard", "pad_ragged", "table_to_torch"]
 
@@ -157,35 +156,12 @@ class RowGroupUnit:
 
 
 def check_shard(root: Path, manifest: Manifest, index: int, *, verify_checksums: bool) -> pq.ParquetFile:
-    """Open one listed shard after checking its presence, size, checksum, row count and schema."""
-    entry = manifest.shards[index]
-    path = root / entry.file
-    fix = "rebuild this shard with `tide-cache build` or restore it from a good copy"
-    if not path.is_file():
-        raise ShardError(f"shard {entry.file}: listed in the manifest but {path} does not exist; {fix}")
-    size = path.stat().st_size
-    if size != entry.bytes:
-        raise ShardError(f"shard {entry.file}: expected {entry.bytes} bytes, found {size}; {fix}")
-    if verify_checksums:
-        digest = sha256_of_file(path)
-        if digest != entry.sha256:
-            raise ShardError(f"shard {entry.file}: expected sha256 {entry.sha256}, found {digest}; {fix}")
-    try:
-        parquet = pq.ParquetFile(path)
-        rows = parquet.metadata.num_rows
-        found_schema = parquet.schema_arrow
-    except Exception as exc:  # damaged footers raise Arrow, OS and decoding errors alike
-        raise ShardError(
-            f"shard {entry.file}: not a readable Parquet file ({type(exc).__name__}: {exc}); {fix}"
-        ) from exc
-    if rows != entry.rows:
-        raise ShardError(f"shard {entry.file}: expected {entry.rows} rows, found {rows}; {fix}")
-    differences = schemas_match(found_schema, manifest.arrow_schema())
-    if differences:
-        raise ShardError(
-            f"shard {entry.file}: schema disagrees with the manifest: {'; '.join(differences)}; {fix}"
-        )
-    return parquet
+    """Open one listed shard after checking its presence, size, checksum, row count and schema; the first
+    problem found is raised as :class:`ShardError`."""
+    found = check_shard_file(root, manifest, index, verify_checksums=verify_checksums)
+    if found.problems:
+        raise ShardError(f"shard {manifest.shards[index].file}: {found.problems[0]}")
+    return found.parquet
 
 
 class CacheReader:

@@ -380,7 +380,7 @@ def test_reader_refuses_checksum_and_row_count_mismatches(tmp_path):
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     with pytest.raises(
-        ShardError, match=rf"shard {shard.name}: expected sha256 {manifest.shards[0].sha256}, found "
+        ShardError, match=rf"shard {shard.name}: sha256: expected {manifest.shards[0].sha256}, found "
     ):
         CacheReader(tmp_path)
     shard.write_bytes(
@@ -390,7 +390,7 @@ def test_reader_refuses_checksum_and_row_count_mismatches(tmp_path):
     manifest.shards[0].rows += 1
     manifest.save(tmp_path)
     with pytest.raises(
-        ShardError, match=rf"shard {shard.name}: expected 7 rows, found 6; rebuild this shard"
+        ShardError, match=rf"shard {shard.name}: row count: manifest says 7 rows, the shard has 6; rebuild this shard"
     ):
         CacheReader(tmp_path, verify_checksums=False)
 

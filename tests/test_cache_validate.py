@@ -214,3 +214,23 @@ def test_module_entry_point_runs_without_torch(cross_cache):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("OK:")
     assert Manifest.load(directory).num_rows == 10
+
+
+def test_directory_leftovers_and_a_disagreeing_journal_are_reported(cross_cache):
+    """Files besides the listed shards count too: a killed writer's temp file, a journal record whose
+    shard entry is not the manifest's, an unreadable build_config.json."""
+    from dataclasses import replace
+
+    from cache_schema.directory import CacheDirectory
+
+    directory, manifest = cross_cache
+    cache = CacheDirectory(directory)
+    (directory / f".{manifest.shards[0].file}.dead.tmp").write_bytes(b"partial")
+    cache.write_record(1, replace(manifest.shards[1], sha256="0" * 64), {})
+    cache.build_config_path.write_text("{not json")
+    messages = _messages(validate_cache(directory))
+    assert any("temporary file left by a killed writer" in m for m in messages)
+    assert any(m.startswith(f"{manifest.shards[1].file}: field journal: journal record") for m in messages)
+    assert any("build_config.json: not readable JSON" in m for m in messages)
+    cache.write_record(1, manifest.shards[1], {})  # a record that agrees is fine
+    assert not any("journal" in m for m in _messages(validate_cache(directory)))

@@ -1,0 +1,237 @@
+"""Content checks of each pipeline's target columns: top-k targets (shared) and chunk tables (cross).
+
+Called by :class:`cache_schema.content_checks.GroupChecker` through :data:`TARGET_CHECKS`, after the columns
+every cache has were checked; each returns the number of target items with teacher targets in the group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cache_schema.content_checks import ColumnList, GroupChecker, column_list, first_bad
+from cache_schema.schemas import (
+    PIPELINE_CROSS,
+    PIPELINE_SHARED,
+    chunk_logprob_column,
+    gold_logprob_column,
+    log_partitions_column,
+    topk_ids_column,
+    topk_values_column,
+)
+
+# -- pipeline B (shared) -----------------------------------------------------------------------------------------
+
+def check_shared_targets(check: GroupChecker, cols: dict[str, ColumnList]) -> int:
+    ids, teacher, masked = cols["input_ids"], cols["teacher_input_ids"], cols["masked_positions"]
+    targets = column_list(check.table, "target_positions")
+    teacher_targets = column_list(check.table, "target_teacher_positions")
+    items = targets.lengths
+    check.in_range("target_positions", targets, ids.lengths, "len(input_ids)")
+    check.ascending("target_positions", targets)
+    check.member_of("target_positions", targets, masked, "masked_positions")
+    pairs_ok = check.same_length(
+        "target_teacher_positions", teacher_targets, items, "len(target_positions)"
+    )
+    check.in_range("target_teacher_positions", teacher_targets, teacher.lengths, "len(teacher_input_ids)")
+    check.compdemo_group(items)
+
+    # Gold ids at the target positions (-1 where the position is out of range).
+    row_of = targets.row_of
+    s_ok = (targets.values >= 0) & (targets.values < ids.lengths[row_of])
+    gold = np.full(targets.values.shape[0], -1, dtype=np.int64)
+    gold[s_ok] = ids.values[ids.offsets[row_of[s_ok]] + targets.values[s_ok]]
+    if pairs_ok.all():
+        # Aligned pairs carry the same token id on both sides (shared vocabulary).
+        t_ok = (teacher_targets.values >= 0) & (teacher_targets.values < teacher.lengths[row_of])
+        both = s_ok & t_ok
+        teacher_gold = np.full_like(gold, -1)
+        teacher_gold[both] = teacher.values[teacher.offsets[row_of[both]] + teacher_targets.values[both]]
+        rows, first = first_bad(both & (gold != teacher_gold), row_of)
+
+        def detail(local: int) -> str:
+            i = first[np.searchsorted(rows, local)]
+            return f"student id {gold[i]} vs teacher id {teacher_gold[i]}"
+
+        check.out.rows(
+            "target_teacher_positions",
+            "aligned student and teacher tokens differ",
+            rows,
+            check.base,
+            detail,
+        )
+    for pass_name in check.m.targets.passes:
+        _check_shared_pass(check, pass_name, items, gold)
+    return int(items.sum())
+
+def _check_shared_pass(check: GroupChecker, pass_name: str, items: np.ndarray, gold: np.ndarray) -> None:
+    names = (
+        topk_ids_column(pass_name),
+        topk_values_column(pass_name),
+        log_partitions_column(pass_name),
+        gold_logprob_column(pass_name),
+    )
+    lists = [column_list(check.table, n) for n in names]
+    lengths_ok = [
+        check.same_length(n, col, items, "len(target_positions)").all()
+        for n, col in zip(names, lists, strict=True)
+    ]
+    top_ids, top_values, log_z, gold_lp = lists
+    check.in_range(names[0], top_ids, int(check.m.teacher.shared_vocab_size), "teacher.shared_vocab_size")
+
+    values = top_values.values.astype(np.float64)
+    row_of = top_values.row_of
+    unsorted = np.isnan(values).any(axis=1) | (np.diff(values, axis=1) > 0).any(axis=1)
+    check.out.rows(
+        names[1], "top-k values are not sorted descending", np.unique(row_of[unsorted]), check.base
+    )
+    if values.shape[1]:
+        rows, first = first_bad(~(np.abs(values[:, 0]) <= check.tol), row_of)
+        check.out.rows(
+            names[1],
+            "first top-k value is not 0 (values are logits minus the row max)",
+            rows,
+            check.base,
+            lambda local: f"found {values[first[np.searchsorted(rows, local)], 0]}",
+        )
+    logz = log_z.values.astype(np.float64)
+    nonfinite = ~np.isfinite(logz).all(axis=1)
+    check.out.rows(
+        names[2], "log-partitions are not finite", np.unique(log_z.row_of[nonfinite]), check.base
+    )
+    if lengths_ok[1] and lengths_ok[2] and values.shape[0]:
+        temperatures = np.asarray(check.m.targets.temperatures, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mass = np.exp(values[:, None, :] / temperatures[None, :, None] - logz[:, :, None]).sum(axis=2)
+        mass_rows, mass_first = first_bad(~(mass <= 1.0 + check.tol).all(axis=1), row_of)
+        check.out.rows(
+            names[2],
+            f"top-k probability mass exceeds 1 (+{check.tol}) at some temperature",
+            mass_rows,
+            check.base,
+            lambda local: f"mass {mass[mass_first[np.searchsorted(mass_rows, local)]].max():.6f}",
+        )
+    gold_values = gold_lp.values.astype(np.float64)
+    rows, first = first_bad(gold_values > check.tol, gold_lp.row_of)
+    check.out.rows(
+        names[3],
+        "gold log-prob is positive",
+        rows,
+        check.base,
+        lambda local: f"found {gold_values[first[np.searchsorted(rows, local)]]}",
+    )
+    if lengths_ok[3]:
+        shared_vocab = int(check.m.teacher.shared_vocab_size)
+        unexplained = np.isnan(gold_values) & (gold >= 0) & (gold < shared_vocab)
+        check.out.rows(
+            names[3],
+            "gold log-prob is NaN although the gold id is inside the shared vocabulary",
+            np.unique(gold_lp.row_of[unexplained]),
+            check.base,
+        )
+
+# -- pipeline A (cross) -----------------------------------------------------------------------------------------
+
+def check_cross_targets(check: GroupChecker, cols: dict[str, ColumnList]) -> int:
+    ids, teacher, masked = cols["input_ids"], cols["teacher_input_ids"], cols["masked_positions"]
+    s_start = column_list(check.table, "chunk_student_start")
+    others = {
+        n: column_list(check.table, n)
+        for n in (
+            "chunk_student_end",
+            "chunk_teacher_start",
+            "chunk_teacher_end",
+            "chunk_masked",
+            "chunk_in_prompt",
+        )
+    }
+    items = s_start.lengths
+    aligned = all(
+        check.same_length(n, col, items, "len(chunk_student_start)").all() for n, col in others.items()
+    )
+    check.compdemo_group(items)
+    if not aligned:
+        return int(
+            np.count_nonzero(others["chunk_masked"].values)
+        )  # chunk columns disagree: reported above
+    chunk_row = s_start.row_of
+    flags = others["chunk_masked"].values.astype(bool)
+
+    def bounds(side: str, lo: np.ndarray, hi: np.ndarray, length: np.ndarray, what: str) -> np.ndarray:
+        bad = (lo < 0) | (hi <= lo) | (hi > length[chunk_row])
+        rows, first = first_bad(bad, chunk_row)
+
+        def detail(local: int) -> str:
+            i = first[np.searchsorted(rows, local)]
+            return f"chunk {i - s_start.offsets[local]}: [{lo[i]}, {hi[i]})"
+
+        check.out.rows(
+            f"chunk_{side}_start/end",
+            f"chunk bounds not 0 <= start < end <= {what}",
+            rows,
+            check.base,
+            detail,
+        )
+        return ~bad
+
+    s_ok = bounds(
+        "student", s_start.values, others["chunk_student_end"].values, ids.lengths, "len(input_ids)"
+    )
+    bounds(
+        "teacher",
+        others["chunk_teacher_start"].values,
+        others["chunk_teacher_end"].values,
+        teacher.lengths,
+        "len(teacher_input_ids)",
+    )
+    prompt = others["chunk_in_prompt"].values.astype(bool)
+    check.out.rows(
+        "chunk_masked",
+        "a prompt chunk is masked (prompt tokens are never maskable)",
+        np.unique(chunk_row[flags & prompt]),
+        check.base,
+    )
+
+    # Chunk consistency between chunk_masked and masked_positions.
+    position_ok = (masked.values >= 0) & (masked.values < ids.lengths[masked.row_of])
+    is_masked = np.zeros(ids.values.shape[0], dtype=bool)
+    is_masked[ids.offsets[masked.row_of[position_ok]] + masked.values[position_ok]] = True
+    prefix = np.concatenate([[0], np.cumsum(is_masked)])
+    where = np.flatnonzero(s_ok)
+    start = ids.offsets[chunk_row[where]] + s_start.values[where]
+    stop = ids.offsets[chunk_row[where]] + others["chunk_student_end"].values[where]
+    count = prefix[stop] - prefix[start]
+    if check.m.noise.chunk_consistent:
+        bad_items = np.where(flags[where], count != stop - start, count != 0)
+        message = "chunk_masked disagrees with masked_positions (a chunk is fully masked or not at all)"
+    else:
+        bad_items = flags[where] != (count > 0)
+        message = "chunk_masked disagrees with masked_positions (masked iff any of its tokens is)"
+    check.out.rows("chunk_masked", message, np.unique(chunk_row[where[bad_items]]), check.base)
+
+    for pass_name in check.m.targets.passes:
+        _check_cross_pass(check, pass_name, items, flags, s_start)
+    return int(np.count_nonzero(flags))
+
+def _check_cross_pass(check: GroupChecker, pass_name: str, items: np.ndarray, flags: np.ndarray, chunks: ColumnList) -> None:
+    name = chunk_logprob_column(pass_name)
+    col = column_list(check.table, name)
+    if not check.same_length(name, col, items, "len(chunk_student_start)").all():
+        return
+    values = col.values.astype(np.float64)
+    wrong = np.where(flags, ~(np.isfinite(values) & (values <= check.tol)), ~np.isnan(values))
+    rows, first = first_bad(wrong, chunks.row_of)
+
+    def detail(local: int) -> str:
+        i = first[np.searchsorted(rows, local)]
+        return f"chunk {i - chunks.offsets[local]}: masked={bool(flags[i])}, value={values[i]}"
+
+    check.out.rows(
+        name,
+        "chunk log-prob must be finite and <= 0 where the chunk is masked, NaN where it is not",
+        rows,
+        check.base,
+        detail,
+    )
+
+
+TARGET_CHECKS = {PIPELINE_SHARED: check_shared_targets, PIPELINE_CROSS: check_cross_targets}
