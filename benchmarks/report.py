@@ -1,0 +1,396 @@
+"""``docs/benchmarks.md`` from the suite's JSON results: one section per benchmark, the headline table and the
+k-sweep figure. A failed or skipped benchmark keeps its previous JSON, marked as such in the status table."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite import BENCH_DIR, BENCHMARKS, FIGURE, RESULTS, Benchmark, logger
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def dig(data: Any, path: str) -> Any:
+    """``data["a"]["b"]`` for ``path="a.b"``; None when any step is missing."""
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, scalar or short list) pairs of a nested JSON object, in order."""
+    if isinstance(data, dict):
+        out: list[tuple[str, Any]] = []
+        for key, value in data.items():
+            out += flatten(value, f"{prefix}{key}.")
+        return out
+    if isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
+        out = []
+        for index, value in enumerate(data):
+            out += flatten(value, f"{prefix}{index}.")
+        return out
+    return [(prefix.rstrip("."), data)]
+
+
+def fmt(value: Any) -> str:
+    """A table cell: 4 significant digits for floats, thousands separators for large ints, '-' for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value == 0:
+            return "0"
+        if abs(value) >= 1e5 or abs(value) < 1e-3:
+            return f"{value:.3e}"
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def key_values(data: dict, keys: Sequence[tuple[str, str]]) -> list[str]:
+    """A two-column table of the ``(label, dotted path)`` entries present in ``data``."""
+    rows = [(label, dig(data, path)) for label, path in keys if dig(data, path) is not None]
+    return table(("quantity", "value"), rows) if rows else []
+
+
+def all_figures(data: dict) -> list[str]:
+    """Every value of a result, collapsed (GitHub renders ``<details>``)."""
+    rows = flatten(data)
+    return ["<details><summary>all figures</summary>", "", *table(("key", "value"), rows), "", "</details>"]
+
+
+def script_summary(script: str) -> str:
+    """The first paragraph of a benchmark script's docstring, on one line."""
+    path = BENCH_DIR / script
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError):
+        return ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def load_results(bench: Benchmark) -> dict[str, dict]:
+    """The benchmark's JSON files that exist, by file name."""
+    out = {}
+    for name in bench.results:
+        path = RESULTS / name
+        if path.is_file():
+            try:
+                out[name] = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                logger.warning("%s is not valid JSON (%s); left out of the report", path, exc)
+    return out
+
+
+def render_build(results: dict[str, dict]) -> list[str]:
+    data = results.get("build.json")
+    if data is None:
+        return []
+    lines = ["Setup:", ""]
+    lines += key_values(data, [
+        ("teacher hidden size", "teacher.hidden"), ("teacher layers", "teacher.layers"),
+        ("teacher vocabulary rows", "teacher.vocab_rows"), ("student max length", "max_length"),
+        ("samples", "samples"), ("cache rows", "rows"), ("teacher forwards", "teacher_forwards"),
+        ("torch threads", "torch_threads"),
+    ])
+    lines += ["", "Results:", ""]
+    lines += key_values(data, [
+        ("**build time / bare teacher time**", "build_over_bare_teacher"),
+        ("target ratio", "target_build_over_bare_teacher"),
+        ("build wall time (s)", "build_wall_seconds"), ("bare teacher time (s)", "bare_teacher_seconds"),
+        ("teacher time inside the build (s)", "teacher_seconds_inside_build"),
+        ("samples per second", "samples_per_second"),
+        ("bytes per masked position", "bytes_per_masked_position"), ("bytes per target", "bytes_per_target"),
+        ("mean tail mass", "mean_tail_mass"), ("padding efficiency", "padding_efficiency"),
+    ])
+    return lines + ["", *all_figures(data)]
+
+
+def render_train_step(results: dict[str, dict]) -> list[str]:
+    lines: list[str] = []
+    for name, data in results.items():
+        config = data.get("config", {})
+        lines += [f"`{name}` — student hidden {fmt(config.get('hidden'))}, {fmt(config.get('layers'))} layers; "
+                  f"teacher hidden {fmt(config.get('teacher_hidden'))}, {fmt(config.get('teacher_layers'))} layers; "
+                  f"vocabulary {fmt(config.get('shared_vocab'))}, k = {fmt(config.get('k'))}; batch "
+                  f"{fmt(config.get('batch'))} × sequence length {fmt(config.get('seq_len'))}; mode "
+                  f"{fmt(config.get('mode'))}; device {fmt(config.get('device'))}", ""]
+        variants = data.get("variants", {})
+        if variants:
+            lines += table(
+                ("variant", "median step (s)", "min step (s)", "peak memory (MB)", "memory measured as"),
+                [(name_, v.get("median_step_s"), v.get("min_step_s"), v.get("peak_memory_mb"), v.get("memory_kind"))
+                 for name_, v in variants.items()],
+            )
+            lines.append("")
+        lines += key_values(data, [("**cache step / ce step**", "cache_over_ce"),
+                                   ("**cache step / online step**", "cache_over_online"),
+                                   ("target cache / ce", "target_cache_over_ce")])
+        lines += ["", *all_figures(data), ""]
+    return lines
+
+
+def render_reader(results: dict[str, dict]) -> list[str]:
+    data = results.get("reader.json")
+    if data is None:
+        return []
+    lines = ["Setup:", ""]
+    lines += key_values(data, [
+        ("vocabulary", "config.vocab"), ("k", "config.k"), ("value dtype", "config.value_dtype"),
+        ("temperatures", "config.temperatures"), ("student sequence length", "config.student_length"),
+        ("rows", "config.rows"), ("passes", "config.passes"), ("rows per row group", "config.row_group_rows"),
+        ("compression", "config.compression"),
+    ])
+    lines += ["", "Results:", ""]
+    lines += key_values(data, [
+        ("**reader throughput (masked positions / s)**", "decode.masked_positions_per_second"),
+        ("**bytes per masked position**", "bytes_per_masked_position"),
+        ("bytes per target item", "bytes_per_target_item"),
+        ("raw top-k bytes per target per pass", "raw_top_k_bytes_per_target_per_pass"),
+        ("shard bytes", "shard_bytes"), ("masked positions", "masked_positions"),
+        ("write time (s)", "write_seconds"),
+    ])
+    return lines + ["", *all_figures(data)]
+
+
+def render_teacher_runner(results: dict[str, dict]) -> list[str]:
+    data = results.get("teacher_runner.json")
+    if data is None:
+        return []
+    lines = ["Setup:", ""]
+    lines += key_values(data, [
+        ("model", "model.type"), ("vocabulary", "model.vocab_size"), ("hidden size", "model.hidden_size"),
+        ("layers", "model.layers"), ("batch", "batch"), ("sequence length", "length"),
+        ("LM-head chunk (rows)", "head_chunk_size"), ("selected positions", "selected_positions"),
+        ("method", "method"),
+    ])
+    lines += ["", "Results:", ""]
+    lines += key_values(data, [
+        ("**runner peak memory increase (MiB)**", "runner_peak_rss_delta_mib"),
+        ("**full-logits peak memory increase (MiB)**", "full_peak_rss_delta_mib"),
+        ("expected full fp32 logits (MiB)", "full_logits_fp32_mib_expected"),
+        ("expected runner chunk logits (MiB)", "runner_chunk_logits_fp32_mib_expected"),
+        ("runner time (s)", "runner_seconds"), ("full time (s)", "full_seconds"),
+        ("max abs log-prob difference", "max_abs_logprob_diff"),
+    ])
+    return lines + ["", *all_figures(data)]
+
+
+def render_fidelity(results: dict[str, dict]) -> list[str]:
+    data = results.get("fidelity_k.json")
+    if data is None:
+        return []
+    config = data.get("config", {})
+    lines = [
+        f"Vocabulary {fmt(config.get('vocab'))} (shared slice), k ∈ {fmt(config.get('ks'))}, stored temperatures "
+        f"{fmt(config.get('temperatures'))} (KL and losses at each), "
+        f"{fmt(config.get('positions_per_family'))} target positions per family "
+        f"({fmt(config.get('target_positions_per_row'))} per cache row), compression {fmt(config.get('compression'))}.",
+        f"Bytes: {config.get('bytes_method', '-')}. Student logits: {config.get('student', '-')}. "
+        "Loss error = |top-k loss − full-logit loss| / full-logit loss.",
+        "",
+    ]
+    if FIGURE.is_file():
+        lines += [f"![k sweep]({FIGURE.name})", ""]
+    for name, family in data.get("families", {}).items():
+        lines += [f"**{name}** — {family.get('description', '')}; {fmt(family.get('positions'))} positions. "
+                  f"Check k = V against the direct formulas (abs diff): "
+                  f"{', '.join(f'{k} {fmt(v)}' for k, v in family.get('check_k_equals_vocab_abs_diff', {}).items())}.",
+                  ""]
+        sweep = family.get("sweep", [])
+        lines += ["Storage:", ""]
+        lines += table(("k", "values", "target bytes / position", "raw bytes / position", "shard bytes / position"),
+                       [(e.get("k"), e.get("value_dtype"), e.get("bytes_per_target_position"),
+                         e.get("raw_bytes_per_target_position"), e.get("shard_bytes_per_target_position"))
+                        for e in sweep])
+        lines += ["", "Fidelity (fp16 values; fp32 values give the same figures to 3 digits, see the JSON):", ""]
+        rows = []
+        for e in (x for x in sweep if x.get("value_dtype") == "float16"):
+            for temp in ("T=1", "T=2"):
+                rows.append((
+                    e.get("k"), temp, dig(e, f"mean_tail_mass.{temp}"),
+                    dig(e, f"kl_full_to_reconstruction.{temp}.mean"), dig(e, f"kl_full_to_reconstruction.{temp}.max"),
+                    dig(e, f"loss.{temp}.kl.rel_error"), dig(e, f"loss.{temp}.reverse_kl.rel_error"),
+                    dig(e, f"loss.{temp}.tidal.rel_error"),
+                ))
+        lines += table(("k", "T", "tail mass", "KL(full‖rec) mean", "KL(full‖rec) max", "kl loss error",
+                        "reverse_kl loss error", "tidal loss error"), rows)
+        lines.append("")
+    env = data.get("environment", {})
+    if env:
+        lines.append("Ran with: " + ", ".join(f"{k} {fmt(v)}" for k, v in env.items()) + ".")
+    return lines
+
+
+def plot_fidelity(data: dict, path: Path) -> Path | None:
+    """The k-sweep figure: bytes per position, KL(full ‖ reconstruction) and loss error against k."""
+    families = data.get("families", {})
+    if not families:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
+    markers = {"kl": "o", "reverse_kl": "s", "tidal": "^"}
+    for index, (name, family) in enumerate(families.items()):
+        color = f"C{index}"
+        entries = [e for e in family.get("sweep", []) if e.get("value_dtype") == "float16"] or family.get("sweep", [])
+        ks = [e["k"] for e in entries]
+        axes[0].plot(ks, [e["bytes_per_target_position"] for e in entries], "o-", color=color, label=name)
+        for style, temp in (("-", "T=1"), ("--", "T=2")):
+            values = [dig(e, f"kl_full_to_reconstruction.{temp}.mean") for e in entries]
+            axes[1].plot(ks, [v if v is not None else float("nan") for v in values], style, marker="o", color=color,
+                         label=f"{name} {temp}")
+        for panel, temp in ((2, "T=1"), (3, "T=2")):
+            for loss, marker in markers.items():
+                values = [dig(e, f"loss.{temp}.{loss}.rel_error") for e in entries]
+                axes[panel].plot(ks, [v if v is not None else float("nan") for v in values], "-", marker=marker,
+                                 color=color, label=f"{name} {loss}")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("bytes per target position (fp16 values, zstd)")
+    axes[1].set_ylabel("KL(full ‖ top-k reconstruction)")
+    axes[1].set_yscale("log")
+    for panel, temp in ((2, "1"), (3, "2")):
+        axes[panel].set_ylabel(f"relative loss error vs full logits, T = {temp}")
+        axes[panel].set_yscale("log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle("Pipeline B top-k targets over the 151,646-id shared vocabulary")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
+    "build": render_build,
+    "train_step": render_train_step,
+    "fidelity_k": render_fidelity,
+    "reader": render_reader,
+    "teacher_runner": render_teacher_runner,
+}
+
+
+def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
+    """(figure, value, source) rows of the summary table."""
+    rows: list[tuple[str, Any, str]] = []
+    build = results.get("build", {}).get("build.json")
+    if build:
+        rows.append(("cache build time / bare teacher time", build.get("build_over_bare_teacher"), "bench_build"))
+    for name, data in results.get("train_step", {}).items():
+        rows.append((f"train step from cache / ce step ({name})", data.get("cache_over_ce"), "bench_train_step"))
+        rows.append((f"train step from cache / online step ({name})", data.get("cache_over_online"), "bench_train_step"))
+    reader = results.get("reader", {}).get("reader.json")
+    if reader:
+        rows.append(("bytes per masked position (k = 64, fp16, 2 passes)", reader.get("bytes_per_masked_position"),
+                     "bench_reader"))
+        rows.append(("reader throughput (masked positions / s)", dig(reader, "decode.masked_positions_per_second"),
+                     "bench_reader"))
+    fidelity = results.get("fidelity_k", {}).get("fidelity_k.json")
+    for name, family in (fidelity or {}).get("families", {}).items():
+        for e in family.get("sweep", []):
+            if e.get("k") == 64 and e.get("value_dtype") == "float16":
+                rows.append((f"k = 64 target bytes / position, one pass ({name})", e.get("bytes_per_target_position"),
+                             "bench_fidelity_k"))
+                rows.append((f"k = 64 KL(full ‖ reconstruction), T = 1 ({name})",
+                             dig(e, "kl_full_to_reconstruction.T=1.mean"), "bench_fidelity_k"))
+    runner = results.get("teacher_runner", {}).get("teacher_runner.json")
+    if runner:
+        rows.append(("TeacherRunner / full-logits peak memory", _ratio(runner.get("runner_peak_rss_delta_mib"),
+                                                                       runner.get("full_peak_rss_delta_mib")),
+                     "bench_teacher_runner"))
+    return rows
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+
+def render_document(machine: dict[str, Any], statuses: dict[str, dict[str, Any]]) -> str:
+    """The whole of ``docs/benchmarks.md``."""
+    results = {bench.name: load_results(bench) for bench in BENCHMARKS}
+    fidelity = results["fidelity_k"].get("fidelity_k.json")
+    if fidelity:
+        plot_fidelity(fidelity, FIGURE)
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `bash scripts/benchmarks.sh` (`benchmarks/run_all.py`); do not edit by hand. Every figure "
+        "comes from the JSON under `benchmarks/results/`; each section names its script, the arguments it ran "
+        "with, and the model sizes, vocabulary and sequence length it used. CPU timings on a shared machine "
+        "vary from run to run; ratios measured inside one process are steadier than absolute seconds.",
+        "",
+        "## Machine",
+        "",
+        *table(("CPU", "cores (usable)", "memory (GiB)", "GPU", "OS", "python", "torch (threads)", "transformers",
+                "pyarrow"),
+               [(machine.get("cpu"), f"{machine.get('cores')} ({machine.get('usable_cores')})",
+                 machine.get("memory_gib"), machine.get("gpu") or "none", machine.get("os"), machine.get("python"),
+                 f"{machine.get('torch')} ({machine.get('torch_threads')})", machine.get("transformers"),
+                 machine.get("pyarrow"))]),
+        "",
+        "## Summary",
+        "",
+        *table(("figure", "value", "benchmark"), headline(results)),
+        "",
+        "## Runs",
+        "",
+        *table(("benchmark", "status", "seconds", "last run"),
+               [(b.name, statuses.get(b.name, {}).get("status", "not run"), statuses.get(b.name, {}).get("seconds"),
+                 statuses.get(b.name, {}).get("finished", "-")) for b in BENCHMARKS]),
+        "",
+    ]
+    for index, bench in enumerate(BENCHMARKS, start=1):
+        lines += [f"## {index}. {bench.title}", ""]
+        summary = script_summary(bench.script)
+        if summary:
+            lines += [summary, ""]
+        commands = [shlex.join(["python", f"benchmarks/{bench.script}", *args])
+                    for args in (bench.args, *bench.extra_runs)]
+        lines += ["```bash", *commands, "```", "", machine_line(statuses.get(bench.name, {})), ""]
+        if not results[bench.name]:
+            lines += ["_No results yet: run the benchmark._", ""]
+            continue
+        lines += RENDERERS[bench.name](results[bench.name])
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def machine_line(status: dict[str, Any]) -> str:
+    """Where a benchmark's last recorded run happened."""
+    machine = status.get("machine")
+    if not machine:
+        return "Machine: not recorded for these results (they predate run_all); see the table above."
+    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    return (f"Machine: {machine.get('cpu')}, {machine.get('usable_cores')} usable cores, "
+            f"{fmt(machine.get('memory_gib'))} GiB{gpu}, torch {machine.get('torch')} "
+            f"({machine.get('torch_threads')} threads); run {status.get('status')} on {status.get('finished')} "
+            f"in {fmt(status.get('seconds'))} s.")
+
+
