@@ -403,12 +403,12 @@ def _add_spec(target: Any, spec: _Spec) -> None:
                             default=argparse.SUPPRESS, nargs=0 if spec.is_flag else "*", help=argparse.SUPPRESS)
 
 
-def options_from_args(cls: type[T], namespace: argparse.Namespace, *,
-                      finish: Callable[[T], T] | None = None) -> T:
+def options_from_args(cls: type[T], namespace: argparse.Namespace, *, finish: Callable[[T], T] | None = None,
+                      error: type[OptionsError] = OptionsError) -> T:
     """The ``cls`` of a parsed command line: defaults, then ``--config`` (if given), then the flags given.
 
     ``finish`` (validation or resolution) may raise :class:`OptionsError`; its problems are reported
-    together with those found while reading the values.
+    together with those found while reading the values, as one ``error`` (a command's own subclass).
     """
     problems = list(getattr(namespace, _RENAMED_DEST, None) or [])
     values: dict[str, Any] = {}
@@ -421,17 +421,19 @@ def options_from_args(cls: type[T], namespace: argparse.Namespace, *,
                 values[spec.name] = _convert(spec, getattr(namespace, spec.name))
             except ValueError as exc:
                 problems.append(f"{spec.flag}: {exc}")
-    return _construct(cls, values, problems, finish)
+    return _construct(cls, values, problems, finish, error)
 
 
-def options_from_file(cls: type[T], path: str | os.PathLike, *, finish: Callable[[T], T] | None = None) -> T:
+def options_from_file(cls: type[T], path: str | os.PathLike, *, finish: Callable[[T], T] | None = None,
+                      error: type[OptionsError] = OptionsError) -> T:
     """The ``cls`` of an options file alone (defaults, then the file)."""
     problems: list[str] = []
     values = read_options_file(cls, path, problems)
-    return _construct(cls, values, problems, finish)
+    return _construct(cls, values, problems, finish, error)
 
 
-def _construct(cls: type[T], values: dict[str, Any], problems: list[str], finish: Callable[[T], T] | None) -> T:
+def _construct(cls: type[T], values: dict[str, Any], problems: list[str], finish: Callable[[T], T] | None,
+               error: type[OptionsError]) -> T:
     # values that failed to convert keep their defaults, so validation still runs and reports the rest
     config = cls(**values)
     if finish is not None:
@@ -440,7 +442,7 @@ def _construct(cls: type[T], values: dict[str, Any], problems: list[str], finish
         except OptionsError as exc:
             problems.extend(exc.problems)
     if problems:
-        raise OptionsError(problems)
+        raise error(problems)
     return config
 
 

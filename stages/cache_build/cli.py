@@ -35,11 +35,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     """The resolved BuildConfig of a parsed command line: defaults, then the YAML (if any), then the flags.
 
-    Raises :class:`~stages.options.OptionsError` listing every malformed or invalid setting at once.
+    Raises :class:`BuildConfigError` listing every malformed or invalid setting at once.
     """
-    from stages.cache_build.config import BuildConfig
+    from stages.cache_build.config import BuildConfig, BuildConfigError
 
-    return options_from_args(BuildConfig, args, finish=lambda config: config.resolve())
+    return options_from_args(BuildConfig, args, finish=lambda config: config.resolve(), error=BuildConfigError)
 
 
 def fail_after_hook(count: int) -> Any:
@@ -84,7 +84,8 @@ def register_build_command(subparsers: Any) -> argparse.ArgumentParser:
         help=BUILD_HELP,
         description="Build a TIDE logits cache: prepare the data, draw seeded noise, run the teacher at masked "
                     "positions and write zstd Parquet shards plus manifest.json. Re-running the same command "
-                    "resumes; a changed setting against an existing output is refused.",
+                    "resumes; a changed setting against an existing output is refused. The paper's builds: "
+                    "--config configs/build/llada2.yaml (pipeline A) or configs/build/wedlm.yaml (B).",
     )
     add_build_arguments(parser)
     parser.set_defaults(func=run_build_command)
