@@ -10,7 +10,8 @@ them its choices and extra flag names, with :func:`option`. From that dataclass 
   accepted). JSON is YAML, so a run's own saved config reads back;
 * typed values: every value, from a file or a flag, is converted by the field's type. PyYAML reads
   ``5e-5`` and ``1e-3`` as strings (YAML 1.1 floats need a dot), and ``no`` / ``off`` as False; here the
-  first two become floats, and a boolean given to a text option becomes the matching choice (``no``).
+  first two become floats, and a boolean given to a text option becomes the matching choice (``no``)
+  (the fields and the conversion: :mod:`stages.option_fields`).
 
 Values come from the dataclass defaults, then ``--config FILE``, then the flags. Every problem (an unknown
 key, a value of the wrong type, a value outside the choices, the dataclass's own validation) is collected
@@ -25,30 +26,28 @@ take a different meaning.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import logging
 import os
-import types
-import typing
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from stages.option_fields import FieldSpec, convert, field_defaults, field_specs, option
+
+__all__ = [
+    "OptionsError", "add_options", "field_defaults", "option", "options_from_args", "options_from_file",
+    "options_parser", "parse_options", "read_options_file",
+]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_METADATA_KEY = "tide_option"
 _RENAMED_DEST = "_renamed_options"
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-_NULL = ("null", "none", "~")
 _METAVARS = {int: "N", float: "X"}
-_NOUNS = {str: "text", int: "an integer", float: "a number", bool: "a boolean (true/false, yes/no, on/off)"}
 
 
 class OptionsError(ValueError):
@@ -61,186 +60,6 @@ class OptionsError(ValueError):
         else:
             text = f"{len(self.problems)} problems with the options:\n  " + "\n  ".join(self.problems)
         super().__init__(text)
-
-
-@dataclass(frozen=True)
-class OptionInfo:
-    """What :func:`option` records in a field's metadata."""
-
-    help: str
-    choices: tuple[str, ...] | None = None
-    aliases: tuple[str, ...] = ()
-    former: tuple[str, ...] = ()
-    group: str | None = None
-    separators: str = ","
-    default_text: str | None = None
-    metavar: str | None = None
-
-
-def option(
-    default: Any = dataclasses.MISSING,
-    *,
-    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
-    help: str,
-    choices: Iterable[str] | None = None,
-    aliases: Sequence[str] = (),
-    former: Sequence[str] = (),
-    group: str | None = None,
-    separators: str = ",",
-    default_text: str | None = None,
-    metavar: str | None = None,
-) -> Any:
-    """A dataclass field that is also a command-line option.
-
-    ``choices`` restricts the value (each item, for a list); ``aliases`` are further flags shown in
-    ``--help`` (``-o``, ``--data``); ``former`` are old field names (see the module docstring); ``group``
-    heads a section of ``--help``; ``separators`` split one string into list items; ``default_text``
-    replaces the shown default (for defaults resolved later, e.g. per pipeline).
-    """
-    info = OptionInfo(help=help, choices=tuple(choices) if choices is not None else None, aliases=tuple(aliases),
-                      former=tuple(former), group=group, separators=separators, default_text=default_text,
-                      metavar=metavar)
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={_METADATA_KEY: info})
-
-
-# ----------------------------------------------------------------------------------------------- fields
-
-
-@dataclass(frozen=True)
-class _Spec:
-    name: str
-    base: type
-    is_list: bool
-    optional: bool
-    info: OptionInfo
-    default: Any
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def is_flag(self) -> bool:
-        return self.base is bool and not self.is_list
-
-
-def _type_parts(name: str, hint: Any) -> tuple[type, bool, bool]:
-    """(scalar type, is a list, accepts None) of a field annotation."""
-    optional = False
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        rest = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(rest) != 1:
-            raise TypeError(f"option {name}: unsupported type {hint!r}")
-        optional, hint = True, rest[0]
-    is_list = typing.get_origin(hint) is list
-    base = typing.get_args(hint)[0] if is_list else hint
-    if base not in _NOUNS:
-        raise TypeError(f"option {name}: unsupported type {hint!r} (str, int, float, bool, lists of them)")
-    return base, is_list, optional
-
-
-def _specs(cls: type) -> list[_Spec]:
-    hints = typing.get_type_hints(cls)
-    specs = []
-    for f in dataclasses.fields(cls):
-        info = f.metadata.get(_METADATA_KEY) or OptionInfo(help=f.metadata.get("help", ""))
-        base, is_list, optional = _type_parts(f.name, hints[f.name])
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            raise TypeError(f"option {f.name} of {cls.__name__} has no default")
-        specs.append(_Spec(f.name, base, is_list, optional, info, default))
-    return specs
-
-
-def field_defaults(cls: type) -> dict[str, Any]:
-    """Every option of ``cls`` with its dataclass default."""
-    return {spec.name: spec.default for spec in _specs(cls)}
-
-
-# ----------------------------------------------------------------------------------------------- values
-
-
-def _convert(spec: _Spec, value: Any) -> Any:
-    """``value`` (from a file or a flag) as the field's type; ValueError (without the name) if it is not one."""
-    if value is None or (spec.optional and spec.base is not str and isinstance(value, str)
-                         and value.strip().lower() in _NULL):
-        if spec.optional:
-            return None
-        raise ValueError(f"expected {'a list' if spec.is_list else _NOUNS[spec.base]}, got null")
-    if not spec.is_list:
-        if isinstance(value, (list, tuple, dict)):
-            raise ValueError(f"expected {_NOUNS[spec.base]}, got {type(value).__name__} {value!r}")
-        return _scalar(spec.base, value, spec.info.choices)
-    if isinstance(value, dict):
-        raise ValueError(f"expected a list, got a mapping {value!r}")
-    items: list[Any] = []
-    for item in value if isinstance(value, (list, tuple)) else [value]:
-        if isinstance(item, str):
-            for separator in spec.info.separators[1:]:
-                item = item.replace(separator, spec.info.separators[0])
-            items.extend(part.strip() for part in item.split(spec.info.separators[0]) if part.strip())
-        else:
-            items.append(item)
-    return [_scalar(spec.base, item, spec.info.choices) for item in items]
-
-
-def _scalar(base: type, value: Any, choices: tuple[str, ...] | None) -> Any:
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError(f"expected {_NOUNS[bool]}, got {value!r}")
-    if isinstance(value, bool):
-        # YAML 1.1 reads an unquoted no/off/yes/on as a boolean; a text option whose choices spell it wins it back
-        spellings = _TRUE if value else _FALSE
-        match = [choice for choice in choices or () if choice in spellings]
-        if base is str and match:
-            return match[0]
-        raise ValueError(f"expected {_NOUNS[base]}, got the boolean {str(value).lower()} (quote it in YAML)")
-    if base is int:
-        result = _integer(value)
-    elif base is float:
-        result = _number(value)
-    elif isinstance(value, (str, int, float)):
-        result = str(value)
-    else:
-        raise ValueError(f"expected text, got {value!r}")
-    if choices is not None and result not in choices:
-        raise ValueError(f"{result!r} is not one of {', '.join(choices)}")
-    return result
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    number = value
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                number = float(text)
-            except ValueError:
-                raise ValueError(f"expected an integer, got {value!r}") from None
-    if isinstance(number, float) and number.is_integer():
-        return int(number)
-    raise ValueError(f"expected an integer, got {value!r}")
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            pass
-    raise ValueError(f"expected a number, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -276,7 +95,7 @@ def _read_file(cls: type, path: Path, problems: list[str]) -> dict[str, Any]:
     if not isinstance(payload, dict):
         problems.append(f"{where}: expected a mapping of option names to values, got {type(payload).__name__}")
         return {}
-    specs = {spec.name: spec for spec in _specs(cls)}
+    specs = {spec.name: spec for spec in field_specs(cls)}
     former = {old: spec for spec in specs.values() for old in spec.info.former}
     values: dict[str, Any] = {}
     seen: dict[str, str] = {}
@@ -296,7 +115,7 @@ def _read_file(cls: type, path: Path, problems: list[str]) -> dict[str, Any]:
             continue
         seen[spec.name] = str(key)
         try:
-            values[spec.name] = _convert(spec, value)
+            values[spec.name] = convert(spec, value)
         except ValueError as exc:
             problems.append(f"{where}: {spec.name}: {exc}")
     return values
@@ -329,7 +148,7 @@ class _Renamed(argparse.Action):
         setattr(namespace, _RENAMED_DEST, found)
 
 
-def _shown_default(spec: _Spec) -> str | None:
+def _shown_default(spec: FieldSpec) -> str | None:
     if spec.info.default_text is not None:
         return spec.info.default_text
     value = spec.default
@@ -342,7 +161,7 @@ def _shown_default(spec: _Spec) -> str | None:
     return str(value)
 
 
-def _help_text(spec: _Spec) -> str:
+def _help_text(spec: FieldSpec) -> str:
     text = spec.info.help
     shown = _shown_default(spec)
     if shown:
@@ -365,7 +184,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, config_file: bool
                             help="YAML (or JSON) file of options, keys as the flags with '_' for '-'; "
                                  "flags given here override it")
     groups: dict[str, Any] = {}
-    for spec in _specs(cls):
+    for spec in field_specs(cls):
         target: Any = parser
         if spec.info.group:
             if spec.info.group not in groups:
@@ -374,7 +193,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, config_file: bool
         _add_spec(target, spec)
 
 
-def _add_spec(target: Any, spec: _Spec) -> None:
+def _add_spec(target: Any, spec: FieldSpec) -> None:
     primary, *hidden = _spellings(spec.name)
     common: dict[str, Any] = {"dest": spec.name, "default": argparse.SUPPRESS}
     if spec.is_flag:
@@ -415,10 +234,10 @@ def options_from_args(cls: type[T], namespace: argparse.Namespace, *, finish: Ca
     config_file = getattr(namespace, "config", None)
     if config_file:
         values.update(read_options_file(cls, config_file, problems))
-    for spec in _specs(cls):
+    for spec in field_specs(cls):
         if hasattr(namespace, spec.name):
             try:
-                values[spec.name] = _convert(spec, getattr(namespace, spec.name))
+                values[spec.name] = convert(spec, getattr(namespace, spec.name))
             except ValueError as exc:
                 problems.append(f"{spec.flag}: {exc}")
     return _construct(cls, values, problems, finish, error)
