@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Stage one, pipeline A (cross tokenizer): build a LLaDA2 logits cache with the paper defaults
-# (DESIGN.md §7): student / teacher length 512 / 1024, block 32, bf16 teacher, per-chunk teacher
-# log-probs (T = 5.0 is applied by the trainer, nothing tempered is stored), plain + CompDemo passes,
-# paper attention regime (full bidirectional over the noised teacher sequence).
+# Stage one, pipeline A (cross tokenizer): build a LLaDA2 logits cache with the paper's settings, i.e.
+# `tide-cache build --config configs/build/llada2.yaml` (the settings: that file over tide-cache build's
+# defaults, listed by `tide-cache build --help`; flags given here override both).
 # Launches with `accelerate launch` when more than one GPU is visible; re-running resumes.
 #
 # Usage:
@@ -14,17 +13,7 @@ set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 for arg in "$@"; do
-    if [[ "${arg}" == "-h" || "${arg}" == "--help" ]]; then sed -n '2,13p' "${SELF}"; exit 0; fi
+    if [[ "${arg}" == "-h" || "${arg}" == "--help" ]]; then sed -n '2,11p' "${SELF}"; exit 0; fi
 done
-PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
-NUM_GPUS="${NUM_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}"
-
-DEFAULTS=(--pipeline cross --max-length 512 --teacher-max-length 1024 --block-size 32
-          --temperatures 1.0 --passes plain,compdemo --regime paper --dtype bfloat16 --replicas 1 --seed 0)
-
-if [[ "${NUM_GPUS}" -gt 1 ]]; then
-    # shellcheck disable=SC2086
-    exec "${PYTHON}" -m accelerate.commands.launch --num_processes "${NUM_GPUS}" ${ACCELERATE_ARGS:-} \
-        -m stages.cli build "${DEFAULTS[@]}" "$@"
-fi
-exec "${PYTHON}" -m stages.cli build "${DEFAULTS[@]}" "$@"
+source scripts/_paper.sh
+paper_build configs/build/llada2.yaml "$@"

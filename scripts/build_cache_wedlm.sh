@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stage one, pipeline B (shared vocabulary): build a WeDLM logits cache with the paper defaults
-# (DESIGN.md §7): student / teacher length 512 / 768, block 32, bf16 teacher, top-64 targets with
-# log-partitions at T = 1.0 and 2.0 (TIDAL's T), plain + CompDemo passes, paper attention regime.
+# Stage one, pipeline B (shared vocabulary): build a WeDLM logits cache with the paper's settings, i.e.
+# `tide-cache build --config configs/build/wedlm.yaml` (the settings: that file over tide-cache build's
+# defaults, listed by `tide-cache build --help`; flags given here override both). The stored temperatures
+# include T = 2.0, the vocabulary modes' default.
 # Launches with `accelerate launch` when more than one GPU is visible; re-running resumes.
 #
 # Usage:
@@ -15,16 +16,5 @@ cd "$(dirname "$0")/.."
 for arg in "$@"; do
     if [[ "${arg}" == "-h" || "${arg}" == "--help" ]]; then sed -n '2,12p' "${SELF}"; exit 0; fi
 done
-PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
-NUM_GPUS="${NUM_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}"
-
-DEFAULTS=(--pipeline shared --max-length 512 --teacher-max-length 768 --block-size 32 --k 64
-          --temperatures 1.0 2.0 --passes plain,compdemo --regime paper --value-dtype float16
-          --dtype bfloat16 --replicas 1 --seed 0)
-
-if [[ "${NUM_GPUS}" -gt 1 ]]; then
-    # shellcheck disable=SC2086
-    exec "${PYTHON}" -m accelerate.commands.launch --num_processes "${NUM_GPUS}" ${ACCELERATE_ARGS:-} \
-        -m stages.cli build "${DEFAULTS[@]}" "$@"
-fi
-exec "${PYTHON}" -m stages.cli build "${DEFAULTS[@]}" "$@"
+source scripts/_paper.sh
+paper_build configs/build/wedlm.yaml "$@"

@@ -35,13 +35,10 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 export HF_ALLOW_CODE_EVAL=1
 
+# block size, CFG, remasking and temperature are tide-eval's defaults, the protocol's (stages/eval/protocol.py)
 "${PYTHON}" -m stages.eval.cli run \
     --model "${MODEL}" \
     --tasks all \
     --output "${OUTPUT}" \
-    --block-size 32 \
-    --cfg-scale 0 \
-    --remasking low_confidence \
-    --temperature 0 \
     --confirm-run-unsafe-code \
     "${EXTRA[@]}"

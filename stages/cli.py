@@ -12,23 +12,31 @@ import sys
 
 from cache_schema import cli as format_cli
 
+FORMAT_COMMANDS = ("inspect", "validate")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(*, build_options: bool = True) -> argparse.ArgumentParser:
+    """The ``tide-cache`` parser. ``build_options=False`` lists ``build`` without its options, which are
+    declared by the build config and so import torch (its dtype choices): the format commands skip that."""
     parser = argparse.ArgumentParser(
         prog="tide-cache",
         description="Build, inspect and validate TIDE logits caches (zstd Parquet shards + manifest.json).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
-    from stages.cache_build.cli import register_build_command
+    from stages.cache_build.cli import BUILD_HELP, register_build_command
 
-    register_build_command(subparsers)
+    if build_options:
+        register_build_command(subparsers)
+    else:
+        subparsers.add_parser("build", help=BUILD_HELP)
     format_cli.register_commands(subparsers)
     return parser
 
 
 def tide_cache_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(build_options=not (words and words[0] in FORMAT_COMMANDS)).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,23 +117,53 @@ def _parse(argv):
 def test_cli_flags_override_yaml(tmp_path):
     yaml_file = tmp_path / "build.yaml"
     yaml_file.write_text("teacher: /a\nstudent_tokenizer: /s\nsources: builtin:synthetic\noutput: /o\n"
-                         "k: 32\nreplicas: 3\ntemperatures: [1.0, 2.0]\n")
+                         "pipeline: shared\nk: 32\nreplicas: 3\ntemperatures: [1.0, 2.0]\n")
     config = config_from_args(_parse(["--config", str(yaml_file), "--k", "8", "--temperatures", "1", "4,8",
                                       "--passes", "plain", "--no-progress"]))
     assert (config.k, config.replicas, config.temperatures, config.passes) == (8, 3, [1.0, 4.0, 8.0], ["plain"])
     assert config.progress is False and config.teacher == "/a"
-    plain = config_from_args(_parse(["--teacher", "/b", "--data", "x.jsonl"]))
-    assert (plain.teacher, plain.sources, plain.k, plain.progress) == ("/b", "x.jsonl", 64, True)
+    plain = config_from_args(_parse(["--teacher", "/b", "--data", "x.jsonl", "--student-tokenizer", "/s",
+                                     "-o", "/o", "--pipeline", "cross"]))
+    assert (plain.teacher, plain.sources, plain.output, plain.k, plain.progress) == ("/b", "x.jsonl", "/o", 64, True)
+    assert (plain.teacher_max_length, plain.temperatures) == (1024, [1.0])  # resolved from the pipeline
+    assert config_from_args(_parse(["--config", str(yaml_file), "--passes", "compdemo+plain"])).passes == [
+        "plain", "compdemo"
+    ]
     (tmp_path / "bad.yaml").write_text("teacher: /a\nbogus_key: 1\n")
     with pytest.raises(BuildConfigError, match="bogus_key"):
         config_from_args(_parse(["--config", str(tmp_path / "bad.yaml")]))
 
 
+def test_cli_reports_every_build_problem_at_once(tmp_path):
+    with pytest.raises(BuildConfigError) as error:
+        config_from_args(_parse(["--teacher", "/a", "--pipeline", "cross", "--k", "many", "--max-length", "100",
+                                 "--passes", "plain,final", "--eps", "2"]))
+    problems = error.value.problems
+    assert "--k: expected an integer, got 'many'" in problems
+    assert "--passes: 'final' is not one of plain, compdemo" in problems
+    assert "max_length=100: must be a positive multiple of block_size=32" in problems
+    assert "eps=2.0: must lie in (0, 1)" in problems
+    assert sum("is required" in line for line in problems) == 3  # student_tokenizer, sources, output
+    assert len(problems) == 7
+
+
 def test_tide_cache_parser_has_build(tmp_path):
     from stages.cli import build_parser
 
-    args = build_parser().parse_args(["build", "--teacher", "/t", "--rows-per-shard", "8"])
-    assert args.command == "build" and args.rows_per_shard == 8 and callable(args.func)
+    args = build_parser().parse_args(["build", "--teacher", "/t", "--student_tokenizer", "/s", "--sources", "x",
+                                      "--output", "/o", "--pipeline", "shared", "--rows_per_shard", "8"])
+    assert args.command == "build" and callable(args.func)
+    assert config_from_args(args).rows_per_shard == 8
+
+
+def test_format_commands_do_not_import_the_build_options():
+    """The build options import torch (dtype choices); ``tide-cache inspect|validate`` parse without them."""
+    code = ("import sys; from stages.cli import build_parser; "
+            "build_parser(build_options=False).parse_args(['validate', 'x']); "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    code = "import sys; from stages.cli import build_parser; build_parser(); sys.exit(0 if 'torch' in sys.modules else 1)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0  # the check can fail
 
 
 def test_fail_after_hook_raises_after_count():

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from stages.eval.cli import build_parser
+from stages.eval.cli import build_parser, config_from_args, main
 from stages.eval.protocol import PAPER_TASKS, resolve_tasks
 from stages.eval.runner import TaskScore, format_table, pick_score
+from stages.options import OptionsError
 
 
 def test_protocol_matches_design():
@@ -39,7 +40,7 @@ def test_help_documents_every_setting():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     run_help = subparsers["run"].format_help()
-    for flag in ("--model", "--tasks", "--output", "--limit", "--block-size", "--remasking", "--temperature",
+    for flag in ("--model", "--tasks", "--output", "--limit", "--block-size", "--remasking", "--sampling-temperature",
                  "--cfg-scale", "--seed", "--think-block", "--chat-template", "--batch-size",
                  "--confirm-run-unsafe-code", "--include-path"):
         assert flag in run_help
@@ -48,10 +49,27 @@ def test_help_documents_every_setting():
     gen_help = subparsers["generate"].format_help()
     for flag in ("--prompt", "--prompt-file", "--gen-length", "--steps", "--think-block"):
         assert flag in gen_help
-    args = parser.parse_args(["run", "--model", "m", "--output", "o"])
-    assert (args.tasks, args.block_size, args.cfg_scale, args.think_block, args.chat_template) == (
+    _, config = config_from_args(["run", "--model", "m", "--output", "o"])
+    assert (config.tasks, config.block_size, config.cfg_scale, config.think_block, config.chat_template) == (
         "all", 32, 0.0, False, True
     )
+
+
+def test_sampling_temperature_is_its_own_flag_and_problems_come_together(tmp_path):
+    args, config = config_from_args(["generate", "--model", "m", "--prompt", "hi", "--sampling-temperature", "0.7"])
+    assert (args.command, config.sampling_temperature, config.prompt) == ("generate", 0.7, "hi")
+    _, config = config_from_args(["run", "--model", "m", "--output", "o", "--include-path", "a",
+                                  "--include_path", "b", "c", "--no-chat-template"])
+    assert config.include_path == ["a", "b", "c"] and config.chat_template is False
+    with pytest.raises(OptionsError) as error:
+        config_from_args(["generate", "--temperature", "0.7", "--steps", "x"])
+    assert error.value.problems == [
+        "--temperature was renamed --sampling-temperature (see --help)",
+        "--steps: expected an integer, got 'x'",
+        "--model is required",
+        "give exactly one of --prompt and --prompt-file",
+    ]
+    assert main(["run", "--model", "m", "--output", "o", "--tasks", "a,,b"]) == 2
 
 
 def test_table_and_average():

@@ -140,7 +140,7 @@ def test_run_task_writes_results_with_provenance(lm, checkpoint, student_tokeniz
     assert (provenance["remasking"], provenance["temperature"], provenance["cfg_scale"]) == ("low_confidence", 0.0, 0.0)
     assert provenance["chat_template_applied"] is False
     assert provenance["think_block_injected"] is True
-    assert set(provenance["versions"]) == {"torch", "transformers", "lm_eval", "tide-offline"}
+    assert {"torch", "transformers", "lm_eval", "tide-offline"} <= set(provenance["versions"])
     assert all(provenance["versions"][name] for name in ("torch", "transformers", "lm_eval"))
     assert record["summary"] == {"task": TASK, "metric": "exact_match,extract-letter", "score": score.score}
     lines = [json.loads(line) for line in (tmp_path / TASK / "samples.jsonl").read_text().splitlines()]

@@ -85,14 +85,14 @@ def test_build_and_train_commands_parse_with_the_real_clis(tmp_path):
 
 
 def test_eval_command_parses_with_the_real_cli(tmp_path):
-    from stages.eval.cli import build_parser
+    from stages.eval.cli import config_from_args
 
     layout = qs.Layout(tmp_path)
     run = qs.TRAIN_RUNS[0]
     argv = qs.eval_command(qs.QuickstartConfig(eval_docs=3), layout, run)
-    args = build_parser().parse_args(argv[1:])
-    assert (args.command, args.tasks, args.limit, args.model) == ("run", qs.EVAL_TASK, 3.0, str(layout.run(run)))
-    assert args.include_path == [str(layout.eval_task_dir)]
+    args, config = config_from_args(argv[1:])
+    assert (args.command, config.tasks, config.limit, config.model) == ("run", qs.EVAL_TASK, 3.0, str(layout.run(run)))
+    assert config.include_path == [str(layout.eval_task_dir)]
 
 
 def test_read_losses_and_eval_score(tmp_path):

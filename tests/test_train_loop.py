@@ -12,9 +12,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from cache_schema.errors import UnknownFormatVersionError
+from stages.options import OptionsError
 from stages.train.cli import config_from_args, main
 from stages.train.config import TrainConfig
 from stages.train.loop import train
@@ -102,7 +104,11 @@ def test_resume_matches_uninterrupted_run(tmp_path, cache_dir, student_dir):
 
 def test_outputs_metrics_curve_and_saved_student(tmp_path, cache_dir, student_dir):
     out = tmp_path / "run"
-    train(base_config(cache_dir, student_dir, out, mode="tidal+kl", max_steps=2, save_every=0))
+    config = base_config(cache_dir, student_dir, out, mode="tidal+kl", max_steps=2, save_every=0)
+    train(config)
+    saved = out / "train_config.json"
+    assert isinstance(yaml.safe_load(saved.read_text())["adam_eps"], str)  # "1e-08": a string to PyYAML
+    assert config_from_args(["--config", str(saved)]) == config  # the run's own config reads back as it was
     records = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     for key in ("loss", "loss_ce", "loss_tidal", "loss_kl", "lambda_train", "lambda_mean", "tokens_per_s", "lr"):
@@ -180,22 +186,13 @@ def test_refuses_unknown_format_version(tmp_path, small_cache, student_dir):
 def test_cli_yaml_config_and_overrides(tmp_path):
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("cache: /c\nstudent: /s\noutput: /o\nmode: reverse_calm\nlr: 0.001\nreplica_cycle: [1, 0]\n")
-    config = config_from_args(["--config", str(yaml_file), "--lr", "0.01", "--comp_demo"])
+    config = config_from_args(["--config", str(yaml_file), "--lr", "0.01", "--comp-demo"])
     assert (config.mode, config.lr, config.comp_demo, config.replica_cycle) == ("reverse_calm", 0.01, True, [1, 0])
     assert config.epochs == 10 and config.tidal_axis == "both"
     yaml_file.write_text("cache: /c\nlearning_rate: 1\n")
-    with pytest.raises(ValueError, match="unknown options \\['learning_rate'\\]"):
+    with pytest.raises(OptionsError, match="unknown option 'learning_rate'"):
         config_from_args(["--config", str(yaml_file)])
-    assert main(["--cache", "/c", "--student", "/s", "--output", "/o", "--tidal_axis", "diagonal"]) == 2
-
-
-def test_help_documents_every_option(capsys):
-    with pytest.raises(SystemExit) as info:
-        config_from_args(["--help"])
-    assert info.value.code == 0
-    text = capsys.readouterr().out
-    for field in dataclasses.fields(TrainConfig):
-        assert f"--{field.name}" in text, field.name
+    assert main(["--cache", "/c", "--student", "/s", "--output", "/o", "--tidal-axis", "diagonal"]) == 2
 
 
 def test_training_never_imports_teacher_or_build_code():

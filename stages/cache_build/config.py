@@ -1,4 +1,8 @@
-"""Stage-one build settings: one dataclass, YAML loading, CLI overrides, resolution and comparison.
+"""Stage-one build settings: one dataclass (its fields are the YAML keys and the flags), resolution and comparison.
+
+The options themselves (flags, YAML, typed values) come from :mod:`stages.options`. Pipeline-dependent
+defaults (teacher length, stored temperatures) are filled by :meth:`BuildConfig.resolve` from the detected
+pipeline; the paper's per-pipeline builds are ``configs/build/*.yaml``.
 
 The resolved configuration is stored in the output directory when a build starts
 (``build_config.json``); a later run against the same directory must resolve to the same *content*
@@ -10,18 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cache_schema.directory import CacheDirectory
-
-PIPELINES = ("cross", "shared")
-PASSES = ("plain", "compdemo")
-REGIMES = ("paper", "native")
-VALUE_DTYPES = ("float16", "float32")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
+from cache_schema.manifest import REGIMES
+from cache_schema.schemas import PASSES, PIPELINES, VALUE_DTYPES
+from stages.options import OptionsError, option
+from tide.runtime import DTYPE_CHOICES
 
 # Teacher config ``model_type`` → pipeline (DESIGN.md §2, §5).
 TEACHER_PIPELINES = {"llada2_moe": "cross", "wedlm": "shared"}
@@ -35,81 +36,74 @@ PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
 # Settings that never change what a shard contains; every other setting must match on resume.
 RUNTIME_KEYS = frozenset({"output", "device", "batch_tokens", "batch_rows", "lm_head_chunk", "progress"})
 
+REQUIRED = ("teacher", "student_tokenizer", "sources", "output")
 
-class BuildConfigError(ValueError):
+
+def _per_pipeline(key: str) -> str:
+    """The shown default of a pipeline-dependent setting, e.g. ``1024 for cross; 768 for shared``."""
+    def text(value: Any) -> str:
+        return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+    return "; ".join(f"{text(PIPELINE_DEFAULTS[p][key])} for {p}" for p in PIPELINES)
+
+
+class BuildConfigError(OptionsError):
     """A build setting is missing, malformed, or differs from the one an output directory was built with."""
+
+
+_DATA = "models and data"
+_TARGETS = "sequences and targets"
+_NOISE = "noise"
+_RUN = "execution"
 
 
 @dataclass
 class BuildConfig:
     """Every setting of ``tide-cache build``; field names are the YAML keys and (with ``-``) the CLI flags."""
 
-    teacher: str | None = None
-    student_tokenizer: str | None = None
-    sources: str | None = None
-    output: str | None = None
-    teacher_tokenizer: str | None = None
-    pipeline: str = "auto"
-    max_length: int = 512
-    teacher_max_length: int | None = None
-    block_size: int = 32
-    k: int = 64
-    temperatures: list[float] | None = None
-    replicas: int = 1
-    seed: int = 0
-    eps: float = 1e-3
-    passes: list[str] = field(default_factory=lambda: ["plain", "compdemo"])
-    demo_ratio: float = 0.5
-    regime: str = "paper"
-    max_samples: int | None = None
-    batch_tokens: int = 16384
-    batch_rows: int | None = None
-    rows_per_shard: int = 1024
-    rows_per_row_group: int = 256
-    value_dtype: str = "float16"
-    device: str = "auto"
-    dtype: str = "auto"
-    lm_head_chunk: int = 1024
-    student_vocab_size: int | None = None
-    progress: bool = True
-
-    # ------------------------------------------------------------------ construction
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, origin: str = "config") -> BuildConfig:
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise BuildConfigError(
-                f"{origin}: unknown setting(s) {unknown}; valid settings are {sorted(cls.field_names())}"
-            )
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> BuildConfig:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise BuildConfigError(f"--config {path}: file not found")
-        with open(path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise BuildConfigError(f"--config {path}: expected a mapping of settings, got {type(values).__name__}")
-        return cls.from_dict(values, origin=str(path))
-
-    def with_overrides(self, overrides: dict[str, Any]) -> BuildConfig:
-        """A copy with every non-None override applied (CLI flags over YAML)."""
-        values = dataclasses.asdict(self)
-        for key, value in overrides.items():
-            if key not in values:
-                raise BuildConfigError(f"unknown setting {key!r}")
-            if value is not None:
-                values[key] = value
-        return BuildConfig(**values)
+    teacher: str | None = option(None, group=_DATA, help="teacher checkpoint directory (kind autodetected from "
+                                                         "config.json); required")
+    student_tokenizer: str | None = option(None, group=_DATA,
+                                           help="student tokenizer directory (must have a mask token); required")
+    sources: str | None = option(None, group=_DATA, aliases=("--data",),
+                                 help="data sources joined with '+': builtin:humaneval[:N], file.jsonl|.json|.parquet, "
+                                      "or a Hugging Face dataset NAME[@CONFIG][:SPLIT]; required")
+    output: str | None = option(None, group=_DATA, aliases=("-o",),
+                                help="cache output directory (resumed if it exists); required")
+    teacher_tokenizer: str | None = option(None, group=_DATA,
+                                           help="teacher tokenizer directory (default: the teacher directory)")
+    pipeline: str = option("auto", group=_TARGETS, choices=("auto", *PIPELINES),
+                           help="cross (A: chunk log-probs) or shared (B: top-k); auto: from the teacher's model_type")
+    max_length: int = option(512, group=_TARGETS, help="student sequence length (a multiple of --block-size)")
+    teacher_max_length: int | None = option(None, group=_TARGETS, default_text=_per_pipeline("teacher_max_length"),
+                                            help="teacher sequence length")
+    block_size: int = option(32, group=_TARGETS, help="block size")
+    k: int = option(64, group=_TARGETS, help="top-k entries per target position, shared only")
+    temperatures: list[float] | None = option(None, group=_TARGETS, metavar="T",
+                                              default_text=_per_pipeline("temperatures"),
+                                              help="stored temperatures, starting with 1.0, space- or comma-separated")
+    replicas: int = option(1, group=_NOISE, help="noise replicas per sample")
+    seed: int = option(0, group=_NOISE, help="global noise seed")
+    eps: float = option(1e-3, group=_NOISE, help="minimum timestep")
+    passes: list[str] = option(default_factory=lambda: list(PASSES), group=_TARGETS, choices=PASSES,
+                               separators=",+", help="teacher passes to store, comma-separated")
+    demo_ratio: float = option(0.5, group=_TARGETS, help="CompDemo share of group A")
+    regime: str = option("paper", group=_TARGETS, choices=REGIMES, help="teacher attention regime")
+    max_samples: int | None = option(None, group=_DATA, help="use at most this many prepared samples (default: all)")
+    batch_tokens: int = option(16384, group=_RUN, help="teacher tokens per forward batch, padding included")
+    batch_rows: int | None = option(None, group=_RUN, help="at most this many sequences per teacher batch")
+    rows_per_shard: int = option(1024, group=_RUN, help="cache rows per shard")
+    rows_per_row_group: int = option(256, group=_RUN, help="rows per Parquet row group")
+    value_dtype: str = option("float16", group=_TARGETS, choices=tuple(VALUE_DTYPES),
+                              help="storage type of top-k values")
+    device: str = option("auto", group=_RUN, help="auto, cpu, cuda, cuda:N")
+    dtype: str = option("auto", group=_RUN, choices=DTYPE_CHOICES,
+                        help="teacher dtype (auto: bf16 on GPU, fp32 on CPU)")
+    lm_head_chunk: int = option(1024, group=_RUN, help="positions per LM-head chunk")
+    student_vocab_size: int | None = option(None, group=_TARGETS,
+                                            help="student vocabulary size recorded in the manifest "
+                                                 "(default: tokenizer size)")
+    progress: bool = option(True, group=_RUN, help="progress bar")
 
     # ------------------------------------------------------------------ resolution
 
@@ -118,70 +112,90 @@ class BuildConfig:
 
         ``teacher_model_type`` (the teacher config's ``model_type``) decides ``pipeline="auto"``; pass it
         when the teacher directory is not readable here (tests), else it is read from ``config.json``.
+        Raises :class:`BuildConfigError` listing every problem found.
         """
-        for name in ("teacher", "student_tokenizer", "sources", "output"):
-            if not getattr(self, name):
-                raise BuildConfigError(f"setting {name!r} is required (YAML key {name} or flag --{name.replace('_', '-')})")
+        problems = [
+            f"setting {name!r} is required (YAML key {name} or flag --{name.replace('_', '-')})"
+            for name in REQUIRED if not getattr(self, name)
+        ]
         values = dataclasses.asdict(self)
         if values["teacher_tokenizer"] is None:
             values["teacher_tokenizer"] = values["teacher"]
         pipeline = values["pipeline"]
         if pipeline == "auto":
-            model_type = teacher_model_type or read_teacher_model_type(values["teacher"])
-            if model_type not in TEACHER_PIPELINES:
-                raise BuildConfigError(
+            pipeline = None
+            try:
+                model_type = teacher_model_type or (
+                    read_teacher_model_type(values["teacher"]) if values["teacher"] else None
+                )
+            except BuildConfigError as exc:
+                problems.extend(exc.problems)
+                model_type = None
+            if model_type is not None and model_type not in TEACHER_PIPELINES:
+                problems.append(
                     f"teacher {values['teacher']}: model_type {model_type!r} has no known pipeline "
                     f"(known: {sorted(TEACHER_PIPELINES)}); set pipeline: cross|shared explicitly"
                 )
-            pipeline = TEACHER_PIPELINES[model_type]
-        if pipeline not in PIPELINES:
-            raise BuildConfigError(f"pipeline={pipeline!r}: expected one of {PIPELINES} or 'auto'")
-        values["pipeline"] = pipeline
-        defaults = PIPELINE_DEFAULTS[pipeline]
-        if values["teacher_max_length"] is None:
-            values["teacher_max_length"] = defaults["teacher_max_length"]
-        if values["temperatures"] is None:
-            values["temperatures"] = list(defaults["temperatures"])
-        values["temperatures"] = [float(t) for t in values["temperatures"]]
+            elif model_type is not None:
+                pipeline = TEACHER_PIPELINES[model_type]
+        elif pipeline not in PIPELINES:
+            problems.append(f"pipeline={pipeline!r}: expected one of {PIPELINES} or 'auto'")
+            pipeline = None
+        if pipeline is not None:
+            values["pipeline"] = pipeline
+            defaults = PIPELINE_DEFAULTS[pipeline]
+            if values["teacher_max_length"] is None:
+                values["teacher_max_length"] = defaults["teacher_max_length"]
+            if values["temperatures"] is None:
+                values["temperatures"] = list(defaults["temperatures"])
+        if values["temperatures"] is not None:
+            values["temperatures"] = [float(t) for t in values["temperatures"]]
         if isinstance(values["passes"], str):
             values["passes"] = [p for p in values["passes"].replace("+", ",").split(",") if p]
         if set(values["passes"]) <= set(PASSES):
             values["passes"] = [p for p in PASSES if p in values["passes"]]  # canonical order
         resolved = BuildConfig(**values)
-        resolved._validate()
+        problems.extend(resolved._problems())
+        if problems:
+            raise BuildConfigError(problems)
         return resolved
 
-    def _validate(self) -> None:
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                raise BuildConfigError(message)
-
-        need(self.pipeline in PIPELINES, f"pipeline={self.pipeline!r}: expected one of {PIPELINES}")
-        need(bool(self.passes) and set(self.passes) <= set(PASSES),
-             f"passes={self.passes!r}: expected a non-empty subset of {PASSES}")
-        need(self.regime in REGIMES, f"regime={self.regime!r}: expected one of {REGIMES}")
-        need(self.value_dtype in VALUE_DTYPES, f"value_dtype={self.value_dtype!r}: expected one of {VALUE_DTYPES}")
-        need(self.dtype in DTYPES, f"dtype={self.dtype!r}: expected one of {DTYPES}")
-        need(self.block_size > 0, f"block_size={self.block_size}: must be positive")
-        need(self.max_length > 0 and self.max_length % self.block_size == 0,
-             f"max_length={self.max_length}: must be a positive multiple of block_size={self.block_size}")
-        need(self.teacher_max_length is not None and self.teacher_max_length > 0,
-             f"teacher_max_length={self.teacher_max_length}: must be positive")
-        need(self.k > 0, f"k={self.k}: must be positive")
-        need(bool(self.temperatures) and self.temperatures[0] == 1.0 and all(t > 0 for t in self.temperatures),
-             f"temperatures={self.temperatures}: must be positive and start with 1.0")
-        need(len(set(self.temperatures)) == len(self.temperatures),
-             f"temperatures={self.temperatures}: contains duplicates")
-        need(self.replicas >= 1, f"replicas={self.replicas}: must be at least 1")
-        need(self.seed >= 0, f"seed={self.seed}: must be non-negative")
-        need(0.0 < self.eps < 1.0, f"eps={self.eps}: must lie in (0, 1)")
-        need(0.0 <= self.demo_ratio <= 1.0, f"demo_ratio={self.demo_ratio}: must lie in [0, 1]")
-        need(self.max_samples is None or self.max_samples > 0, f"max_samples={self.max_samples}: must be positive")
-        need(self.batch_tokens > 0, f"batch_tokens={self.batch_tokens}: must be positive")
-        need(self.batch_rows is None or self.batch_rows > 0, f"batch_rows={self.batch_rows}: must be positive")
-        need(self.rows_per_shard > 0, f"rows_per_shard={self.rows_per_shard}: must be positive")
-        need(self.rows_per_row_group > 0, f"rows_per_row_group={self.rows_per_row_group}: must be positive")
-        need(self.lm_head_chunk > 0, f"lm_head_chunk={self.lm_head_chunk}: must be positive")
+    def _problems(self) -> list[str]:
+        """One line per invalid setting; pipeline-dependent checks are skipped while the pipeline is unknown."""
+        checks = [
+            (self.pipeline in PIPELINES or self.pipeline == "auto",
+             f"pipeline={self.pipeline!r}: expected one of {PIPELINES}"),
+            (bool(self.passes) and set(self.passes) <= set(PASSES),
+             f"passes={self.passes!r}: expected a non-empty subset of {PASSES}"),
+            (self.regime in REGIMES, f"regime={self.regime!r}: expected one of {REGIMES}"),
+            (self.value_dtype in VALUE_DTYPES,
+             f"value_dtype={self.value_dtype!r}: expected one of {tuple(VALUE_DTYPES)}"),
+            (self.dtype in DTYPE_CHOICES, f"dtype={self.dtype!r}: expected one of {DTYPE_CHOICES}"),
+            (self.block_size > 0, f"block_size={self.block_size}: must be positive"),
+            (self.max_length > 0 and self.block_size > 0 and self.max_length % self.block_size == 0,
+             f"max_length={self.max_length}: must be a positive multiple of block_size={self.block_size}"),
+            (self.teacher_max_length is None or self.teacher_max_length > 0,
+             f"teacher_max_length={self.teacher_max_length}: must be positive"),
+            (self.k > 0, f"k={self.k}: must be positive"),
+            (self.replicas >= 1, f"replicas={self.replicas}: must be at least 1"),
+            (self.seed >= 0, f"seed={self.seed}: must be non-negative"),
+            (0.0 < self.eps < 1.0, f"eps={self.eps}: must lie in (0, 1)"),
+            (0.0 <= self.demo_ratio <= 1.0, f"demo_ratio={self.demo_ratio}: must lie in [0, 1]"),
+            (self.max_samples is None or self.max_samples > 0, f"max_samples={self.max_samples}: must be positive"),
+            (self.batch_tokens > 0, f"batch_tokens={self.batch_tokens}: must be positive"),
+            (self.batch_rows is None or self.batch_rows > 0, f"batch_rows={self.batch_rows}: must be positive"),
+            (self.rows_per_shard > 0, f"rows_per_shard={self.rows_per_shard}: must be positive"),
+            (self.rows_per_row_group > 0, f"rows_per_row_group={self.rows_per_row_group}: must be positive"),
+            (self.lm_head_chunk > 0, f"lm_head_chunk={self.lm_head_chunk}: must be positive"),
+        ]
+        temperatures = self.temperatures
+        if temperatures is not None:
+            checks += [
+                (bool(temperatures) and temperatures[0] == 1.0 and all(t > 0 for t in temperatures),
+                 f"temperatures={temperatures}: must be positive and start with 1.0"),
+                (len(set(temperatures)) == len(temperatures), f"temperatures={temperatures}: contains duplicates"),
+            ]
+        return [message for ok, message in checks if not ok]
 
     # ------------------------------------------------------------------ comparison and storage
 

@@ -118,7 +118,7 @@ def train(
 
     model = load_student(config.student, dtype=torch.float32, attn_implementation=config.attn_implementation)
     check_student_layout(manifest, mask_token_id=tokenizer.mask_token_id,
-                         vocab_rows=model.get_output_embeddings().weight.shape[0], max_length=config.max_length)
+                         vocab_rows=model.get_output_embeddings().weight.shape[0], max_length=config.truncate_length)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -126,7 +126,7 @@ def train(
     stream = stream_class(
         reader,
         CollateSpec(pad_token_id=manifest.student.eos_token_id, block_size=manifest.student.block_size,
-                    pipeline=plan.pipeline, target_pass=plan.target_pass, max_length=config.max_length),
+                    pipeline=plan.pipeline, target_pass=plan.target_pass, max_length=config.truncate_length),
         columns_for(plan.pipeline, plan.target_pass),
         StreamConfig(seed=config.seed, batch_size=config.batch_size, rank=accelerator.process_index,
                      world_size=accelerator.num_processes, shuffle_window=config.shuffle_window,

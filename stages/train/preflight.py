@@ -106,5 +106,5 @@ def check_student_layout(manifest: Manifest, *, mask_token_id: int | None, vocab
         )
     if max_length and max_length % info.block_size:
         raise CacheMismatchError(
-            f"--max_length {max_length} is not a multiple of the cache's block size {info.block_size}"
+            f"--truncate-length {max_length} is not a multiple of the cache's block size {info.block_size}"
         )
