@@ -3,11 +3,11 @@
 ``bash scripts/quickstart.sh`` runs ``python -m stages.quickstart``, which, under one output directory
 (``quickstart_out/`` by default):
 
-1. builds the tiny models with :mod:`tide.models.factories` — the student (``a2d-qwen3``, Qwen vocabulary),
+1. builds the tiny models with :mod:`tide.testing.tiny_models` — the student (``a2d-qwen3``, Qwen vocabulary),
    a LLaDA2-MoE teacher with the Llama-3 tokenizer (the foreign teacher of pipeline A, ``cross``) and a
    WeDLM teacher (Qwen3 weights, Qwen vocabulary, another chat template; pipeline B, ``shared``);
 2. writes the chat data as JSONL: HumanEval problems with their solutions plus a small generated set
-   (:func:`stages.cache_build.data.humaneval_chat`), and a held-out evaluation task (generated arithmetic
+   (:func:`tide.testing.chat_data.humaneval_chat`), and a held-out evaluation task (generated arithmetic
    questions, lm-eval YAML + JSONL, scored offline by exact match of the last number of the answer);
 3. runs ``tide-cache build`` once per pipeline and ``tide-cache inspect`` on each cache;
 4. runs ``tide-train`` for a few steps of each pipeline's native mode and of its baseline (A: ``reverse_calm``
@@ -182,34 +182,11 @@ class Summary:
 def write_chat_data(path: Path, humaneval: int, synthetic: int) -> int:
     """Write HumanEval chat pairs (the first ``humaneval``) plus ``synthetic`` generated pairs as JSONL rows
     ``{"messages": [...]}``; returns the number of rows."""
-    from stages.cache_build.data import humaneval_chat
+    from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
 
     conversations = humaneval_chat(humaneval, synthetic)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for messages in conversations:
-            handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    write_chat_jsonl(path, conversations)
     return len(conversations)
-
-
-def arithmetic_docs(count: int, *, start: int = 100_000) -> list[dict[str, str]]:
-    """``count`` held-out addition questions ``{"question", "answer"}`` (answer = the sum as digits).
-
-    Operands come from a fixed integer hash of ``start + i``, far from the indices the generated training
-    set uses, so they are deterministic and not copies of training rows.
-    """
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    import numpy as np
-
-    from tide.noise import mix64
-
-    hashes = mix64(np.arange(start, start + count, dtype=np.uint64))
-    docs = []
-    for h in (int(v) for v in hashes):
-        a, b = h % 1000, (h >> 10) % 1000
-        docs.append({"question": f"What is {a} + {b}?", "answer": str(a + b)})
-    return docs
 
 
 def eval_task_yaml(data_file: Path, max_gen_toks: int = 32) -> str:
@@ -252,6 +229,8 @@ def write_eval_task(directory: Path, count: int) -> Path:
     """Write the evaluation task (YAML + JSONL) into ``directory``; returns the directory."""
     directory.mkdir(parents=True, exist_ok=True)
     data_file = directory / f"{EVAL_TASK}.jsonl"
+    from tide.testing.chat_data import arithmetic_docs
+
     with data_file.open("w", encoding="utf-8") as handle:
         for doc in arithmetic_docs(count):
             handle.write(json.dumps(doc) + "\n")
@@ -264,18 +243,18 @@ def write_eval_task(directory: Path, count: int) -> Path:
 
 def build_models(layout: Layout, seed: int) -> dict[str, str]:
     """The three tiny checkpoints (each with its tokenizer), built once and reused on a re-run."""
-    from tide.models.factories import build_tiny_llada2, build_tiny_student, build_tiny_wedlm
+    from tide.testing.tiny_models import build_tiny_model
 
-    builders = {
-        "student": (layout.student, build_tiny_student),
-        "cross teacher (LLaDA2-MoE, Llama-3 tokenizer)": (layout.teacher("cross"), build_tiny_llada2),
-        "shared teacher (WeDLM / Qwen3, Qwen vocabulary)": (layout.teacher("shared"), build_tiny_wedlm),
+    kinds = {
+        "student": (layout.student, "student"),
+        "cross teacher (LLaDA2-MoE, Llama-3 tokenizer)": (layout.teacher("cross"), "llada2"),
+        "shared teacher (WeDLM / Qwen3, Qwen vocabulary)": (layout.teacher("shared"), "wedlm"),
     }
     out = {}
-    for label, (path, build) in builders.items():
+    for label, (path, kind) in kinds.items():
         if not (path / "config.json").is_file() or not (path / "tokenizer_config.json").is_file():
             logger.info("building the tiny %s in %s", label, path)
-            build(path, seed=seed)
+            build_tiny_model(kind, path, seed=seed)
         out[label] = str(path)
     return out
 

