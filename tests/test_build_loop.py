@@ -19,7 +19,8 @@ import torch
 
 from cache_schema.validate import validate_cache
 from stages.cache_build.config import BuildConfig, BuildConfigError
-from stages.cache_build.data import iter_sources, prepare_samples
+from stages.cache_build.preparation import prepare_samples
+from stages.cache_build.sources import iter_sources
 from stages.cache_build.loop import BuildHooks, finalize_build, run_build
 from tide import noise
 

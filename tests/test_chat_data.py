@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from stages.cache_build.data import iter_sources
+from stages.cache_build.sources import iter_sources
 from tide.testing.chat_data import (
     arithmetic_docs,
     humaneval_chat,

@@ -267,7 +267,8 @@ def load_tokenizers(config: BuildConfig) -> tuple[Any, Any]:
 def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_counter: Any = None,
                   stats: Any = None) -> Iterator[Any]:
     """Prepared samples of the configured sources, in source order, at most ``max_samples``."""
-    from stages.cache_build.data import iter_sources, prepare_samples
+    from stages.cache_build.preparation import prepare_samples
+    from stages.cache_build.sources import iter_sources
 
     prepared = prepare_samples(
         iter_sources(config.sources, skip_counter),
@@ -297,7 +298,8 @@ def load_or_make_plan(config: BuildConfig, student_tok: Any, teacher_tok: Any) -
         if plan_info.get("plan_format") != PLAN_FORMAT:
             raise BuildConfigError(f"{path}: plan format {plan_info.get('plan_format')!r} is not {PLAN_FORMAT}")
         return plan_info
-    from stages.cache_build.data import PrepStats, SkipCounter
+    from stages.cache_build.preparation import PrepStats
+    from stages.cache_build.skips import SkipCounter
 
     start = time.perf_counter()
     skip_counter, prep_stats = SkipCounter(), PrepStats()

@@ -90,7 +90,7 @@ def draw_unit_noise(
 ) -> UnitNoise:
     """Draw t, the student mask, the target items and the CompDemo split of one (sample, replica).
 
-    ``sample`` is a ``stages.cache_build.data.PreparedSample``: ``sample_key``, ``maskable`` (L,), and for
+    ``sample`` is a ``stages.cache_build.preparation.PreparedSample``: ``sample_key``, ``maskable`` (L,), and for
     pipeline B ``student_pos``/``teacher_pos`` (aligned pairs), for A ``chunks`` (the chunk table).
     """
     from tide import noise

@@ -1,29 +1,25 @@
-"""Stage-one data preparation: sources, skips, padding/truncation, alignment bounds on HumanEval."""
+"""Stage-one preparation of samples: padding, truncation and trained positions, skipped rows counted by
+reason, and alignment bounds on HumanEval."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from stages.cache_build import data
-from stages.cache_build.data import (
-    PrepStats,
-    RawSample,
-    SkipCounter,
-    iter_sources,
-    parse_source,
-    prepare_sample,
-    prepare_samples,
-)
+from stages.cache_build.preparation import PrepStats, prepare_sample, prepare_samples
+from stages.cache_build.skips import SkipCounter
+from stages.cache_build.sources import RawSample, iter_sources
 from tide.alignment.token_bytes import token_bytes_table
 from tide.noise import sample_key
 from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
 
 QA = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+
+
+def _write_jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _prep(raw, student, teacher, **kw):
@@ -71,10 +67,6 @@ def test_bad_lengths_are_errors(student_tokenizer, wedlm_tokenizer):
         _prep(RawSample("t:0", QA), student_tokenizer, wedlm_tokenizer, pipeline="other")
 
 
-def _write_jsonl(path, lines):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def test_malformed_rows_are_counted(tmp_path, student_tokenizer, wedlm_tokenizer):
     good = json.dumps({"messages": QA})
     lines = [
@@ -112,47 +104,6 @@ def test_malformed_rows_are_counted(tmp_path, student_tokenizer, wedlm_tokenizer
         "unknown_role": 1,
     }
     assert skips.total == 11
-
-
-def test_jsonl_parquet_and_json_joined(tmp_path):
-    jsonl = tmp_path / "a.jsonl"
-    _write_jsonl(jsonl, [json.dumps({"messages": QA}), json.dumps({"messages": QA[::-1]})])
-    table = pa.table({"messages": [QA, [QA[0], {"role": "assistant", "content": "five"}]], "extra": [1, 2]})
-    parquet = tmp_path / "b.parquet"
-    pq.write_table(table, parquet, compression="zstd")
-    plain = tmp_path / "c.json"
-    plain.write_text(json.dumps({"data": [{"messages": QA}]}), encoding="utf-8")
-    spec = f"{jsonl} + {parquet}+{plain}"
-    rows = list(iter_sources(spec))
-    assert [r.sample_id for r in rows] == [f"{jsonl}:0", f"{jsonl}:1", f"{parquet}:0", f"{parquet}:1", f"{plain}:0"]
-    assert rows[3].messages[1] == {"role": "assistant", "content": "five"}
-    assert rows[2].messages == QA
-    with pytest.raises(ValueError, match="empty source"):
-        list(iter_sources(f"{jsonl}++{parquet}"))
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        list(iter_sources(str(tmp_path / "missing.jsonl")))
-
-
-def test_hf_source_syntax(monkeypatch):
-    spec = parse_source("allenai/tulu-3-sft-mixture@default:train[:10]")
-    assert (spec.kind, spec.name, spec.config, spec.split) == ("hf", "allenai/tulu-3-sft-mixture", "default",
-                                                                 "train[:10]")
-    assert parse_source("HuggingFaceTB/smoltalk").split == "train"
-    calls = []
-
-    def fake_load(name, config=None, split=None):
-        calls.append((name, config, split))
-        return [{"messages": QA}, {"nothing": 1}]
-
-    import datasets
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    skips = SkipCounter()
-    rows = list(iter_sources("org/set:test", skips))
-    assert calls == [("org/set", None, "test")]
-    assert [r.sample_id for r in rows] == ["org/set:test:0"] and skips.as_dict() == {"no_messages": 1}
-    with pytest.raises(ValueError, match="there are no built-in sources"):
-        parse_source("builtin:humaneval")
 
 
 def test_alignment_never_points_outside(tmp_path, student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
@@ -195,10 +146,3 @@ def test_alignment_never_points_outside(tmp_path, student_tokenizer, wedlm_token
         assert stats.covered_tokens == covered > 0
         assert stats.alignment_yield == pytest.approx(covered / stats.response_tokens)
         assert stats.as_dict()["response_tokens"] == sum(s.num_response_tokens for s in samples)
-
-
-def test_unreadable_json_document_is_an_error(tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text("{oops", encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.json"):
-        list(data.iter_sources(str(path)))

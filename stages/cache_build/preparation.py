@@ -1,23 +1,6 @@
-"""Stage-one data: chat sources, per-sample tokenization and alignment (DESIGN.md §3–§5).
+"""Stage-one preparation of one sample: chat tokenisation on both sides, the student's trained positions
+(``maskable``) and the student↔teacher alignment (DESIGN.md §3–§5).
 
-Sources
--------
-A source spec is one or more sources joined with ``+`` (e.g. ``"a.jsonl+b.parquet"``); rows are read
-source after source. Each source is one of:
-
-* a local file ending in ``.jsonl``, ``.json`` (a list of rows, or ``{"data": [...]}``) or ``.parquet``;
-* anything else is a Hugging Face dataset, ``NAME[@CONFIG][:SPLIT]`` loaded with
-  ``datasets.load_dataset(NAME, CONFIG, split=SPLIT)`` (split defaults to ``train`` and may use the
-  datasets slicing syntax, e.g. ``allenai/tulu-3-sft-mixture:train[:1000]``).
-
-A row supplies its conversation in a ``messages`` column (a list of ``{"role", "content"}``, or that list
-as a JSON string); rows with ``instruction`` and ``output`` strings instead become a user/assistant pair.
-Each row's provenance id is ``"<source spec>:<row index>"``.
-
-Malformed rows never stop a build: they are skipped and counted by reason in a :class:`SkipCounter`.
-
-Per sample (:func:`prepare_sample`)
------------------------------------
 Student and teacher each render the messages with their own chat template, locate every content span,
 and tokenize with character offsets. The student's ``maskable`` mask covers the assistant turns: the
 tokens overlapping each assistant content plus the end-of-turn token after it (the first special token
@@ -25,290 +8,36 @@ following the content before the next message, else simply the next token). The 
 truncated to ``max_length`` and padded with EOS to a multiple of ``block_size`` (padding is maskable);
 the teacher sequence is truncated to ``teacher_max_length``. Pipeline B (``"shared"``) aligns content
 tokens position to position, pipeline A (``"cross"``) by byte-exact chunks; nothing aligned points past
-either truncated sequence.
+either truncated sequence. A row that cannot be used raises
+:class:`~stages.cache_build.skips.SkipSample`.
 """
 
 from __future__ import annotations
 
-import glob
-import json
-import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stages.cache_build.messages import normalize_messages
+from stages.cache_build.skips import (
+    SKIP_NO_MASKABLE,
+    SKIP_PROMPT_TOO_LONG,
+    SKIP_SPAN,
+    SKIP_TEMPLATE,
+    SkipCounter,
+    SkipSample,
+)
+from stages.cache_build.sources import RawSample
 from tide.alignment.chunks import ChunkTable, align_chunks
 from tide.alignment.positions import align_positions
 from tide.alignment.spans import ContentSpanError, TokenizedText, tokenize_chat
 from tide.alignment.token_bytes import token_bytes_table
 from tide.noise import sample_key
 
-logger = logging.getLogger(__name__)
-
 PIPELINES = ("cross", "shared")
-ROLES = ("system", "user", "assistant")
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-# Skip reasons.
-SKIP_INVALID_JSON = "invalid_json"
-SKIP_BAD_ROW = "bad_row_type"
-SKIP_NO_MESSAGES = "no_messages"
-SKIP_BAD_MESSAGES = "bad_messages_type"
-SKIP_BAD_MESSAGE = "bad_message_type"
-SKIP_UNKNOWN_ROLE = "unknown_role"
-SKIP_BAD_CONTENT = "bad_content_type"
-SKIP_UNDECODABLE = "undecodable_text"
-SKIP_EMPTY_ASSISTANT = "empty_assistant"
-SKIP_NO_ASSISTANT = "no_assistant_turn"
-SKIP_TEMPLATE = "template_error"
-SKIP_SPAN = "content_not_found"
-SKIP_PROMPT_TOO_LONG = "prompt_too_long"
-SKIP_NO_MASKABLE = "no_maskable"
-
-
-class SkipSample(Exception):
-    """A row that cannot become a training sample; ``reason`` is the skip-counter key."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-class SkipCounter:
-    """Counts skipped rows per reason (plain ``dict`` via :meth:`as_dict`)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()
-
-    def add(self, reason: str, sample_id: str = "", detail: str = "") -> None:
-        self.counts[reason] += 1
-        logger.debug("skipped %s (%s) %s", sample_id, reason, detail)
-
-    @property
-    def total(self) -> int:
-        return int(sum(self.counts.values()))
-
-    def __getitem__(self, reason: str) -> int:
-        return int(self.counts[reason])
-
-    def as_dict(self) -> dict[str, int]:
-        return {reason: int(n) for reason, n in sorted(self.counts.items())}
-
-    def __repr__(self) -> str:
-        return f"SkipCounter({self.as_dict()})"
-
-
-@dataclass(frozen=True)
-class RawSample:
-    """One unvalidated source row: provenance id and whatever the row held as messages."""
-
-    sample_id: str
-    messages: Any
-
-
-# ----------------------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """One parsed source: ``kind`` is ``local`` or ``hf``."""
-
-    spec: str
-    kind: str
-    name: str
-    config: str | None = None
-    split: str | None = None
-
-
-def split_sources(spec: str) -> list[str]:
-    """The ``+``-separated parts of a source spec, stripped; empty parts are an error."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"source spec {spec!r}: expected one or more sources joined with '+'")
-    parts = [part.strip() for part in spec.split("+")]
-    if any(not part for part in parts):
-        raise ValueError(f"source spec {spec!r}: empty source between '+' separators")
-    return parts
-
-
-def parse_source(spec: str) -> SourceSpec:
-    """Parse one source (no ``+``); see the module docstring for the syntax."""
-    spec = spec.strip()
-    if spec.startswith("builtin:"):
-        raise ValueError(
-            f"source {spec!r}: there are no built-in sources; write the conversations to a JSONL file "
-            "(tide.testing.chat_data.write_chat_jsonl) and pass its path"
-        )
-    if spec.lower().endswith(LOCAL_SUFFIXES):
-        return SourceSpec(spec=spec, kind="local", name=spec)
-    name, _, split = spec.partition(":")
-    name, _, config = name.partition("@")
-    if not name:
-        raise ValueError(f"source {spec!r}: missing dataset name")
-    return SourceSpec(spec=spec, kind="hf", name=name, config=config or None, split=split or "train")
-
-
-def _row_messages(row: Any) -> Any:
-    if not isinstance(row, dict):
-        raise SkipSample(SKIP_BAD_ROW, f"row is {type(row).__name__}, expected an object")
-    if row.get("messages") is not None:
-        return row["messages"]
-    instruction, output = row.get("instruction"), row.get("output")
-    if isinstance(instruction, str) and isinstance(output, str):
-        return [{"role": "user", "content": instruction}, {"role": "assistant", "content": output}]
-    raise SkipSample(SKIP_NO_MESSAGES, f"row has no 'messages' (keys {sorted(row)[:8]})")
-
-
-def _rows_to_samples(spec: str, rows: Iterable[Any], skip_counter: SkipCounter) -> Iterator[RawSample]:
-    for index, row in enumerate(rows):
-        sample_id = f"{spec}:{index}"
-        try:
-            yield RawSample(sample_id, _row_messages(row))
-        except SkipSample as skip:
-            skip_counter.add(skip.reason, sample_id, skip.detail)
-
-
-def _iter_jsonl(path: Path, spec: str, skip_counter: SkipCounter) -> Iterator[RawSample]:
-    with path.open("rb") as handle:
-        for index, raw_line in enumerate(handle):
-            sample_id = f"{spec}:{index}"
-            if not raw_line.strip():
-                continue
-            try:
-                row = json.loads(raw_line.decode("utf-8"))
-            except UnicodeDecodeError:
-                skip_counter.add(SKIP_UNDECODABLE, sample_id, "line is not UTF-8")
-                continue
-            except json.JSONDecodeError as exc:
-                skip_counter.add(SKIP_INVALID_JSON, sample_id, str(exc))
-                continue
-            try:
-                yield RawSample(sample_id, _row_messages(row))
-            except SkipSample as skip:
-                skip_counter.add(skip.reason, sample_id, skip.detail)
-
-
-def _iter_json(path: Path, spec: str, skip_counter: SkipCounter) -> Iterator[RawSample]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid UTF-8 JSON document ({exc})") from exc
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of rows or an object with a 'data' list")
-    yield from _rows_to_samples(spec, data, skip_counter)
-
-
-def _iter_parquet(path: Path, spec: str, skip_counter: SkipCounter) -> Iterator[RawSample]:
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(str(path))
-    columns = set(parquet.schema_arrow.names)
-    if "messages" not in columns and not {"instruction", "output"} <= columns:
-        raise ValueError(f"{path}: no 'messages' column (columns: {sorted(columns)})")
-
-    def rows() -> Iterator[Any]:
-        for batch in parquet.iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
-
-    yield from _rows_to_samples(spec, rows(), skip_counter)
-
-
-def _local_paths(spec: str) -> list[Path]:
-    if any(char in spec for char in "*?["):
-        paths = sorted(Path(p) for p in glob.glob(spec))
-        if not paths:
-            raise FileNotFoundError(f"source {spec!r}: the pattern matches no file")
-        return paths
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"source {spec!r}: no such file")
-    return [path]
-
-
-def iter_source(spec: str, skip_counter: SkipCounter | None = None) -> Iterator[RawSample]:
-    """Rows of one source (no ``+``) as :class:`RawSample`; unreadable rows are counted and skipped."""
-    skip_counter = SkipCounter() if skip_counter is None else skip_counter
-    source = parse_source(spec)
-    if source.kind == "local":
-        paths = _local_paths(source.spec)
-        for path in paths:
-            name = str(path) if len(paths) > 1 else source.spec
-            suffix = path.suffix.lower()
-            if suffix == ".jsonl":
-                yield from _iter_jsonl(path, name, skip_counter)
-            elif suffix == ".json":
-                yield from _iter_json(path, name, skip_counter)
-            else:
-                yield from _iter_parquet(path, name, skip_counter)
-        return
-    import datasets
-
-    dataset = datasets.load_dataset(source.name, source.config, split=source.split)
-    yield from _rows_to_samples(source.spec, dataset, skip_counter)
-
-
-def iter_sources(spec: str, skip_counter: SkipCounter | None = None) -> Iterator[RawSample]:
-    """Rows of every ``+``-joined source in order."""
-    skip_counter = SkipCounter() if skip_counter is None else skip_counter
-    for part in split_sources(spec):
-        yield from iter_source(part, skip_counter)
-
-
-# ----------------------------------------------------------------------------------------- validation
-
-
-def normalize_messages(raw: Any) -> list[dict[str, str]]:
-    """Validate a row's messages and return them as ``[{"role", "content"}]`` (other keys dropped).
-
-    Raises :class:`SkipSample` with the reason: no messages, wrong types, unknown role, bytes or text that
-    is not valid UTF-8, an empty assistant turn, or no assistant turn at all.
-    """
-    if raw is None:
-        raise SkipSample(SKIP_NO_MESSAGES)
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise SkipSample(SKIP_BAD_MESSAGES, "messages string is not JSON") from exc
-    if isinstance(raw, np.ndarray):
-        raw = raw.tolist()
-    if not isinstance(raw, (list, tuple)):
-        raise SkipSample(SKIP_BAD_MESSAGES, f"messages is {type(raw).__name__}, expected a list")
-    if not raw:
-        raise SkipSample(SKIP_NO_MESSAGES, "empty message list")
-    messages: list[dict[str, str]] = []
-    for i, message in enumerate(raw):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise SkipSample(SKIP_BAD_MESSAGE, f"message {i} is not a {{role, content}} object")
-        role, content = message["role"], message["content"]
-        if not isinstance(role, str) or role not in ROLES:
-            raise SkipSample(SKIP_UNKNOWN_ROLE, f"message {i} role {role!r}")
-        if isinstance(content, (bytes, bytearray)):
-            try:
-                content = bytes(content).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise SkipSample(SKIP_UNDECODABLE, f"message {i} bytes are not UTF-8") from exc
-        if not isinstance(content, str):
-            raise SkipSample(SKIP_BAD_CONTENT, f"message {i} content is {type(content).__name__}")
-        try:
-            content.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise SkipSample(SKIP_UNDECODABLE, f"message {i} holds unpaired surrogates") from exc
-        if role == "assistant" and not content.strip():
-            raise SkipSample(SKIP_EMPTY_ASSISTANT, f"message {i}")
-        messages.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise SkipSample(SKIP_NO_ASSISTANT)
-    return messages
-
-
-# ----------------------------------------------------------------------------------------- preparation
 
 
 @dataclass
@@ -556,7 +285,7 @@ def prepare_samples(
     skip_counter: SkipCounter | None = None,
     stats: PrepStats | None = None,
 ) -> Iterator[PreparedSample]:
-    """Prepare every row of ``source_iter`` (e.g. :func:`iter_sources`), in order, skipping and counting
+    """Prepare every row of ``source_iter`` (e.g. :func:`stages.cache_build.sources.iter_sources`), in order, skipping and counting
     unusable rows in ``skip_counter`` and accumulating :class:`PrepStats` into ``stats`` if given."""
     check_lengths(
         pipeline=pipeline, block_size=block_size, max_length=max_length, teacher_max_length=teacher_max_length
