@@ -19,9 +19,9 @@ import torch
 
 from cache_schema.validate import validate_cache
 from stages.cache_build.config import BuildConfig, BuildConfigError
+from stages.cache_build.loop import BuildHooks, finalize_build, run_build
 from stages.cache_build.preparation import prepare_samples
 from stages.cache_build.sources import iter_sources
-from stages.cache_build.loop import BuildHooks, finalize_build, run_build
 from tide import noise
 
 COMMON = dict(max_length=128, teacher_max_length=160, block_size=32, replicas=2,

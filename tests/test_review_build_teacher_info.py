@@ -8,10 +8,10 @@ import json
 import numpy as np
 
 from stages.cache_build.config import BuildConfig
+from stages.cache_build.loop import teacher_info
 from stages.cache_build.preparation import prepare_samples
 from stages.cache_build.skips import SkipCounter
 from stages.cache_build.sources import RawSample
-from stages.cache_build.loop import teacher_info
 from tide.models.teacher import load_teacher
 from tide.testing.tiny_models import build_tiny_model
 from tide.testing.tokenizers import build_llama3_tokenizer, build_qwen_tokenizer

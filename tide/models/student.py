@@ -2,8 +2,8 @@
 [0..L-1, 0..L-1] and the BD3LM mask.
 
 :func:`load_student` is the one way a student checkpoint is loaded (training, evaluation, benchmarks); it
-imports only student model code. The model is any causal-LM-shaped transformers model whose base model accepts an explicit 4-D
-``attention_mask`` and ``position_ids`` (the ``a2d-qwen3`` student, stock Qwen3). The mask is built in the
+imports only student model code. The model is any causal-LM-shaped transformers model whose base model
+accepts an explicit 4-D ``attention_mask`` and ``position_ids`` (the ``a2d-qwen3`` student, stock Qwen3). The mask is built in the
 form the model's attention implementation needs (:func:`tide.bd3lm.bd3lm_attention_mask`). Only the x_t
 half is read out: position i of the output predicts token i (no shift).
 """
