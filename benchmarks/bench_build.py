@@ -1,7 +1,7 @@
 """Stage-one build overhead: build wall time over the bare teacher forward time of the same batches.
 
 Method: a CPU-sized WeDLM-class teacher (real 151,936-row vocabulary, small hidden size) is built with the
-tiny factories; ``run_build`` builds a pipeline-B cache (plain + CompDemo passes, k = 64, fp16 values).
+one tiny-model builder (:mod:`tide.testing.tiny_models`); ``run_build`` builds a pipeline-B cache (plain + CompDemo passes, k = 64, fp16 values).
 Then the exact teacher batches of that build are rebuilt (same noise, same packing) and only the runner
 call (forward + LM head + top-k targets) is timed. The ratio is build wall time (data preparation, noise,
 packing, teacher, row assembly, compression and writing; the teacher load and the data counting pass are
@@ -27,8 +27,9 @@ from stages.cache_build.run import run_build
 from stages.cache_build.shard_builder import ShardBuilder
 from stages.cache_build.shard_layout import ShardLayout
 from stages.cache_build.survey import iter_prepared, load_or_make_survey, load_tokenizers
-from tide.models.factories import build_tiny_wedlm
-from tide.models.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_qwen_tokenizer
+from tide.testing.chat_data import humaneval_messages, synthetic_messages, write_chat_jsonl
+from tide.testing.tiny_models import build_tiny_model
+from tide.testing.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_qwen_tokenizer
 
 
 def bare_teacher_seconds(config: BuildConfig, survey: dict, student_tok, teacher_tok) -> tuple[float, int]:
@@ -63,7 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=256, help="teacher hidden size")
     parser.add_argument("--layers", type=int, default=4, help="teacher layers")
-    parser.add_argument("--sources", default="builtin:synthetic:24+builtin:humaneval:12")
+    parser.add_argument("--sources", default=None,
+                        help="source spec (default: 24 generated pairs then 12 HumanEval pairs, written as JSONL)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="build and bare runs alternate this many times; the minimum of each is kept "
                              "(a shared machine's load varies between runs)")
@@ -78,10 +80,13 @@ def main() -> None:
         root = Path(tmp)
         build_qwen_tokenizer(root / "student")
         teacher_tokenizer = build_qwen_tokenizer(root / "wedlm_tok", chat_template=CHATML_WITH_SYSTEM_TEMPLATE)
-        build_tiny_wedlm(root / "teacher", tokenizer=teacher_tokenizer, hidden_size=args.hidden,
+        build_tiny_model("wedlm", root / "teacher", tokenizer=teacher_tokenizer, hidden_size=args.hidden,
                          num_layers=args.layers)
+        sources = args.sources or str(
+            write_chat_jsonl(root / "chat.jsonl", synthetic_messages(24) + humaneval_messages(12))
+        )
         config = BuildConfig(
-            teacher=str(root / "teacher"), student_tokenizer=str(root / "student"), sources=args.sources,
+            teacher=str(root / "teacher"), student_tokenizer=str(root / "student"), sources=sources,
             output=str(root / "cache"), max_length=args.max_length, teacher_max_length=args.max_length + 64,
             replicas=args.replicas, k=64, value_dtype="float16", rows_per_shard=32, batch_tokens=8192,
             device="cpu", progress=False,

@@ -3,7 +3,7 @@
 For every k and two families of teacher distributions over the real 151,646-id shared vocabulary:
 
 * ``tiny_wedlm``: logits of a tiny WeDLM-class teacher (Qwen3 weights, hidden 32, 2 layers, seeded random
-  init from :func:`tide.models.factories.build_tiny_wedlm`) run through :class:`tide.models.teacher.TeacherRunner`
+  init from :func:`tide.testing.tiny_models.build_tiny_model`) run through :class:`tide.models.teacher.TeacherRunner`
   (``paper`` regime) on HumanEval chat pairs tokenized with the real Qwen vocabulary, at positions masked by
   the project's counter-based noise. An untrained model: its distributions are broad (close to flat), so this
   family is the hard case for a small k.
@@ -105,15 +105,15 @@ def _row(sample_id: str, key: int, t: float, input_ids: np.ndarray, maskable: np
 
 def tiny_wedlm_family(num_positions: int, workdir: Path, seed: int = 0) -> TeacherFamily:
     """Teacher logits of a tiny WeDLM-class model on HumanEval chat pairs (see the module docstring)."""
-    from stages.cache_build.data import humaneval_messages
     from tide import noise
     from tide.alignment.spans import tokenize_chat
-    from tide.models.factories import build_tiny_wedlm, load_teacher
-    from tide.models.teacher import TeacherRunner
-    from tide.models.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_qwen_tokenizer
+    from tide.models.teacher import TeacherRunner, load_teacher
+    from tide.testing.chat_data import humaneval_messages
+    from tide.testing.tiny_models import build_tiny_model
+    from tide.testing.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_qwen_tokenizer
 
     tokenizer = build_qwen_tokenizer(workdir / "wedlm_tokenizer", chat_template=CHATML_WITH_SYSTEM_TEMPLATE)
-    path = build_tiny_wedlm(workdir / "wedlm", tokenizer=tokenizer, seed=seed)
+    path = build_tiny_model("wedlm", workdir / "wedlm", tokenizer=tokenizer, seed=seed)
     model = load_teacher(path, dtype=torch.float32, device="cpu")
     runner = TeacherRunner(model, regime="paper", block_size=32)
     mask_id = runner.mask_token_id

@@ -33,18 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from cache_schema import (
-    CacheReader,
-    Manifest,
-    NoiseInfo,
-    StudentInfo,
-    TargetsInfo,
-    TeacherInfo,
-    shared_schema,
-    table_to_torch,
-    write_manifest,
-)
+from cache_schema import CacheReader, Manifest, shared_schema, table_to_torch, write_manifest
 from cache_schema.writer import AsyncShardWriter
+from tide.testing.synthetic_cache import SyntheticCacheSpec
 
 logger = logging.getLogger("bench_reader")
 
@@ -131,33 +122,13 @@ def synthetic_rows(num_rows: int, passes: list[str], seed: int) -> list[dict]:
 
 
 def manifest_for(passes: list[str]) -> Manifest:
-    return Manifest(
-        pipeline="shared",
-        teacher=TeacherInfo(
-            name="synthetic",
-            revision=None,
-            weights_fingerprint=None,
-            model_type="qwen3",
-            regime="paper",
-            mask_token_id=151_665,
-            vocab_size=151_936,
-            shared_vocab_size=VOCAB,
-        ),
-        student=StudentInfo(
-            tokenizer_fingerprint="synthetic",
-            mask_token_id=151_669,
-            eos_token_id=151_645,
-            block_size=BLOCK,
-            max_length=LENGTH,
-            vocab_size=151_936,
-        ),
-        teacher_tokenizer_fingerprint="synthetic",
-        targets=TargetsInfo(passes=passes, value_dtype="float16", temperatures=TEMPERATURES, k=K),
-        noise=NoiseInfo(
-            seed=0, replicas=1, eps=1e-3, schedule="linear", demo_ratio=0.5, chunk_consistent=False
-        ),
+    return SyntheticCacheSpec(
+        pipeline="shared", student_fingerprint="synthetic", mask_token_id=151_669, eos_token_id=151_645,
+        block_size=BLOCK, max_length=LENGTH, student_vocab_size=151_936, replicas=1, passes=tuple(passes), k=K,
+        shared_vocab_size=VOCAB, teacher_vocab_size=151_936, temperatures=tuple(TEMPERATURES),
+        value_dtype="float16", teacher_model_type="qwen3", teacher_mask_token_id=151_665,
         build={"benchmark": "bench_reader"},
-    )
+    ).manifest()
 
 
 def column_bytes(path: Path) -> dict[str, int]:

@@ -5,7 +5,7 @@ Three variants on the same tiny student, the same batch and the real 151,646-id 
 * ``ce``: plain BD3LM CE (the baseline the cache path is compared with);
 * ``cache``: TIDAL + CompDemo from cached top-k targets (``tide-train``'s step, LM head at masked
   positions only);
-* ``online``: the same loss, but the teacher (a tiny WeDLM-shaped Qwen3 built with the factories) runs a
+* ``online``: the same loss, but the teacher (a tiny WeDLM-shaped Qwen3 built with :mod:`tide.testing.tiny_models`) runs a
   no-grad forward inside the step and its top-k targets are computed on the fly (what the original
   single-stage training does).
 
@@ -60,18 +60,17 @@ def _teacher_logits_at(teacher, x0: torch.Tensor, masked: torch.Tensor, mask_id:
 
 def build(workdir: Path, args) -> None:
     """Tiny student + teacher checkpoints and a cache of one batch whose targets come from that teacher."""
-    from stages.train.synthetic import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
-    from tide.models.factories import build_tiny_student, build_tiny_wedlm, load_teacher
-    from tide.models.tokenizers import (
-        CHATML_WITH_SYSTEM_TEMPLATE,
-        build_qwen_tokenizer,
-        tokenizer_fingerprint,
-    )
+    from tide.models.teacher import load_teacher
+    from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
+    from tide.testing.tiny_models import build_tiny_model
+    from tide.testing.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_qwen_tokenizer
+    from tide.tokenizer_fingerprint import tokenizer_fingerprint
 
     tokenizer = build_qwen_tokenizer(workdir / "tok-student")
-    build_tiny_student(workdir / "student", tokenizer=tokenizer, hidden_size=args.hidden, num_layers=args.layers)
+    build_tiny_model("student", workdir / "student", tokenizer=tokenizer, hidden_size=args.hidden,
+                     num_layers=args.layers)
     wedlm_tok = build_qwen_tokenizer(workdir / "tok-wedlm", chat_template=CHATML_WITH_SYSTEM_TEMPLATE)
-    build_tiny_wedlm(workdir / "teacher", tokenizer=wedlm_tok, hidden_size=args.teacher_hidden,
+    build_tiny_model("wedlm", workdir / "teacher", tokenizer=wedlm_tok, hidden_size=args.teacher_hidden,
                      num_layers=args.teacher_layers)
     teacher = load_teacher(workdir / "teacher", dtype=torch.float32)
     rows = random_base_rows(num_samples=args.batch, replicas=1, seq_len=args.seq_len, block_size=BLOCK,
@@ -102,7 +101,7 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
     from stages.train.pipelines import train_pipeline
     from stages.train.step import StudentStep
     from tide.losses import LossOptions
-    from tide.models.factories import load_student
+    from tide.models.student import load_student
     from tide.objective import Objective
     from tide.targets import sparse_targets
 
@@ -118,7 +117,7 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
     student = load_student(workdir / "student", dtype=torch.float32, device=device)
     teacher = None
     if variant == "online":
-        from tide.models.factories import load_teacher
+        from tide.models.teacher import load_teacher
 
         teacher = load_teacher(workdir / "teacher", dtype=torch.float32, device=device)
     objective = Objective(mode="ce" if variant == "ce" else "tidal", options=LossOptions(temperature=2.0),

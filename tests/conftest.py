@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tide.models.tokenizers import (
+from tide.testing.tokenizers import (
     CHATML_WITH_SYSTEM_TEMPLATE,
     build_llama3_tokenizer,
     build_qwen_tokenizer,

@@ -19,30 +19,34 @@ import torch
 
 from cache_schema.validate import validate_cache
 from stages.cache_build.config import BuildConfig, BuildConfigError
-from stages.cache_build.data import iter_sources, prepare_samples
+from stages.cache_build.preparation import prepare_samples
 from stages.cache_build.run import BuildHooks, finalize_build, run_build
+from stages.cache_build.sources import iter_sources
 from tide import noise
 
-SOURCES = "builtin:humaneval:3+builtin:synthetic:4"  # the first HumanEval prompt is too long: skipped
-COMMON = dict(sources=SOURCES, max_length=128, teacher_max_length=160, block_size=32, replicas=2,
+COMMON = dict(max_length=128, teacher_max_length=160, block_size=32, replicas=2,
               rows_per_shard=3, rows_per_row_group=2, seed=7, demo_ratio=0.5, progress=False, device="cpu")
 SHARED_VOCAB = 151_646
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tokenizer_dir, student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
-    from tide.models.factories import build_tiny_llada2, build_tiny_wedlm
+    from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
+    from tide.testing.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("teachers")
     return {
+        # 3 HumanEval pairs + 4 generated ones; the first HumanEval prompt is too long: skipped
+        "sources": write_chat_jsonl(root / "chat.jsonl", humaneval_chat(3, 4)),
         "student": tokenizer_dir / "student",
-        "wedlm": build_tiny_wedlm(root / "wedlm", tokenizer=wedlm_tokenizer),
-        "llada2": build_tiny_llada2(root / "llada2", tokenizer=llama3_tokenizer),
+        "wedlm": build_tiny_model("wedlm", root / "wedlm", tokenizer=wedlm_tokenizer),
+        "llada2": build_tiny_model("llada2", root / "llada2", tokenizer=llama3_tokenizer),
     }
 
 
 def _config(models, teacher, output, **kw) -> BuildConfig:
-    values = dict(COMMON, teacher=str(models[teacher]), student_tokenizer=str(models["student"]), output=str(output))
+    values = dict(COMMON, sources=str(models["sources"]), teacher=str(models[teacher]),
+                  student_tokenizer=str(models["student"]), output=str(output))
     values.update(kw)
     return BuildConfig(**values)
 
@@ -71,7 +75,7 @@ def _shard_hashes(directory) -> dict[str, str]:
 
 
 def _prepared(config, student_tok, teacher_tok, pipeline):
-    samples = prepare_samples(iter_sources(SOURCES), student_tok, teacher_tok, pipeline=pipeline,
+    samples = prepare_samples(iter_sources(config.sources), student_tok, teacher_tok, pipeline=pipeline,
                               block_size=config.block_size, max_length=config.max_length,
                               teacher_max_length=config.teacher_max_length)
     return {s.sample_id: s for s in samples}
@@ -83,8 +87,7 @@ def _matrix(cells, width) -> np.ndarray:
 
 
 def _load_runner(path, block_size):
-    from tide.models.factories import load_teacher
-    from tide.models.teacher import TeacherRunner
+    from tide.models.teacher import TeacherRunner, load_teacher
 
     model = load_teacher(path, dtype=torch.float32, device="cpu")
     return model, TeacherRunner(model, regime="paper", block_size=block_size)
@@ -110,7 +113,7 @@ def test_build_passes_validation_and_manifest_describes_it(fixture, request):
     assert 0 < stats["teacher_seconds"] <= stats["build_seconds"]
     # rows come in plan order: sample-major, replicas adjacent
     assert rows["replica"].tolist() == [0, 1] * 6
-    assert len(set(rows["sample_id"])) == 6 and "builtin:humaneval:3:0" not in set(rows["sample_id"])
+    assert len(set(rows["sample_id"])) == 6 and f"{config.sources}:0" not in set(rows["sample_id"])
 
 
 def test_shared_rows_positions_are_consistent(shared_build):
@@ -304,7 +307,7 @@ def test_cli_refuses_a_changed_setting_and_resumes_a_finished_build(shared_build
     shutil.copytree(shared_build.output, output)
     before = _shard_hashes(output)
     argv = ["build", "--teacher", shared_build.teacher, "--student-tokenizer", shared_build.student_tokenizer,
-            "--sources", SOURCES, "--output", str(output), "--max-length", "128", "--teacher-max-length", "160",
+            "--sources", shared_build.sources, "--output", str(output), "--max-length", "128", "--teacher-max-length", "160",
             "--replicas", "2", "--rows-per-shard", "3", "--rows-per-row-group", "2", "--seed", "7", "--k", "16",
             "--value-dtype", "float32", "--device", "cpu", "--no-progress"]
     assert tide_cache_main(argv + ["--demo-ratio", "0.25"]) == 2

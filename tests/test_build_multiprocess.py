@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tide.models.factories import build_tiny_student, build_tiny_wedlm
+from tide.testing.chat_data import humaneval_messages, write_chat_jsonl
+from tide.testing.tiny_models import build_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +27,11 @@ def _build(args: list[str], output: Path, *, launcher: list[str]) -> None:
 
 
 def test_two_process_launch_writes_the_one_process_cache(tmp_path: Path) -> None:
-    teacher = build_tiny_wedlm(tmp_path / "wedlm")
-    student = build_tiny_student(tmp_path / "student")
+    teacher = build_tiny_model("wedlm", tmp_path / "wedlm")
+    student = build_tiny_model("student", tmp_path / "student")
+    sources = write_chat_jsonl(tmp_path / "humaneval.jsonl", humaneval_messages(8))
     args = [
-        "--teacher", str(teacher), "--student-tokenizer", str(student), "--sources", "builtin:humaneval:8",
+        "--teacher", str(teacher), "--student-tokenizer", str(student), "--sources", str(sources),
         "--max-length", "256", "--teacher-max-length", "320", "--rows-per-shard", "4", "--replicas", "2",
         "--k", "16", "--no-progress",
     ]

@@ -67,7 +67,7 @@ def test_plan_refuses_bad_arguments():
 
 
 def _config(tmp_path, **kw) -> BuildConfig:
-    values = dict(teacher="t", student_tokenizer="s", sources="builtin:synthetic:2", output=str(tmp_path / "out"))
+    values = dict(teacher="t", student_tokenizer="s", sources="chat.jsonl", output=str(tmp_path / "out"))
     values.update(kw)
     return BuildConfig(**values)
 
@@ -116,7 +116,7 @@ def _parse(argv):
 
 def test_cli_flags_override_yaml(tmp_path):
     yaml_file = tmp_path / "build.yaml"
-    yaml_file.write_text("teacher: /a\nstudent_tokenizer: /s\nsources: builtin:synthetic\noutput: /o\n"
+    yaml_file.write_text("teacher: /a\nstudent_tokenizer: /s\nsources: chat.jsonl\noutput: /o\n"
                          "pipeline: shared\nk: 32\nreplicas: 3\ntemperatures: [1.0, 2.0]\n")
     config = config_from_args(_parse(["--config", str(yaml_file), "--k", "8", "--temperatures", "1", "4,8",
                                       "--passes", "plain", "--no-progress"]))

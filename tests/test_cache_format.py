@@ -11,16 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_cache_synthetic import (
-    TEMPERATURES,
-    logsumexp,
-    make_manifest,
-    schema_for_manifest,
-    shared_rows,
-    strip,
-    write_cache,
-)
-from test_cache_synthetic import cross_rows as make_cross_rows
 
 from cache_schema import (
     AsyncShardWriter,
@@ -39,6 +29,15 @@ from cache_schema import (
     table_to_torch,
     write_shard,
 )
+from tide.testing.synthetic_cache import (
+    TEMPERATURES,
+    format_test_spec,
+    logsumexp,
+    shared_rows,
+    strip,
+    write_cache_rows,
+)
+from tide.testing.synthetic_cache import cross_rows as make_cross_rows
 
 
 def _visible(directory: Path) -> list[str]:
@@ -137,7 +136,7 @@ def _check_ragged(ragged: Ragged, expected: list[np.ndarray]) -> None:
 @pytest.mark.parametrize("value_dtype", ["float16", "float32"])
 def test_shared_round_trip_through_torch_reader(tmp_path, value_dtype):
     rows = shared_rows(14, seed=11, value_dtype=value_dtype)
-    write_cache(tmp_path, "shared", rows, rows_per_shard=6, row_group_rows=4, value_dtype=value_dtype)
+    write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=6, row_group_rows=4, value_dtype=value_dtype))
     reader = CacheReader(tmp_path)
     assert reader.num_rows == 14 and len(reader) == 14
     # 3 shards of 6, 6, 2 rows; row groups of at most 4 rows.
@@ -189,7 +188,7 @@ def test_shared_round_trip_through_torch_reader(tmp_path, value_dtype):
 
 def test_cross_round_trip_through_torch_reader(tmp_path):
     rows = make_cross_rows(9, seed=4)
-    write_cache(tmp_path, "cross", rows, rows_per_shard=5, row_group_rows=2)
+    write_cache_rows(tmp_path, rows, format_test_spec("cross", rows_per_shard=5, row_group_rows=2))
     reader = CacheReader(tmp_path)
     assert reader.pipeline == "cross" and reader.num_rows == 9
     batches = list(reader.iter_torch(units=reversed(range(reader.num_units))))
@@ -215,9 +214,9 @@ def test_cross_round_trip_through_torch_reader(tmp_path):
 
 def test_pandas_reads_a_shard_and_decodes_probabilities(tmp_path):
     rows = shared_rows(6, seed=8, k=8)
-    manifest = write_cache(tmp_path, "shared", rows, rows_per_shard=6)
+    manifest = write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=6))
     frame = pd.read_parquet(tmp_path / manifest.shards[0].file)
-    assert list(frame.columns) == schema_for_manifest(manifest).names
+    assert list(frame.columns) == manifest.arrow_schema().names
     assert list(frame["sample_id"]) == [r["sample_id"] for r in rows]
     for i, row in enumerate(rows):
         np.testing.assert_array_equal(frame["input_ids"][i], row["input_ids"])
@@ -269,8 +268,8 @@ def test_table_to_torch_respects_sliced_tables(tmp_path):
 
 
 def test_exception_mid_shard_leaves_no_visible_partial_shard(tmp_path):
-    manifest = make_manifest("shared")
-    schema = schema_for_manifest(manifest)
+    manifest = format_test_spec("shared").manifest()
+    schema = manifest.arrow_schema()
     rows = strip(shared_rows(8, seed=3))
 
     def batches():
@@ -283,8 +282,8 @@ def test_exception_mid_shard_leaves_no_visible_partial_shard(tmp_path):
 
 
 def test_write_shard_streams_row_groups_and_reports_its_entry(tmp_path):
-    manifest = make_manifest("shared")
-    schema = schema_for_manifest(manifest)
+    manifest = format_test_spec("shared").manifest()
+    schema = manifest.arrow_schema()
     rows = strip(shared_rows(7, seed=3))
     tables = [table_from_rows(rows[i : i + 2], schema) for i in range(0, 7, 2)]
     info = write_shard(tmp_path, "s.parquet", iter(tables), schema=schema, row_group_rows=3)
@@ -305,8 +304,8 @@ def test_write_shard_streams_row_groups_and_reports_its_entry(tmp_path):
 
 
 def test_async_writer_matches_synchronous_writes(tmp_path):
-    manifest = make_manifest("cross")
-    schema = schema_for_manifest(manifest)
+    manifest = format_test_spec("cross").manifest()
+    schema = manifest.arrow_schema()
     rows = strip(make_cross_rows(9, seed=2))
     parts = [rows[0:4], rows[4:8], rows[8:9]]
     with AsyncShardWriter(tmp_path / "async", schema=schema, row_group_rows=2, max_pending=1) as writer:
@@ -332,8 +331,8 @@ def test_async_writer_matches_synchronous_writes(tmp_path):
 
 
 def test_async_writer_reraises_background_errors(tmp_path):
-    manifest = make_manifest("shared")
-    schema = schema_for_manifest(manifest)
+    manifest = format_test_spec("shared").manifest()
+    schema = manifest.arrow_schema()
     rows = strip(shared_rows(2, seed=3))
     writer = AsyncShardWriter(tmp_path, schema=schema)
     bad = table_from_rows(rows, schema).drop_columns(["t"])
@@ -351,7 +350,7 @@ def test_async_writer_reraises_background_errors(tmp_path):
 
 
 def test_manifest_round_trip_and_unknown_version(tmp_path):
-    manifest = make_manifest("shared", k=16)
+    manifest = format_test_spec("shared", k=16).manifest()
     manifest.save(tmp_path)
     text = json.loads((tmp_path / "manifest.json").read_text())
     assert text["format"] == "tide-cache" and text["format_version"] == 1
@@ -374,7 +373,7 @@ def test_manifest_round_trip_and_unknown_version(tmp_path):
 
 
 def test_reader_refuses_checksum_and_row_count_mismatches(tmp_path):
-    manifest = write_cache(tmp_path, "shared", shared_rows(6, seed=1))
+    manifest = write_cache_rows(tmp_path, shared_rows(6, seed=1), format_test_spec("shared"))
     shard = tmp_path / manifest.shards[0].file
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -400,7 +399,7 @@ def test_write_manifest_refuses_entries_that_disagree_with_the_files(tmp_path):
     from cache_schema.directory import shard_file_name
 
     assert shard_file_name(3, 10) == "shard-00003-of-00010.parquet"
-    manifest = write_cache(tmp_path, "cross", make_cross_rows(4, seed=1), rows_per_shard=4)
+    manifest = write_cache_rows(tmp_path, make_cross_rows(4, seed=1), format_test_spec("cross", rows_per_shard=4))
     (tmp_path / "manifest.json").unlink()
     manifest.shards[0].bytes += 1
     with pytest.raises(

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cache_synthetic import SHARED_VOCAB, STUDENT_VOCAB, cross_rows, shared_rows, write_cache
 
 from cache_schema import Manifest, validate_cache
 from cache_schema.cli import main
+from tide.testing.synthetic_cache import (
+    SHARED_VOCAB,
+    STUDENT_VOCAB,
+    cross_rows,
+    format_test_spec,
+    shared_rows,
+    write_cache_rows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,14 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def shared_cache(tmp_path):
     directory = tmp_path / "shared"
-    manifest = write_cache(directory, "shared", shared_rows(14, seed=21), rows_per_shard=6, row_group_rows=4)
+    manifest = write_cache_rows(directory, shared_rows(14, seed=21), format_test_spec("shared", rows_per_shard=6, row_group_rows=4))
     return directory, manifest
 
 
 @pytest.fixture
 def cross_cache(tmp_path):
     directory = tmp_path / "cross"
-    manifest = write_cache(directory, "cross", cross_rows(10, seed=22), rows_per_shard=5, row_group_rows=2)
+    manifest = write_cache_rows(directory, cross_rows(10, seed=22), format_test_spec("cross", rows_per_shard=5, row_group_rows=2))
     return directory, manifest
 
 
@@ -106,7 +113,7 @@ def test_out_of_vocabulary_id_is_reported_with_shard_row_and_field(tmp_path):
     rows[6]["input_ids"][2] = STUDENT_VOCAB + 7
     rows[3]["plain_topk_ids"] = rows[3]["plain_topk_ids"].copy()
     rows[3]["plain_topk_ids"][0, 5] = SHARED_VOCAB
-    manifest = write_cache(tmp_path, "shared", rows, rows_per_shard=4)
+    manifest = write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=4))
     messages = _messages(validate_cache(tmp_path))
     assert (
         f"{manifest.shards[1].file}: row 2: field input_ids: values outside [0, student.vocab_size) "
@@ -129,7 +136,7 @@ def test_content_invariants_shared(tmp_path):
     rows[2]["compdemo_topk_values"] = np.zeros_like(rows[2]["compdemo_topk_values"])
     rows[3]["t"] = 0.0
     rows[4]["maskable"] = rows[4]["maskable"][:-1]
-    write_cache(tmp_path, "shared", rows, rows_per_shard=6)
+    write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=6))
     found = {(p.row, p.field) for p in validate_cache(tmp_path)}
     assert (0, "target_positions") in found
     assert (1, "plain_topk_values") in found
@@ -153,7 +160,7 @@ def test_content_invariants_cross(tmp_path):
     masked_chunk = int(np.flatnonzero(rows[3]["chunk_masked"])[0])
     drop = rows[3]["chunk_student_start"][masked_chunk]
     rows[3]["masked_positions"] = rows[3]["masked_positions"][rows[3]["masked_positions"] != drop]
-    write_cache(tmp_path, "cross", rows, rows_per_shard=6)
+    write_cache_rows(tmp_path, rows, format_test_spec("cross", rows_per_shard=6))
     found = {(p.row, p.field) for p in validate_cache(tmp_path)}
     assert found == {
         (0, "chunk_teacher_start/end"),
@@ -167,7 +174,7 @@ def test_many_bad_rows_are_capped_and_counted(tmp_path):
     rows = shared_rows(9, seed=8)
     for row in rows:
         row["t"] = 1.5
-    write_cache(tmp_path, "shared", rows, rows_per_shard=9, row_group_rows=4)
+    write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=9, row_group_rows=4))
     messages = _messages(validate_cache(tmp_path, max_rows_per_check=2))
     assert len(messages) == 3
     assert messages[-1].endswith("field t: t outside (0, 1] — and 7 more rows")

@@ -8,16 +8,19 @@ import json
 import numpy as np
 
 from stages.cache_build.config import BuildConfig
-from stages.cache_build.data import RawSample, SkipCounter, prepare_samples
+from stages.cache_build.preparation import prepare_samples
+from stages.cache_build.skips import SkipCounter
+from stages.cache_build.sources import RawSample
 from stages.cache_build.survey import teacher_info
-from tide.models.factories import build_tiny_llada2, load_teacher
-from tide.models.tokenizers import build_llama3_tokenizer, build_qwen_tokenizer
+from tide.models.teacher import load_teacher
+from tide.testing.tiny_models import build_tiny_model
+from tide.testing.tokenizers import build_llama3_tokenizer, build_qwen_tokenizer
 
 
 def test_llada2_config_without_mask_id_records_the_id_the_loaded_teacher_uses(tmp_path, llama3_tokenizer):
     """The upstream LLaDA2.0-mini config.json carries no mask_token_id: the plan must not refuse it, and
     must record the id the loaded model uses (ShardBuilder refuses any difference)."""
-    path = build_tiny_llada2(tmp_path / "llada2", tokenizer=llama3_tokenizer)
+    path = build_tiny_model("llada2", tmp_path / "llada2", tokenizer=llama3_tokenizer)
     config_file = path / "config.json"
     raw = json.loads(config_file.read_text())
     del raw["mask_token_id"]

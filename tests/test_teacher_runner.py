@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tide.models.factories import build_tiny_llada2, build_tiny_wedlm, load_teacher
-from tide.models.teacher import TeacherRunner, infer_family
+from tide.models.teacher import TeacherRunner, infer_family, load_teacher
 from tide.targets import sparse_targets
+from tide.testing.tiny_models import build_tiny_model
 
 BLOCK = 8
 LENGTHS = [20, 13]
@@ -22,12 +22,12 @@ SEQ = 20
 
 @pytest.fixture(scope="module")
 def wedlm(tmp_path_factory, wedlm_tokenizer):
-    return load_teacher(build_tiny_wedlm(tmp_path_factory.mktemp("wedlm"), tokenizer=wedlm_tokenizer, seed=5))
+    return load_teacher(build_tiny_model("wedlm", tmp_path_factory.mktemp("wedlm"), tokenizer=wedlm_tokenizer, seed=5))
 
 
 @pytest.fixture(scope="module")
 def llada2(tmp_path_factory, llama3_tokenizer):
-    return load_teacher(build_tiny_llada2(tmp_path_factory.mktemp("llada2"), tokenizer=llama3_tokenizer, seed=6))
+    return load_teacher(build_tiny_model("llada2", tmp_path_factory.mktemp("llada2"), tokenizer=llama3_tokenizer, seed=6))
 
 
 def _noised_batch(mask_id: int, seed: int = 0):

@@ -11,7 +11,7 @@ from stages.train.collate import CollateSpec, collate_rows
 from stages.train.data import CacheStream, StreamConfig, columns_for
 from stages.train.order import DataCursor, mix, permutation, replica_for_epoch
 from stages.train.pipelines import CrossPipeline, SharedPipeline
-from stages.train.synthetic import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
+from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
 
 EOS, MASK, BLOCK, SEQ = 3, 95, 4, 8
 

@@ -1,6 +1,6 @@
-"""The trainer end to end on a tiny factory student (real 151,936-row vocabulary) and synthetic caches:
+"""The trainer end to end on a tiny student (real 151,936-row vocabulary) and synthetic caches:
 interrupted + resumed run == uninterrupted run, outputs (metrics, curve, saved student), refusals, and
-the rule that training never imports teacher or build code."""
+that training loads no teacher or build code at run time."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from stages.train.cli import config_from_args, main
 from stages.train.config import TrainConfig
 from stages.train.loop import train
 from stages.train.preflight import CacheMismatchError
-from stages.train.synthetic import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
-from tide.models.factories import build_tiny_student, load_student
-from tide.models.tokenizers import tokenizer_fingerprint
+from tide.models.student import load_student
+from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
+from tide.testing.tiny_models import build_tiny_model
+from tide.tokenizer_fingerprint import tokenizer_fingerprint
 
 SHARED = 151_646
 BLOCK = 8
@@ -32,7 +33,7 @@ SEQ = 16
 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory, student_tokenizer):
-    return build_tiny_student(tmp_path_factory.mktemp("student"), tokenizer=student_tokenizer, hidden_size=16,
+    return build_tiny_model("student", tmp_path_factory.mktemp("student"), tokenizer=student_tokenizer, hidden_size=16,
                               num_layers=1)
 
 
@@ -195,10 +196,14 @@ def test_cli_yaml_config_and_overrides(tmp_path):
     assert main(["--cache", "/c", "--student", "/s", "--output", "/o", "--tidal-axis", "diagonal"]) == 2
 
 
-def test_training_never_imports_teacher_or_build_code():
+def test_training_loads_no_teacher_build_or_fixture_code_at_run_time(student_dir):
+    """The import contract (tests/test_import_contract.py) checks the static import graph; this checks what
+    a fresh interpreter has loaded after importing the trainer and loading a student, lazy imports included."""
     code = (
         "import sys; import stages.train.loop, stages.train.cli, stages.train.step, stages.train.data; "
-        "bad = [m for m in sys.modules if m == 'tide.models.teacher' or m.startswith('stages.cache_build')]; "
+        f"stages.train.loop.load_student({str(student_dir)!r}); "
+        "bad = [m for m in sys.modules if m in ('tide.models.teacher', 'tide.models.llada2_moe', "
+        "'tide.models.wedlm') or m.startswith(('stages.cache_build', 'tide.testing'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

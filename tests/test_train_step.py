@@ -17,11 +17,11 @@ from stages.train.collate import CollateSpec
 from stages.train.data import CacheStream, StreamConfig, columns_for
 from stages.train.pipelines import CrossPipeline, SharedPipeline, train_pipeline
 from stages.train.step import StudentStep
-from stages.train.synthetic import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
 from tide.losses import LossOptions
 from tide.models.a2d_qwen3 import A2DQwen3Config, A2DQwen3LMHeadModel
 from tide.models.student import bd3lm_forward
 from tide.objective import Objective
+from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
 
 logger = logging.getLogger(__name__)
 

@@ -9,18 +9,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import Qwen3ForCausalLM
 
-from tide.models.factories import QWEN3_VOCAB_ROWS, build_tiny_wedlm
 from tide.models.wedlm import (
     DEFAULT_WEDLM_MASK_TOKEN_ID,
     DEFAULT_WEDLM_SHARED_VOCAB_SIZE,
     load_wedlm,
     qwen3_config_from_wedlm,
 )
+from tide.testing.tiny_models import QWEN3_VOCAB_ROWS, build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def wedlm_dir(tmp_path_factory, wedlm_tokenizer):
-    return build_tiny_wedlm(tmp_path_factory.mktemp("wedlm"), tokenizer=wedlm_tokenizer, seed=3)
+    return build_tiny_model("wedlm", tmp_path_factory.mktemp("wedlm"), tokenizer=wedlm_tokenizer, seed=3)
 
 
 def test_saved_config_is_a_wedlm_config(wedlm_dir):

@@ -148,8 +148,8 @@ def split_pairs(pairs: list[FunctionPair], heldout_percent: int = 10) -> tuple[l
 
 
 def humaneval_conversations() -> list[list[dict[str, str]]]:
-    """HumanEval as chat pairs, read through the build stage's built-in source."""
-    from stages.cache_build.data import humaneval_messages
+    """HumanEval as chat pairs (:func:`tide.testing.chat_data.humaneval_messages`)."""
+    from tide.testing.chat_data import humaneval_messages
 
     return humaneval_messages()
 

@@ -171,19 +171,20 @@ class Runner:
         return sets
 
     def teacher(self, pipeline: str) -> dict[str, Any]:
-        from tide.models.factories import load_teacher
+        from tide.models.teacher import load_teacher
 
         cfg = self.cfg
         torch.manual_seed(0)
         if pipeline == "shared":
             tok = self._tokenizer(self.tok_shared)
-            path = rmodels.build_shared_teacher(self.teacher_dir(pipeline) / "init", tok, cfg.shared_teacher,
-                                                shared_vocab_size=rtok.shared_vocab_size(tok), seed=0)
+            path = rmodels.build_model("wedlm", self.teacher_dir(pipeline) / "init", tok, cfg.shared_teacher,
+                                       seed=0, mask_token_id=int(tok.mask_token_id),
+                                       shared_vocab_size=rtok.shared_vocab_size(tok))
             family, regime = "wedlm", "paper"
         else:
             tok = self._tokenizer(self.tok_large)
-            path = rmodels.build_cross_teacher(self.teacher_dir(pipeline) / "init", tok, cfg.cross_teacher,
-                                               num_experts=cfg.cross_experts, seed=0)
+            path = rmodels.build_model("llada2", self.teacher_dir(pipeline) / "init", tok, cfg.cross_teacher,
+                                       seed=0, num_experts=cfg.cross_experts)
             family, regime = "llada2", "native"
         model = load_teacher(path, dtype=torch.float32)
         model.train()
@@ -244,12 +245,12 @@ class Runner:
 
     def init(self) -> dict[str, Any]:
         tok = self._tokenizer(self.tok_small)
-        fresh = rmodels.build_student(self.out / "students" / "fresh", tok, self.cfg.student, seed=0)
+        fresh = rmodels.build_model("student", self.out / "students" / "fresh", tok, self.cfg.student, seed=0)
         return self.train_student(self.out / "students" / "init", cache="shared", mode="ce", comp_demo=False,
                                   steps=self.cfg.init_steps, lr=self.cfg.init_lr, seed=0, student=fresh)
 
     def evaluate_student(self, path: Path) -> dict[str, Any]:
-        from tide.models.factories import load_student
+        from tide.models.student import load_student
 
         cfg = self.cfg
         tok = self._tokenizer(self.tok_small)
@@ -282,8 +283,8 @@ class Runner:
         """Cached vs online for ``compare_steps`` steps from the init student, per-step losses logged."""
         from benchmarks.replication.online import TeacherTargets, online_stream_class
         from cache_schema.reader import CacheReader
-        from tide.models.factories import load_student, load_teacher
-        from tide.models.teacher import TeacherRunner
+        from tide.models.student import load_student
+        from tide.models.teacher import TeacherRunner, load_teacher
 
         cfg = self.cfg
         base = self.out / "compare" / name

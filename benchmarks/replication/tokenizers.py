@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from tide.models.tokenizers import CHATML_TEMPLATE, CHATML_WITH_SYSTEM_TEMPLATE, LLAMA3_TEMPLATE, MASK_TOKEN
+from tide.testing.tokenizers import CHATML_TEMPLATE, CHATML_WITH_SYSTEM_TEMPLATE, LLAMA3_TEMPLATE, MASK_TOKEN
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Teacher pre-training (block-diffusion objective) and the evaluation metrics of the replication.
 
 Everything goes through the project's pieces: samples are tokenized by the build stage's
-:func:`stages.cache_build.data.prepare_sample`; noise comes from :mod:`tide.noise`; the student forward is
+:func:`stages.cache_build.preparation.prepare_sample`; noise comes from :mod:`tide.noise`; the student forward is
 :func:`tide.models.student.bd3lm_hidden_states`; a teacher is run in exactly the layout the build stage
 queries it with (:func:`tide.models.teacher.build_layout`); the loss is the CE term of the training
 objective (:func:`tide.objective.compute_objective`).
@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.cache_build.data import RawSample, SkipCounter, SkipSample, prepare_sample
+from stages.cache_build.preparation import prepare_sample
+from stages.cache_build.skips import SkipCounter, SkipSample
+from stages.cache_build.sources import RawSample
 from tide import noise
 from tide.bd3lm import noise_input_ids
 from tide.models.student import bd3lm_hidden_states

@@ -50,8 +50,7 @@ class ShardBuilder:
     """Runs the teacher over the units of a shard and returns its rows."""
 
     def __init__(self, config: BuildConfig, survey: dict[str, Any], device: torch.device) -> None:
-        from tide.models.factories import load_teacher
-        from tide.models.teacher import TeacherRunner
+        from tide.models.teacher import TeacherRunner, load_teacher
         from tide.runtime import resolve_dtype
 
         self.config = config

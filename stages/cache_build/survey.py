@@ -48,7 +48,8 @@ def load_tokenizers(config: BuildConfig) -> tuple[Any, Any]:
 def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_counter: Any = None,
                   stats: Any = None) -> Iterator[Any]:
     """Prepared samples of the configured sources, in source order, at most ``max_samples``."""
-    from stages.cache_build.data import iter_sources, prepare_samples
+    from stages.cache_build.preparation import prepare_samples
+    from stages.cache_build.sources import iter_sources
 
     prepared = prepare_samples(
         iter_sources(config.sources, skip_counter),
@@ -68,8 +69,8 @@ def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_
 
 def teacher_info(config: BuildConfig) -> dict[str, Any]:
     """The manifest's ``teacher`` section, read from the checkpoint's config.json (no weights loaded)."""
+    from tide.models.loading import read_checkpoint_config
     from tide.models.teacher import teacher_vocabulary
-    from tide.models.wedlm import read_checkpoint_config
 
     raw = read_checkpoint_config(config.teacher)
     try:
@@ -92,7 +93,7 @@ def teacher_info(config: BuildConfig) -> dict[str, Any]:
 
 def student_info(config: BuildConfig, student_tok: Any) -> dict[str, Any]:
     """The manifest's ``student`` section."""
-    from tide.models.tokenizers import tokenizer_fingerprint
+    from tide.tokenizer_fingerprint import tokenizer_fingerprint
 
     if student_tok.mask_token_id is None:
         raise BuildConfigError(f"student tokenizer {config.student_tokenizer}: no mask token")
@@ -117,8 +118,9 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
             raise BuildConfigError(
                 f"{directory.survey_path}: survey format {survey.get('survey_format')!r} is not {SURVEY_FORMAT}")
         return survey
-    from stages.cache_build.data import PrepStats, SkipCounter
-    from tide.models.tokenizers import tokenizer_fingerprint
+    from stages.cache_build.preparation import PrepStats
+    from stages.cache_build.skips import SkipCounter
+    from tide.tokenizer_fingerprint import tokenizer_fingerprint
 
     start = time.perf_counter()
     skip_counter, prep_stats = SkipCounter(), PrepStats()

@@ -80,25 +80,20 @@ def _as_float(name: str, value: Any) -> float:
 def load_checkpoint(
     path: str | os.PathLike, *, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """Load a student checkpoint directory (``save_pretrained`` layout) and its tokenizer.
+    """Load a student checkpoint directory (``save_pretrained`` layout) and its tokenizer, in eval mode.
 
-    ``tide.models`` is imported first so the project's model types (``a2d-qwen3``) are registered; the
-    model loads through ``AutoModelForCausalLM`` (or ``AutoModelForMaskedLM`` for types registered only
-    there) with SDPA attention, which takes the sampler's 4-D masks."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    The model loads through :func:`tide.models.student.load_student` (the one student loader) with SDPA
+    attention, which takes the sampler's 4-D masks."""
+    from transformers import AutoTokenizer
 
-    import tide.models  # noqa: F401  (registers the project's model types)
+    from tide.models.student import load_student
 
     root = Path(path)
     if not (root / "config.json").is_file():
         raise FileNotFoundError(f"pretrained={root}: not a checkpoint directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(root))
-    kwargs = {"dtype": dtype, "attn_implementation": "sdpa"}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
-    except ValueError:
-        model = AutoModelForMaskedLM.from_pretrained(str(root), **kwargs)
-    return model.to(device).eval(), tokenizer
+    model = load_student(root, dtype=dtype, device=device, attn_implementation="sdpa")
+    return model.eval(), tokenizer
 
 
 @register_model(MODEL_NAME)

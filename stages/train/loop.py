@@ -32,11 +32,10 @@ from stages.train.metrics import MetricsLogger, plot_loss_curve
 from stages.train.preflight import RunPlan, check_student_layout, check_student_tokenizer, plan_run
 from stages.train.step import StudentStep
 from tide.losses import LossOptions
-from tide.models.factories import load_student
-from tide.models.student import BD3LMStudent
-from tide.models.tokenizers import tokenizer_fingerprint
+from tide.models.student import BD3LMStudent, load_student
 from tide.objective import Objective
 from tide.runtime import resolve_mixed_precision
+from tide.tokenizer_fingerprint import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,8 @@
-"""Model code. Importing ``tide.models`` registers the custom model types with the transformers Auto
-classes: ``a2d-qwen3`` (the student) and ``llada2_moe`` (teacher A)."""
+"""Model code, by role.
 
-from tide.models.a2d_qwen3 import register_a2d_qwen3
-from tide.models.llada2_moe import register_llada2_moe
-
-register_a2d_qwen3()
-register_llada2_moe()
-
-__all__ = ["register_a2d_qwen3", "register_llada2_moe"]
+Student: ``a2d_qwen3`` (the ``a2d-qwen3`` model type), ``student`` (loading and the block-diffusion
+forward). Teachers: ``teacher`` (loading and the runner), ``llada2_moe`` (the ``llada2_moe`` model type),
+``wedlm`` (WeDLM checkpoints as Qwen3). Both: ``loading`` (a checkpoint's config.json, from_pretrained
+arguments). Each model module registers its own type with the transformers Auto classes when imported, and
+this package imports none of them, so loading a student never loads teacher code.
+"""

@@ -2,8 +2,9 @@
 
 The released student (dllm-collection/Qwen3-0.6B-diffusion-bd3lm-v0.1) is Qwen3-0.6B with the same weight
 names; its ``config.json`` says ``model_type: "a2d-qwen3"`` and points ``auto_map`` at remote modeling code
-that does not run on transformers 5.x. Registering the model type here lets ``AutoConfig`` /
-``AutoModel`` / ``AutoModelForCausalLM`` / ``AutoModelForMaskedLM`` load it without remote code.
+that does not run on transformers 5.x. Importing this module registers the model type, so that
+``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM`` / ``AutoModelForMaskedLM`` load it without remote
+code.
 
 Differences from stock Qwen3: attention is bidirectional by default (no mask → every token sees every
 token; a 2-D padding mask → padding-only mask), and every explicit 4-D mask (boolean for SDPA, additive for
@@ -91,3 +92,6 @@ def mask_token_id_from_tokenizer(tokenizer: PreTrainedTokenizerBase) -> int:
             "the block-diffusion student needs `mask_token` set (e.g. <|mask|>)"
         )
     return int(mask_id)
+
+
+register_a2d_qwen3()

@@ -1,20 +1,51 @@
-"""The block-diffusion student forward: x_t ⊕ x0 with position ids [0..L-1, 0..L-1] and the BD3LM mask.
+"""The block-diffusion student: loading a checkpoint, and the forward over x_t ⊕ x0 with position ids
+[0..L-1, 0..L-1] and the BD3LM mask.
 
-The model is any causal-LM-shaped transformers model whose base model accepts an explicit 4-D
-``attention_mask`` and ``position_ids`` (the ``a2d-qwen3`` student, stock Qwen3). The mask is built in the
+:func:`load_student` is the one way a student checkpoint is loaded (training, evaluation, benchmarks); it
+imports only student model code. The model is any causal-LM-shaped transformers model whose base model
+accepts an explicit 4-D ``attention_mask`` and ``position_ids`` (the ``a2d-qwen3`` student, stock Qwen3). The mask is built in the
 form the model's attention implementation needs (:func:`tide.bd3lm.bd3lm_attention_mask`). Only the x_t
 half is read out: position i of the output predicts token i (no shift).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tide.bd3lm import bd3lm_attention_mask, bd3lm_position_ids
+from tide.models.a2d_qwen3 import A2D_QWEN3_MODEL_TYPE
+from tide.models.loading import from_pretrained_kwargs, read_checkpoint_config
+
+STUDENT_MODEL_TYPES = (A2D_QWEN3_MODEL_TYPE, "qwen3")
+
+
+def load_student(
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    attn_implementation: str | None = "sdpa",
+) -> PreTrainedModel:
+    """Load a student checkpoint (``a2d-qwen3``, or plain ``qwen3``) through ``AutoModelForCausalLM``.
+
+    ``dtype`` defaults to :func:`tide.runtime.default_dtype` of ``device``; SDPA attention takes the
+    explicit 4-D masks of :mod:`tide.bd3lm`. Any other model type is refused before weights are read."""
+    raw = read_checkpoint_config(path)
+    if raw.get("model_type") not in STUDENT_MODEL_TYPES:
+        raise ValueError(
+            f"{path}: model_type={raw.get('model_type')!r} is not a student type "
+            f"({' or '.join(repr(t) for t in STUDENT_MODEL_TYPES)})"
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), **from_pretrained_kwargs(dtype, device, attn_implementation)
+    )
+    return model.to(device) if device is not None else model
 
 
 @dataclass

@@ -21,20 +21,27 @@ Layouts (x_t = noised sequence, x0 = clean sequence, b = block size):
 Memory: the final hidden states of the selected positions are gathered first (N, hidden); the LM head runs
 on chunks of ``head_chunk_size`` rows with fp32 softmax math, so at most a (chunk, V) fp32 logit tensor
 exists at a time, never (B, T, V).
+
+:func:`load_teacher` loads either teacher by the model type of its checkpoint; the teacher model modules
+(:mod:`tide.models.llada2_moe`, :mod:`tide.models.wedlm`) are imported on the first load, not with this
+module.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tide.bd3lm import attention_mask_for, bd3lm_bool_mask, with_key_padding
+from tide.models.loading import from_pretrained_kwargs, read_checkpoint_config
 
 logger = logging.getLogger(__name__)
 
@@ -415,6 +422,39 @@ class TeacherRunner:
             )
 
         return self.map_head(hidden, chunk_targets)
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+def load_teacher(
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    attn_implementation: str | None = "sdpa",
+) -> PreTrainedModel:
+    """Load a teacher by the ``model_type`` of its config.json: ``wedlm`` → :func:`load_wedlm` (Qwen3 with
+    ``mask_token_id`` / ``shared_vocab_size`` on its config), ``llada2_moe`` → ``AutoModelForCausalLM``.
+    The model is put in eval mode; dtype defaults to :func:`tide.runtime.default_dtype` of ``device``."""
+    from tide.models.llada2_moe import MODEL_TYPE as LLADA2_MODEL_TYPE  # importing registers llada2_moe
+    from tide.models.wedlm import WEDLM_MODEL_TYPE, load_wedlm
+
+    raw = read_checkpoint_config(path)
+    model_type = raw.get("model_type")
+    kwargs = from_pretrained_kwargs(dtype, device, attn_implementation)
+    if model_type == WEDLM_MODEL_TYPE:
+        model = load_wedlm(path, **kwargs)
+    elif model_type == LLADA2_MODEL_TYPE:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        if getattr(model.config, "mask_token_id", None) is None:
+            raise ValueError(f"{path}: the LLaDA2 config has no mask_token_id")
+    else:
+        raise ValueError(
+            f"{path}: model_type={model_type!r} is not a supported teacher ({WEDLM_MODEL_TYPE!r}, {LLADA2_MODEL_TYPE!r})"
+        )
+    model.eval()
+    return model.to(device) if device is not None else model
 
 
 @dataclass(frozen=True)

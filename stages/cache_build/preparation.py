@@ -1,0 +1,310 @@
+"""Stage-one preparation of one sample: chat tokenisation on both sides, the student's trained positions
+(``maskable``) and the student↔teacher alignment (DESIGN.md §3–§5).
+
+Student and teacher each render the messages with their own chat template, locate every content span,
+and tokenize with character offsets. The student's ``maskable`` mask covers the assistant turns: the
+tokens overlapping each assistant content plus the end-of-turn token after it (the first special token
+following the content before the next message, else simply the next token). The student sequence is
+truncated to ``max_length`` and padded with EOS to a multiple of ``block_size`` (padding is maskable);
+the teacher sequence is truncated to ``teacher_max_length``. Pipeline B (``"shared"``) aligns content
+tokens position to position, pipeline A (``"cross"``) by byte-exact chunks; nothing aligned points past
+either truncated sequence. A row that cannot be used raises
+:class:`~stages.cache_build.skips.SkipSample`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stages.cache_build.messages import normalize_messages
+from stages.cache_build.skips import (
+    SKIP_NO_MASKABLE,
+    SKIP_PROMPT_TOO_LONG,
+    SKIP_SPAN,
+    SKIP_TEMPLATE,
+    SkipCounter,
+    SkipSample,
+)
+from stages.cache_build.sources import RawSample
+from tide.alignment.chunks import ChunkTable, align_chunks
+from tide.alignment.positions import align_positions
+from tide.alignment.spans import ContentSpanError, TokenizedText, tokenize_chat
+from tide.alignment.token_bytes import token_bytes_table
+from tide.noise import sample_key
+
+PIPELINES = ("cross", "shared")
+
+
+@dataclass
+class PreparedSample:
+    """One tokenized, aligned sample (arrays are numpy; L = student length, a multiple of block_size).
+
+    * ``input_ids`` int32 (L,) — student ids, EOS-padded; ``maskable`` bool (L,) — trained positions
+      (assistant tokens, their end-of-turn token, and the padding).
+    * ``teacher_input_ids`` int32 (L_T,) — teacher ids, truncated to ``teacher_max_length``, unpadded.
+    * ``roles`` — role per message; ``student_char_spans``/``teacher_char_spans`` int64 (M, 2) — each
+      content's character range in the rendered ``student_text``/``teacher_text``.
+    * pipeline ``"shared"``: ``student_pos``/``teacher_pos`` int32 (P,) aligned pairs, ascending student
+      position; ``chunks``/``chunk_in_prompt`` are None.
+    * pipeline ``"cross"``: ``chunks`` a :class:`ChunkTable` (int32 (C,) columns, end exclusive) and
+      ``chunk_in_prompt`` bool (C,) (chunk inside a non-assistant message); ``student_pos``/``teacher_pos``
+      are None.
+    * ``num_padding`` EOS tokens appended; ``num_response_tokens`` maskable tokens that are not padding;
+      ``num_covered_tokens`` of those covered by a pair / a response chunk; ``drops`` dropped pairs or
+      chunks by reason.
+    """
+
+    sample_id: str
+    sample_key: int
+    input_ids: np.ndarray
+    maskable: np.ndarray
+    teacher_input_ids: np.ndarray
+    roles: tuple[str, ...]
+    student_char_spans: np.ndarray
+    teacher_char_spans: np.ndarray
+    student_text: str
+    teacher_text: str
+    num_padding: int
+    num_response_tokens: int
+    num_covered_tokens: int
+    student_pos: np.ndarray | None = None
+    teacher_pos: np.ndarray | None = None
+    chunks: ChunkTable | None = None
+    chunk_in_prompt: np.ndarray | None = None
+    drops: Counter = field(default_factory=Counter)
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+@dataclass
+class PrepStats:
+    """Running totals over prepared samples; ``alignment_yield`` = covered / response tokens."""
+
+    samples: int = 0
+    student_tokens: int = 0
+    padding_tokens: int = 0
+    teacher_tokens: int = 0
+    response_tokens: int = 0
+    covered_tokens: int = 0
+    pairs: int = 0
+    chunks: int = 0
+    prompt_chunks: int = 0
+    drops: Counter = field(default_factory=Counter)
+
+    def update(self, sample: PreparedSample) -> None:
+        self.samples += 1
+        self.student_tokens += sample.length
+        self.padding_tokens += sample.num_padding
+        self.teacher_tokens += int(sample.teacher_input_ids.shape[0])
+        self.response_tokens += sample.num_response_tokens
+        self.covered_tokens += sample.num_covered_tokens
+        if sample.student_pos is not None:
+            self.pairs += int(sample.student_pos.shape[0])
+        if sample.chunks is not None and sample.chunk_in_prompt is not None:
+            self.chunks += len(sample.chunks)
+            self.prompt_chunks += int(sample.chunk_in_prompt.sum())
+        self.drops.update(sample.drops)
+
+    @property
+    def alignment_yield(self) -> float:
+        return self.covered_tokens / self.response_tokens if self.response_tokens else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "student_tokens": self.student_tokens,
+            "padding_tokens": self.padding_tokens,
+            "teacher_tokens": self.teacher_tokens,
+            "response_tokens": self.response_tokens,
+            "covered_tokens": self.covered_tokens,
+            "alignment_yield": self.alignment_yield,
+            "pairs": self.pairs,
+            "chunks": self.chunks,
+            "prompt_chunks": self.prompt_chunks,
+            "drops": {k: int(v) for k, v in sorted(self.drops.items())},
+        }
+
+
+def _special_ids(tokenizer: Any) -> frozenset[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    ids.update(int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return frozenset(ids)
+
+
+def student_maskable(tokenized: TokenizedText, roles: Sequence[str], special_ids: frozenset[int]) -> np.ndarray:
+    """bool (N,): tokens overlapping an assistant content, plus the end-of-turn token after each one
+    (the first special token starting at or after the content end and before the next message's
+    content; if there is none, the first token after the content)."""
+    offsets = tokenized.offsets
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    mask = np.zeros(len(tokenized.ids), dtype=bool)
+    spans = tokenized.content_spans
+    for m, role in enumerate(roles):
+        if role != "assistant":
+            continue
+        a, b = int(spans[m, 0]), int(spans[m, 1])
+        mask |= (starts < b) & (ends > a) & (ends > starts)
+        limit = int(spans[m + 1, 0]) if m + 1 < len(spans) else len(tokenized.text) + 1
+        after = np.flatnonzero((starts >= b) & (starts < limit))
+        special = [k for k in after if int(tokenized.ids[k]) in special_ids]
+        if special:
+            mask[special[0]] = True
+        elif after.size:
+            mask[after[0]] = True
+    return mask
+
+
+def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str) -> TokenizedText:
+    try:
+        return tokenize_chat(tokenizer, messages)
+    except ContentSpanError as exc:
+        raise SkipSample(SKIP_SPAN, f"{side}: {exc}") from exc
+    except Exception as exc:  # template engines raise their own exception types on odd conversations
+        raise SkipSample(SKIP_TEMPLATE, f"{side}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_lengths(*, pipeline: str, block_size: int, max_length: int, teacher_max_length: int) -> None:
+    """Raise ``ValueError`` naming the setting when a length or the pipeline is invalid."""
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline={pipeline!r}: expected one of {PIPELINES}")
+    if block_size <= 0:
+        raise ValueError(f"block_size={block_size}: must be positive")
+    if max_length <= 0 or max_length % block_size:
+        raise ValueError(f"max_length={max_length}: must be a positive multiple of block_size={block_size}")
+    if teacher_max_length <= 0:
+        raise ValueError(f"teacher_max_length={teacher_max_length}: must be positive")
+
+
+def _aligned(align: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run an aligner; contents the two templates render too differently to align skip the sample."""
+    try:
+        return align(*args, **kwargs)
+    except ContentSpanError as exc:
+        raise SkipSample(SKIP_SPAN, str(exc)) from exc
+
+
+def prepare_sample(
+    raw: RawSample,
+    student_tok: Any,
+    teacher_tok: Any,
+    *,
+    pipeline: str,
+    block_size: int,
+    max_length: int,
+    teacher_max_length: int,
+) -> PreparedSample:
+    """Tokenize and align one row; raises :class:`SkipSample` when it cannot be used."""
+    check_lengths(
+        pipeline=pipeline, block_size=block_size, max_length=max_length, teacher_max_length=teacher_max_length
+    )
+    eos = student_tok.eos_token_id
+    if eos is None:
+        raise ValueError("student tokenizer has no eos_token_id: it is needed to pad to the block size")
+    messages = normalize_messages(raw.messages)
+    key = sample_key(messages)
+    roles = tuple(m["role"] for m in messages)
+    student = _tokenize_side(student_tok, messages, "student")
+    teacher = _tokenize_side(teacher_tok, messages, "teacher")
+
+    full_mask = student_maskable(student, roles, _special_ids(student_tok))
+    maskable_index = np.flatnonzero(full_mask)
+    if maskable_index.size == 0:
+        raise SkipSample(SKIP_NO_MASKABLE)
+    if maskable_index[0] >= max_length:
+        raise SkipSample(SKIP_PROMPT_TOO_LONG, f"first response token at {maskable_index[0]} >= {max_length}")
+    kept = min(len(student.ids), max_length)
+    padded = -(-kept // block_size) * block_size
+    input_ids = np.full(padded, eos, dtype=np.int32)
+    input_ids[:kept] = student.ids[:kept]
+    maskable = np.ones(padded, dtype=bool)
+    maskable[:kept] = full_mask[:kept]
+    teacher_kept = min(len(teacher.ids), teacher_max_length)
+    teacher_ids = np.ascontiguousarray(teacher.ids[:teacher_kept], dtype=np.int32)
+    response = int(full_mask[:kept].sum())
+    assistant = np.asarray([r == "assistant" for r in roles], dtype=bool)
+
+    prepared = PreparedSample(
+        sample_id=raw.sample_id,
+        sample_key=key,
+        input_ids=input_ids,
+        maskable=maskable,
+        teacher_input_ids=teacher_ids,
+        roles=roles,
+        student_char_spans=student.content_spans,
+        teacher_char_spans=teacher.content_spans,
+        student_text=student.text,
+        teacher_text=teacher.text,
+        num_padding=padded - kept,
+        num_response_tokens=response,
+        num_covered_tokens=0,
+    )
+    if pipeline == "shared":
+        pairs = _aligned(align_positions, student, teacher, student_limit=kept, teacher_limit=teacher_kept)
+        prepared.student_pos = pairs.student_pos
+        prepared.teacher_pos = pairs.teacher_pos
+        prepared.num_covered_tokens = int(maskable[pairs.student_pos].sum())
+        prepared.drops = Counter(pairs.drops)
+    else:
+        table = _aligned(
+            align_chunks,
+            student,
+            teacher,
+            token_bytes_table(student_tok),
+            token_bytes_table(teacher_tok),
+            student_limit=kept,
+            teacher_limit=teacher_kept,
+        )
+        in_prompt = ~assistant[table.span_index] if len(table) else np.zeros(0, dtype=bool)
+        covered = np.zeros(padded, dtype=bool)
+        for start, end, prompt in zip(table.student_start, table.student_end, in_prompt, strict=True):
+            if not prompt:
+                covered[start:end] = True
+        prepared.chunks = table
+        prepared.chunk_in_prompt = np.asarray(in_prompt, dtype=bool)
+        prepared.num_covered_tokens = int((covered & maskable).sum())
+        prepared.drops = Counter(table.drops)
+    return prepared
+
+
+def prepare_samples(
+    source_iter: Iterable[RawSample],
+    student_tok: Any,
+    teacher_tok: Any,
+    *,
+    pipeline: str,
+    block_size: int,
+    max_length: int,
+    teacher_max_length: int,
+    skip_counter: SkipCounter | None = None,
+    stats: PrepStats | None = None,
+) -> Iterator[PreparedSample]:
+    """Prepare every row of ``source_iter`` (e.g. :func:`stages.cache_build.sources.iter_sources`), in order, skipping and counting
+    unusable rows in ``skip_counter`` and accumulating :class:`PrepStats` into ``stats`` if given."""
+    check_lengths(
+        pipeline=pipeline, block_size=block_size, max_length=max_length, teacher_max_length=teacher_max_length
+    )
+    skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    for raw in source_iter:
+        try:
+            sample = prepare_sample(
+                raw,
+                student_tok,
+                teacher_tok,
+                pipeline=pipeline,
+                block_size=block_size,
+                max_length=max_length,
+                teacher_max_length=teacher_max_length,
+            )
+        except SkipSample as skip:
+            skip_counter.add(skip.reason, raw.sample_id, skip.detail)
+            continue
+        if stats is not None:
+            stats.update(sample)
+        yield sample
