@@ -14,6 +14,7 @@ from stages.cache_build.sources import RawSample, iter_sources
 from tide.alignment.token_bytes import token_bytes_table
 from tide.noise import sample_key
 from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
+from tide.testing.tokenizers import build_llama3_tokenizer, build_qwen_tokenizer
 
 QA = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 
@@ -146,3 +147,44 @@ def test_alignment_never_points_outside(tmp_path, student_tokenizer, wedlm_token
         assert stats.covered_tokens == covered > 0
         assert stats.alignment_yield == pytest.approx(covered / stats.response_tokens)
         assert stats.as_dict()["response_tokens"] == sum(s.num_response_tokens for s in samples)
+
+
+def _trimming(tokenizer):
+    """The same tokenizer with a chat template that trims every content (as Llama-3's real template does)."""
+    tokenizer.chat_template = tokenizer.chat_template.replace("message['content']", "(message['content'] | trim)")
+    assert "| trim" in tokenizer.chat_template
+    return tokenizer
+
+
+def test_teacher_template_that_trims_contents_neither_stops_the_build_nor_loses_the_contents(
+    tmp_path, student_tokenizer
+):
+    """A content with surrounding whitespace is rendered verbatim by the student and trimmed by the teacher:
+    both aligners align the text the two sides share, with no skipped sample and no misplaced token."""
+    messages = [{"role": "user", "content": "  Reverse 'abc'.\n"},
+                {"role": "assistant", "content": "\n The answer is 'cba'.\n"},
+                {"role": "user", "content": "   "},
+                {"role": "assistant", "content": "Sure thing."}]
+    teachers = {"cross": _trimming(build_llama3_tokenizer(tmp_path / "llama3")),
+                "shared": _trimming(build_qwen_tokenizer(tmp_path / "qwen"))}
+    for pipeline, teacher in teachers.items():
+        skips = SkipCounter()
+        out = list(prepare_samples([RawSample("x:0", messages)], student_tokenizer, teacher, pipeline=pipeline,
+                                   block_size=32, max_length=128, teacher_max_length=128, skip_counter=skips))
+        assert skips.total == 0 and len(out) == 1, (pipeline, skips)
+        sample = out[0]
+        if pipeline == "cross":
+            starts, ends = sample.chunks.student_start, sample.chunks.student_end
+            teacher_starts, teacher_ends = sample.chunks.teacher_start, sample.chunks.teacher_end
+            student_text = "".join(student_tokenizer.decode(sample.input_ids[s:e].tolist())
+                                   for s, e in zip(starts, ends, strict=True))
+            teacher_text = "".join(teacher.decode(sample.teacher_input_ids[s:e].tolist())
+                                   for s, e in zip(teacher_starts, teacher_ends, strict=True))
+            assert student_text == teacher_text
+            assert "answer is" in student_text and "Sure thing" in student_text
+        else:
+            np.testing.assert_array_equal(sample.input_ids[sample.student_pos],
+                                          sample.teacher_input_ids[sample.teacher_pos])
+            decoded = student_tokenizer.decode(sample.input_ids[sample.student_pos].tolist())
+            assert "answer is" in decoded and "Sure thing" in decoded
+        assert sample.num_covered_tokens >= 6

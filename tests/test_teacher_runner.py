@@ -199,3 +199,11 @@ def test_bad_inputs_are_rejected(wedlm, llada2):
     noised, clean, lengths, rows, positions = _noised_batch(llada2.config.mask_token_id)
     lp = TeacherRunner(llada2, regime="paper").gold_logprobs(noised, lengths, rows, positions, rows)
     assert lp.shape == rows.shape and bool((lp < 0).all())
+
+
+def test_manifest_accepts_exactly_the_runner_regimes():
+    """cache_schema cannot import model code, so it keeps its own list of regimes: it must be the runner's."""
+    from cache_schema.manifest import REGIMES as MANIFEST_REGIMES
+    from tide.models.teacher import REGIMES as RUNNER_REGIMES
+
+    assert tuple(MANIFEST_REGIMES) == tuple(RUNNER_REGIMES)

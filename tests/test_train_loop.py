@@ -82,7 +82,6 @@ def base_config(cache_dir, student_dir, output, **overrides) -> TrainConfig:
     return dataclasses.replace(config, **overrides)
 
 
-@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path, cache_dir, student_dir):
     """4 steps straight vs 2 steps, stop, resume for 2 more: identical parameters (CPU, deterministic).
     4 steps x 2 micro-batches x 2 rows = 16 rows crosses the 12-row epoch (replica 0 → replica 1)."""

@@ -20,17 +20,20 @@ from typing import Any
 
 from cache_schema.directory import CacheDirectory
 from cache_schema.manifest import REGIMES
-from cache_schema.schemas import PASSES, PIPELINES, VALUE_DTYPES
+from cache_schema.schemas import PASSES, PIPELINE_CROSS, PIPELINE_SHARED, PIPELINES, VALUE_DTYPES
 from stages.options import OptionsError, option
+from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
+from tide.models.model_types import LLADA2_MODEL_TYPE, WEDLM_MODEL_TYPE
 from tide.runtime import DTYPE_CHOICES
 
 # Teacher config ``model_type`` → pipeline (DESIGN.md §2, §5).
-TEACHER_PIPELINES = {"llada2_moe": "cross", "wedlm": "shared"}
+TEACHER_PIPELINES = {LLADA2_MODEL_TYPE: PIPELINE_CROSS, WEDLM_MODEL_TYPE: PIPELINE_SHARED}
 
 # Paper defaults per pipeline (DESIGN.md §7): teacher length and stored temperatures.
 PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cross": {"teacher_max_length": 1024, "temperatures": [1.0]},
-    "shared": {"teacher_max_length": 768, "temperatures": [1.0, 2.0]},
+    PIPELINE_CROSS: {"teacher_max_length": 1024, "temperatures": [1.0]},
+    # T = 1 (always stored) and the vocabulary losses' default temperature.
+    PIPELINE_SHARED: {"teacher_max_length": 768, "temperatures": [1.0, DEFAULT_VOCAB_TEMPERATURE]},
 }
 
 # Settings that never change what a shard contains; every other setting must match on resume.

@@ -13,6 +13,7 @@ else in the build compares pipeline names.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,9 @@ from stages.cache_build.passes import (
     no_groups,
 )
 from tide import noise
+from tide.alignment.chunks import align_chunks
+from tide.alignment.positions import align_positions
+from tide.alignment.token_bytes import token_bytes_table
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,15 @@ class SharedBuildPipeline:
     def schema(self, targets: TargetSettings) -> pa.Schema:
         return schema_for(self.name, passes=targets.passes, k=targets.k, value_dtype=targets.value_dtype,
                           num_temperatures=len(targets.temperatures))
+
+    def align(self, prepared: Any, student: Any, teacher: Any, student_tok: Any, teacher_tok: Any, *,
+              student_limit: int, teacher_limit: int) -> None:
+        """Pair content tokens position to position (same character span, same id) into ``prepared``."""
+        pairs = align_positions(student, teacher, student_limit=student_limit, teacher_limit=teacher_limit)
+        prepared.student_pos = pairs.student_pos
+        prepared.teacher_pos = pairs.teacher_pos
+        prepared.num_covered_tokens = int(prepared.maskable[pairs.student_pos].sum())
+        prepared.drops = Counter(pairs.drops)
 
     def forward_cost_factor(self, regime: str) -> int:
         """Sequence copies per teacher token: every WeDLM regime concatenates x0 and x_t."""
@@ -199,6 +212,23 @@ class CrossBuildPipeline:
 
     def schema(self, targets: TargetSettings) -> pa.Schema:
         return schema_for(self.name, passes=targets.passes)
+
+    def align(self, prepared: Any, student: Any, teacher: Any, student_tok: Any, teacher_tok: Any, *,
+              student_limit: int, teacher_limit: int) -> None:
+        """Walk both tokenizations into byte-exact chunks; a chunk inside a non-assistant message is a
+        prompt chunk (never in the loss)."""
+        table = align_chunks(student, teacher, token_bytes_table(student_tok), token_bytes_table(teacher_tok),
+                             student_limit=student_limit, teacher_limit=teacher_limit)
+        assistant = np.asarray([role == "assistant" for role in prepared.roles], dtype=bool)
+        in_prompt = ~assistant[table.span_index] if len(table) else np.zeros(0, dtype=bool)
+        covered = np.zeros(prepared.length, dtype=bool)
+        for start, end, prompt in zip(table.student_start, table.student_end, in_prompt, strict=True):
+            if not prompt:
+                covered[start:end] = True
+        prepared.chunks = table
+        prepared.chunk_in_prompt = np.asarray(in_prompt, dtype=bool)
+        prepared.num_covered_tokens = int((covered & prepared.maskable).sum())
+        prepared.drops = Counter(table.drops)
 
     def forward_cost_factor(self, regime: str) -> int:
         """Sequence copies per teacher token: LLaDA2's paper regime sees x_t alone, native x_t ⊕ x0."""

@@ -15,13 +15,15 @@ either truncated sequence. A row that cannot be used raises
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from cache_schema.schemas import PIPELINES
 from stages.cache_build.messages import normalize_messages
+from stages.cache_build.pipelines import build_pipeline
 from stages.cache_build.skips import (
     SKIP_NO_MASKABLE,
     SKIP_PROMPT_TOO_LONG,
@@ -31,13 +33,10 @@ from stages.cache_build.skips import (
     SkipSample,
 )
 from stages.cache_build.sources import RawSample
-from tide.alignment.chunks import ChunkTable, align_chunks
-from tide.alignment.positions import align_positions
+from tide.alignment.chunks import ChunkTable
 from tide.alignment.spans import ContentSpanError, TokenizedText, tokenize_chat
-from tide.alignment.token_bytes import token_bytes_table
+from tide.maskable import special_token_ids, student_maskable
 from tide.noise import sample_key
-
-PIPELINES = ("cross", "shared")
 
 
 @dataclass
@@ -132,35 +131,6 @@ class PrepStats:
         }
 
 
-def _special_ids(tokenizer: Any) -> frozenset[int]:
-    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
-    ids.update(int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    return frozenset(ids)
-
-
-def student_maskable(tokenized: TokenizedText, roles: Sequence[str], special_ids: frozenset[int]) -> np.ndarray:
-    """bool (N,): tokens overlapping an assistant content, plus the end-of-turn token after each one
-    (the first special token starting at or after the content end and before the next message's
-    content; if there is none, the first token after the content)."""
-    offsets = tokenized.offsets
-    starts, ends = offsets[:, 0], offsets[:, 1]
-    mask = np.zeros(len(tokenized.ids), dtype=bool)
-    spans = tokenized.content_spans
-    for m, role in enumerate(roles):
-        if role != "assistant":
-            continue
-        a, b = int(spans[m, 0]), int(spans[m, 1])
-        mask |= (starts < b) & (ends > a) & (ends > starts)
-        limit = int(spans[m + 1, 0]) if m + 1 < len(spans) else len(tokenized.text) + 1
-        after = np.flatnonzero((starts >= b) & (starts < limit))
-        special = [k for k in after if int(tokenized.ids[k]) in special_ids]
-        if special:
-            mask[special[0]] = True
-        elif after.size:
-            mask[after[0]] = True
-    return mask
-
-
 def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str) -> TokenizedText:
     try:
         return tokenize_chat(tokenizer, messages)
@@ -180,14 +150,6 @@ def check_lengths(*, pipeline: str, block_size: int, max_length: int, teacher_ma
         raise ValueError(f"max_length={max_length}: must be a positive multiple of block_size={block_size}")
     if teacher_max_length <= 0:
         raise ValueError(f"teacher_max_length={teacher_max_length}: must be positive")
-
-
-def _aligned(align: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run an aligner; contents the two templates render too differently to align skip the sample."""
-    try:
-        return align(*args, **kwargs)
-    except ContentSpanError as exc:
-        raise SkipSample(SKIP_SPAN, str(exc)) from exc
 
 
 def prepare_sample(
@@ -213,7 +175,7 @@ def prepare_sample(
     student = _tokenize_side(student_tok, messages, "student")
     teacher = _tokenize_side(teacher_tok, messages, "teacher")
 
-    full_mask = student_maskable(student, roles, _special_ids(student_tok))
+    full_mask = student_maskable(student, roles, special_token_ids(student_tok))
     maskable_index = np.flatnonzero(full_mask)
     if maskable_index.size == 0:
         raise SkipSample(SKIP_NO_MASKABLE)
@@ -228,7 +190,6 @@ def prepare_sample(
     teacher_kept = min(len(teacher.ids), teacher_max_length)
     teacher_ids = np.ascontiguousarray(teacher.ids[:teacher_kept], dtype=np.int32)
     response = int(full_mask[:kept].sum())
-    assistant = np.asarray([r == "assistant" for r in roles], dtype=bool)
 
     prepared = PreparedSample(
         sample_id=raw.sample_id,
@@ -245,31 +206,11 @@ def prepare_sample(
         num_response_tokens=response,
         num_covered_tokens=0,
     )
-    if pipeline == "shared":
-        pairs = _aligned(align_positions, student, teacher, student_limit=kept, teacher_limit=teacher_kept)
-        prepared.student_pos = pairs.student_pos
-        prepared.teacher_pos = pairs.teacher_pos
-        prepared.num_covered_tokens = int(maskable[pairs.student_pos].sum())
-        prepared.drops = Counter(pairs.drops)
-    else:
-        table = _aligned(
-            align_chunks,
-            student,
-            teacher,
-            token_bytes_table(student_tok),
-            token_bytes_table(teacher_tok),
-            student_limit=kept,
-            teacher_limit=teacher_kept,
-        )
-        in_prompt = ~assistant[table.span_index] if len(table) else np.zeros(0, dtype=bool)
-        covered = np.zeros(padded, dtype=bool)
-        for start, end, prompt in zip(table.student_start, table.student_end, in_prompt, strict=True):
-            if not prompt:
-                covered[start:end] = True
-        prepared.chunks = table
-        prepared.chunk_in_prompt = np.asarray(in_prompt, dtype=bool)
-        prepared.num_covered_tokens = int((covered & maskable).sum())
-        prepared.drops = Counter(table.drops)
+    try:
+        build_pipeline(pipeline).align(prepared, student, teacher, student_tok, teacher_tok,
+                                       student_limit=kept, teacher_limit=teacher_kept)
+    except ContentSpanError as exc:  # contents the two templates render too differently to align
+        raise SkipSample(SKIP_SPAN, str(exc)) from exc
     return prepared
 
 

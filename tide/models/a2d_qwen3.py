@@ -26,7 +26,7 @@ from transformers import (
     Qwen3Model,
 )
 
-A2D_QWEN3_MODEL_TYPE = "a2d-qwen3"
+from tide.models.model_types import A2D_QWEN3_MODEL_TYPE
 
 
 class A2DQwen3Config(Qwen3Config):

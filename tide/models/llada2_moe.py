@@ -36,6 +36,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput, MoeModelOutputWithPast
 from transformers.modeling_rope_utils import RopeParameters
 
+from tide.models.model_types import LLADA2_MODEL_TYPE
+
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 # A dense 4-D tensor (bool or additive float) for sdpa / eager, a BlockMask for flex_attention, or None.
 AttentionMask = Union[torch.Tensor, "BlockMask", None]
 
-MODEL_TYPE = "llada2_moe"
+MODEL_TYPE = LLADA2_MODEL_TYPE
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 # LLaDA2.0-mini values used when a config omits them (DESIGN.md §2).

@@ -42,11 +42,12 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tide.bd3lm import attention_mask_for, bd3lm_bool_mask, with_key_padding
 from tide.models.loading import from_pretrained_kwargs, read_checkpoint_config
+from tide.models.model_types import TEACHER_FAMILIES
 
 logger = logging.getLogger(__name__)
 
 REGIMES = ("paper", "native")
-FAMILIES = ("llada2", "wedlm")
+FAMILIES = tuple(dict.fromkeys(TEACHER_FAMILIES.values()))
 WEDLM_NATIVE_FORMS = ("logical", "reordered")
 
 
@@ -200,11 +201,9 @@ def layout_hidden_states(
 
 def infer_family(config: Any) -> str:
     """``llada2`` for ``llada2_moe`` configs, ``wedlm`` for WeDLM loaded as Qwen3 (see ``load_wedlm``)."""
-    model_type = getattr(config, "model_type", None)
-    if model_type == "llada2_moe":
-        return "llada2"
-    if getattr(config, "teacher_model_type", None) == "wedlm" or model_type in ("wedlm", "qwen3"):
-        return "wedlm"
+    model_type = getattr(config, "teacher_model_type", None) or getattr(config, "model_type", None)
+    if model_type in TEACHER_FAMILIES:
+        return TEACHER_FAMILIES[model_type]
     raise ValueError(f"cannot tell the teacher family of model_type={model_type!r}; pass family=")
 
 

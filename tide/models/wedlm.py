@@ -18,10 +18,10 @@ from typing import Any
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from tide.models.loading import read_checkpoint_config
+from tide.models.model_types import WEDLM_MODEL_TYPE
 
 logger = logging.getLogger(__name__)
 
-WEDLM_MODEL_TYPE = "wedlm"
 # DESIGN.md §2: WeDLM's mask id and the number of ids it shares with the Qwen3 student. Used only when
 # neither the caller nor the checkpoint's config.json says otherwise.
 DEFAULT_WEDLM_MASK_TOKEN_ID = 151_665

@@ -7,6 +7,7 @@ and byte-identical shards from a two-rank build and from an interrupted-then-res
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -20,7 +21,7 @@ import torch
 from cache_schema.validate import validate_cache
 from stages.cache_build.config import BuildConfig, BuildConfigError
 from stages.cache_build.preparation import prepare_samples
-from stages.cache_build.run import BuildHooks, finalize_build, run_build
+from stages.cache_build.run import BuildHooks, finalize_build, pin_dtype, run_build
 from stages.cache_build.sources import iter_sources
 from tide import noise
 
@@ -314,3 +315,15 @@ def test_cli_refuses_a_changed_setting_and_resumes_a_finished_build(shared_build
     assert "demo_ratio: output directory was built with 0.5, this run has 0.25" in caplog.text
     assert tide_cache_main(argv) == 0  # identical settings: every shard is complete, nothing is rebuilt
     assert _shard_hashes(output) == before and validate_cache(output) == []
+
+
+def test_auto_dtype_is_recorded_as_the_dtype_it_means_here() -> None:
+    """``dtype: auto`` is stored as bf16/fp32 so resuming on another device type is refused, not mixed."""
+    base = BuildConfig(teacher="t", student_tokenizer="s", sources="x", output="o", dtype="auto")
+    assert pin_dtype(dataclasses.replace(base, device="cpu")).dtype == "float32"
+    assert pin_dtype(dataclasses.replace(base, device="cuda:1")).dtype == "bfloat16"
+    assert pin_dtype(dataclasses.replace(base, dtype="float16")).dtype == "float16"
+    differences = dataclasses.replace(base, dtype="bfloat16").differences(
+        dataclasses.asdict(dataclasses.replace(base, dtype="float32"))
+    )
+    assert any("dtype" in line for line in differences)
