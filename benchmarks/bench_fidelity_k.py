@@ -271,7 +271,7 @@ def reconstruction_kl(teacher_logits: torch.Tensor, ids: torch.Tensor, values: t
 
 def reference_losses(z_teacher: torch.Tensor, z_student: torch.Tensor, t: torch.Tensor,
                      temperature: float, progress: float) -> dict[str, torch.Tensor]:
-    """Per position terms of the three losses on full logits, written from DESIGN.md §6 (fp64).
+    """Per position terms of the three losses on full logits, written from docs/design.md#losses (fp64).
 
     Returns ``kl`` KL(p_T ‖ p_S), ``reverse_kl`` KL(p_S ‖ p_T) and ``tidal`` w(t)·KL(r ‖ p_S), each (N,),
     without the T² factor and without the mean.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluate a student checkpoint on the eight paper benchmarks (DESIGN.md §7) with tide-eval:
+# Evaluate a student checkpoint on the eight paper benchmarks (docs/design.md#evaluation-protocol) with tide-eval:
 #   mmlu_generative_dream, mmlu_pro, hellaswag_gen, gsm8k_cot, bbh (3-shot CoT), minerva_math,
 #   humaneval_instruct, mbpp_instruct
 # Block size 32, CFG 0, greedy low-confidence remasking, chat template applied; generation length and steps

@@ -21,7 +21,7 @@ from tide.bd3lm import (
     with_key_padding,
 )
 
-# L = 4, b = 2, x_t ⊕ x0, written out by hand from DESIGN.md §3 (rows = queries, columns = keys).
+# L = 4, b = 2, x_t ⊕ x0, written out by hand from docs/design.md#block-diffusion (rows = queries, columns = keys).
 #            x_t: 0 1 2 3   x0: 0 1 2 3
 HAND_XT_FIRST = [
     [1, 1, 0, 0, 0, 0, 0, 0],  # x_t 0 (block 0): its own noisy block only

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.cache_build.preparation import PrepStats, prepare_sample, prepare_samples
+from stages.cache_build.preparation import PreparationSettings, PrepStats, prepare_sample, prepare_samples
 from stages.cache_build.skips import SkipCounter
 from stages.cache_build.sources import RawSample, iter_sources
 from tide.alignment.token_bytes import token_bytes_table
@@ -26,7 +26,7 @@ def _write_jsonl(path, lines):
 def _prep(raw, student, teacher, **kw):
     args = {"pipeline": "shared", "block_size": 32, "max_length": 256, "teacher_max_length": 256}
     args.update(kw)
-    return prepare_sample(raw, student, teacher, **args)
+    return prepare_sample(raw, student, teacher, PreparationSettings(**args))
 
 
 def test_padding_and_maskable(student_tokenizer, wedlm_tokenizer):
@@ -55,8 +55,7 @@ def test_truncation_and_prompt_too_long(student_tokenizer, wedlm_tokenizer):
     long_prompt = [{"role": "user", "content": "word " * 100}, QA[1]]
     skips = SkipCounter()
     out = list(prepare_samples([RawSample("t:2", long_prompt), RawSample("t:3", QA)], student_tokenizer,
-                               wedlm_tokenizer, pipeline="shared", block_size=32, max_length=64,
-                               teacher_max_length=64, skip_counter=skips))
+                               wedlm_tokenizer, PreparationSettings("shared", 32, 64, 64), skip_counter=skips))
     assert [s.sample_id for s in out] == ["t:3"]
     assert skips.as_dict() == {"prompt_too_long": 1}
 
@@ -89,7 +88,7 @@ def test_malformed_rows_are_counted(tmp_path, student_tokenizer, wedlm_tokenizer
     _write_jsonl(path, lines)
     skips = SkipCounter()
     out = list(prepare_samples(iter_sources(str(path), skips), student_tokenizer, wedlm_tokenizer,
-                               pipeline="shared", block_size=32, max_length=128, teacher_max_length=128,
+                               PreparationSettings("shared", 32, 128, 128),
                                skip_counter=skips))
     assert [s.sample_id for s in out] == [f"{path}:0", f"{path}:12"]
     assert skips.as_dict() == {
@@ -112,8 +111,7 @@ def test_alignment_never_points_outside(tmp_path, student_tokenizer, wedlm_token
     s_table, t_table = token_bytes_table(student_tokenizer), token_bytes_table(llama3_tokenizer)
     for pipeline, teacher in (("shared", wedlm_tokenizer), ("cross", llama3_tokenizer)):
         stats, skips = PrepStats(), SkipCounter()
-        samples = list(prepare_samples(rows, student_tokenizer, teacher, pipeline=pipeline, block_size=32,
-                                       max_length=160, teacher_max_length=150, stats=stats, skip_counter=skips))
+        samples = list(prepare_samples(rows, student_tokenizer, teacher, PreparationSettings(pipeline, 32, 160, 150), stats=stats, skip_counter=skips))
         # long HumanEval docstrings fill 160 student tokens: the only acceptable reason to skip here
         assert set(skips.as_dict()) <= {"prompt_too_long"}
         assert len(samples) + skips.total == len(rows) and stats.samples == len(samples) >= 25
@@ -169,8 +167,7 @@ def test_teacher_template_that_trims_contents_neither_stops_the_build_nor_loses_
                 "shared": _trimming(build_qwen_tokenizer(tmp_path / "qwen"))}
     for pipeline, teacher in teachers.items():
         skips = SkipCounter()
-        out = list(prepare_samples([RawSample("x:0", messages)], student_tokenizer, teacher, pipeline=pipeline,
-                                   block_size=32, max_length=128, teacher_max_length=128, skip_counter=skips))
+        out = list(prepare_samples([RawSample("x:0", messages)], student_tokenizer, teacher, PreparationSettings(pipeline, 32, 128, 128), skip_counter=skips))
         assert skips.total == 0 and len(out) == 1, (pipeline, skips)
         sample = out[0]
         if pipeline == "cross":

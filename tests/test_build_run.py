@@ -20,7 +20,7 @@ import torch
 
 from cache_schema.validate import validate_cache
 from stages.cache_build.config import BuildConfig, BuildConfigError
-from stages.cache_build.preparation import prepare_samples
+from stages.cache_build.preparation import PreparationSettings, prepare_samples
 from stages.cache_build.run import BuildHooks, finalize_build, pin_dtype, run_build
 from stages.cache_build.sources import iter_sources
 from tide import noise
@@ -76,9 +76,9 @@ def _shard_hashes(directory) -> dict[str, str]:
 
 
 def _prepared(config, student_tok, teacher_tok, pipeline):
-    samples = prepare_samples(iter_sources(config.sources), student_tok, teacher_tok, pipeline=pipeline,
-                              block_size=config.block_size, max_length=config.max_length,
-                              teacher_max_length=config.teacher_max_length)
+    settings = PreparationSettings(pipeline=pipeline, block_size=config.block_size, max_length=config.max_length,
+                                   teacher_max_length=config.teacher_max_length)
+    samples = prepare_samples(iter_sources(config.sources), student_tok, teacher_tok, settings)
     return {s.sample_id: s for s in samples}
 
 

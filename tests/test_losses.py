@@ -63,7 +63,7 @@ def _check(impl, ref, logits):
     assert g_ref.abs().max() > 1e-4  # the gradient comparison is not vacuous
 
 
-# --- independent references (float64, full vocabulary, straight from DESIGN.md) ----------------------------
+# --- independent references (float64, full vocabulary, straight from docs/design.md) ----------------------------
 
 
 def ref_kl(z_s, z_t, temp):

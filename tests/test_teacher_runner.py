@@ -1,7 +1,7 @@
 """TeacherRunner: outputs at selected positions equal those of a full forward, in every regime.
 
 References are built here independently of the runner: one unpadded forward per row (LLaDA2 paper), a
-mask written from the DESIGN.md rule over the real tokens only (the concatenated regimes), and for WeDLM
+mask written from the rule of docs/design.md#attention-rule over the real tokens only (the concatenated regimes), and for WeDLM
 native WeDLM's own inference form — a plain causal forward per block over [clean prefix, the block
 reordered observed-first] with logical position ids.
 """
@@ -45,7 +45,7 @@ def _noised_batch(mask_id: int, seed: int = 0):
 
 
 def _rule_mask(length: int, x0_first: bool) -> torch.Tensor:
-    """DESIGN.md §3 rule over the 2·length real tokens of one row (no padding anywhere)."""
+    """attention rule of docs/design.md#attention-rule over the 2·length real tokens of one row (no padding anywhere)."""
     idx = torch.arange(2 * length)
     second = idx >= length
     is_x0 = ~second if x0_first else second

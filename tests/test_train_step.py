@@ -130,7 +130,7 @@ def direct_ce(logits, batch):
 
 
 def direct_vocab_term(mode, logits, rows_teacher, batch, temperature, progress):
-    """Full-vocabulary formulas of DESIGN.md §6 at every target item."""
+    """Full-vocabulary formulas of docs/design.md#losses at every target item."""
     v = batch.vocab
     z_s = logits[v.row, v.position, :SHARED_VOCAB].float() / temperature
     z_t = rows_teacher[v.row, v.position, :SHARED_VOCAB] / temperature

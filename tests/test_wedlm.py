@@ -53,7 +53,7 @@ def test_load_wedlm_gives_qwen3_with_ids_and_the_saved_weights(wedlm_dir):
 def test_explicit_ids_override_config_and_defaults_fill_gaps(wedlm_dir, tmp_path):
     model = load_wedlm(wedlm_dir, mask_token_id=151_666, shared_vocab_size=151_643)
     assert model.config.mask_token_id == 151_666 and model.config.shared_vocab_size == 151_643
-    # A config without the two keys falls back to the DESIGN.md values.
+    # A config without the two keys falls back to the docs/design.md values.
     bare = tmp_path / "bare"
     bare.mkdir()
     raw = json.loads((wedlm_dir / "config.json").read_text())

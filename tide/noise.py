@@ -1,4 +1,4 @@
-"""Counter-based noise: every random number is a pure function of integers (DESIGN.md §4).
+"""Counter-based noise: every random number is a pure function of integers (docs/design.md#noise).
 
 A uniform draw is ``uniform(seed, sample_key, replica, stream, index)``. It does not depend on batch size,
 process count, device, library version or the order in which samples are processed, so stage two (and anyone

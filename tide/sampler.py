@@ -1,4 +1,4 @@
-"""Block-diffusion (BD3LM) generation with a KV cache of finished blocks (DESIGN.md §3).
+"""Block-diffusion (BD3LM) generation with a KV cache of finished blocks (docs/design.md#generation).
 
 Layout. Prompts are left-padded to a common length P that is a multiple of the block size b, so the
 generated region starts on a block boundary for every row. Pad keys are masked out of attention, and

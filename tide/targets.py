@@ -1,4 +1,4 @@
-"""Sparse teacher targets: top-k logits plus what is needed to rebuild tempered probabilities (DESIGN.md §5–§6).
+"""Sparse teacher targets: top-k logits plus what is needed to rebuild tempered probabilities (docs/design.md#top-k-targets).
 
 Per target position the cache keeps, over the shared vocabulary slice ``[0, V)``:
 

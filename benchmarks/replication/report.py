@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 PLOT_NAME = "fidelity_loss_curves.png"
-# Published student averages over the paper's eight benchmarks (DESIGN.md §7), for reference only.
+# Published student averages over the paper's eight benchmarks (docs/design.md#evaluation-protocol), for reference only.
 PAPER_REFERENCE = {"ce": 32.67, "A: reverse_calm": 34.20, "B: tidal + CompDemo": 33.55}
 
 

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.cache_build.preparation import prepare_sample
+from stages.cache_build.preparation import PreparationSettings, prepare_sample
 from stages.cache_build.skips import SkipCounter, SkipSample
 from stages.cache_build.sources import RawSample
 from tide import noise
 from tide.bd3lm import noise_input_ids
 from tide.models.student import bd3lm_hidden_states
-from tide.models.teacher import build_layout, layout_hidden_states
+from tide.models.teacher_layouts import build_layout, layout_hidden_states
 from tide.objective import MaskedPositions, Objective, compute_objective
 
 logger = logging.getLogger(__name__)
@@ -64,14 +64,13 @@ def encode(
     ``require_complete`` drops samples the length limit would truncate. Returns (samples, skip counts).
     """
     skips = SkipCounter()
+    settings = PreparationSettings(pipeline="shared", block_size=block_size, max_length=max_length,
+                                   teacher_max_length=10 * max_length)
     out = []
     for index, messages in enumerate(conversations):
         raw = RawSample(f"{source}:{index}", messages)
         try:
-            prepared = prepare_sample(
-                raw, tokenizer, tokenizer, pipeline="shared", block_size=block_size,
-                max_length=max_length, teacher_max_length=10 * max_length,
-            )
+            prepared = prepare_sample(raw, tokenizer, tokenizer, settings)
         except SkipSample as skip:
             skips.add(skip.reason, raw.sample_id)
             continue

@@ -26,10 +26,10 @@ from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
 from tide.models.model_types import LLADA2_MODEL_TYPE, WEDLM_MODEL_TYPE
 from tide.runtime import DTYPE_CHOICES
 
-# Teacher config ``model_type`` → pipeline (DESIGN.md §2, §5).
+# Teacher config ``model_type`` → pipeline (docs/design.md#pipelines).
 TEACHER_PIPELINES = {LLADA2_MODEL_TYPE: PIPELINE_CROSS, WEDLM_MODEL_TYPE: PIPELINE_SHARED}
 
-# Paper defaults per pipeline (DESIGN.md §7): teacher length and stored temperatures.
+# Paper defaults per pipeline (docs/design.md#paper-settings): teacher length and stored temperatures.
 PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
     PIPELINE_CROSS: {"teacher_max_length": 1024, "temperatures": [1.0]},
     # T = 1 (always stored) and the vocabulary losses' default temperature.

@@ -1,5 +1,5 @@
 """Stage-one preparation of one sample: chat tokenisation on both sides, the student's trained positions
-(``maskable``) and the student↔teacher alignment (DESIGN.md §3–§5).
+(``maskable``) and the student↔teacher alignment (docs/design.md#pipelines).
 
 Student and teacher each render the messages with their own chat template, locate every content span,
 and tokenize with character offsets. The student's ``maskable`` mask covers the assistant turns: the
@@ -140,32 +140,30 @@ def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str) ->
         raise SkipSample(SKIP_TEMPLATE, f"{side}: {type(exc).__name__}: {exc}") from exc
 
 
-def check_lengths(*, pipeline: str, block_size: int, max_length: int, teacher_max_length: int) -> None:
-    """Raise ``ValueError`` naming the setting when a length or the pipeline is invalid."""
-    if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline={pipeline!r}: expected one of {PIPELINES}")
-    if block_size <= 0:
-        raise ValueError(f"block_size={block_size}: must be positive")
-    if max_length <= 0 or max_length % block_size:
-        raise ValueError(f"max_length={max_length}: must be a positive multiple of block_size={block_size}")
-    if teacher_max_length <= 0:
-        raise ValueError(f"teacher_max_length={teacher_max_length}: must be positive")
+@dataclass(frozen=True)
+class PreparationSettings:
+    """How rows become samples: the pipeline (which alignment), the block size and both length limits."""
+
+    pipeline: str
+    block_size: int
+    max_length: int
+    teacher_max_length: int
+
+    def __post_init__(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline={self.pipeline!r}: expected one of {PIPELINES}")
+        if self.block_size <= 0:
+            raise ValueError(f"block_size={self.block_size}: must be positive")
+        if self.max_length <= 0 or self.max_length % self.block_size:
+            raise ValueError(
+                f"max_length={self.max_length}: must be a positive multiple of block_size={self.block_size}")
+        if self.teacher_max_length <= 0:
+            raise ValueError(f"teacher_max_length={self.teacher_max_length}: must be positive")
 
 
-def prepare_sample(
-    raw: RawSample,
-    student_tok: Any,
-    teacher_tok: Any,
-    *,
-    pipeline: str,
-    block_size: int,
-    max_length: int,
-    teacher_max_length: int,
-) -> PreparedSample:
+def prepare_sample(raw: RawSample, student_tok: Any, teacher_tok: Any, settings: PreparationSettings) -> PreparedSample:
     """Tokenize and align one row; raises :class:`SkipSample` when it cannot be used."""
-    check_lengths(
-        pipeline=pipeline, block_size=block_size, max_length=max_length, teacher_max_length=teacher_max_length
-    )
+    block_size, max_length = settings.block_size, settings.max_length
     eos = student_tok.eos_token_id
     if eos is None:
         raise ValueError("student tokenizer has no eos_token_id: it is needed to pad to the block size")
@@ -187,7 +185,7 @@ def prepare_sample(
     input_ids[:kept] = student.ids[:kept]
     maskable = np.ones(padded, dtype=bool)
     maskable[:kept] = full_mask[:kept]
-    teacher_kept = min(len(teacher.ids), teacher_max_length)
+    teacher_kept = min(len(teacher.ids), settings.teacher_max_length)
     teacher_ids = np.ascontiguousarray(teacher.ids[:teacher_kept], dtype=np.int32)
     response = int(full_mask[:kept].sum())
 
@@ -207,7 +205,7 @@ def prepare_sample(
         num_covered_tokens=0,
     )
     try:
-        build_pipeline(pipeline).align(prepared, student, teacher, student_tok, teacher_tok,
+        build_pipeline(settings.pipeline).align(prepared, student, teacher, student_tok, teacher_tok,
                                        student_limit=kept, teacher_limit=teacher_kept)
     except ContentSpanError as exc:  # contents the two templates render too differently to align
         raise SkipSample(SKIP_SPAN, str(exc)) from exc
@@ -218,31 +216,17 @@ def prepare_samples(
     source_iter: Iterable[RawSample],
     student_tok: Any,
     teacher_tok: Any,
+    settings: PreparationSettings,
     *,
-    pipeline: str,
-    block_size: int,
-    max_length: int,
-    teacher_max_length: int,
     skip_counter: SkipCounter | None = None,
     stats: PrepStats | None = None,
 ) -> Iterator[PreparedSample]:
     """Prepare every row of ``source_iter`` (e.g. :func:`stages.cache_build.sources.iter_sources`), in order, skipping and counting
     unusable rows in ``skip_counter`` and accumulating :class:`PrepStats` into ``stats`` if given."""
-    check_lengths(
-        pipeline=pipeline, block_size=block_size, max_length=max_length, teacher_max_length=teacher_max_length
-    )
     skip_counter = SkipCounter() if skip_counter is None else skip_counter
     for raw in source_iter:
         try:
-            sample = prepare_sample(
-                raw,
-                student_tok,
-                teacher_tok,
-                pipeline=pipeline,
-                block_size=block_size,
-                max_length=max_length,
-                teacher_max_length=teacher_max_length,
-            )
+            sample = prepare_sample(raw, student_tok, teacher_tok, settings)
         except SkipSample as skip:
             skip_counter.add(skip.reason, raw.sample_id, skip.detail)
             continue

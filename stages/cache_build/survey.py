@@ -45,6 +45,14 @@ def load_tokenizers(config: BuildConfig) -> tuple[Any, Any]:
     return _load_tokenizer(config.student_tokenizer), _load_tokenizer(config.teacher_tokenizer)
 
 
+def preparation_settings(config: BuildConfig) -> Any:
+    """How the build turns rows into samples (:class:`stages.cache_build.preparation.PreparationSettings`)."""
+    from stages.cache_build.preparation import PreparationSettings
+
+    return PreparationSettings(pipeline=config.pipeline, block_size=config.block_size,
+                               max_length=config.max_length, teacher_max_length=config.teacher_max_length)
+
+
 def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_counter: Any = None,
                   stats: Any = None) -> Iterator[Any]:
     """Prepared samples of the configured sources, in source order, at most ``max_samples``."""
@@ -55,10 +63,7 @@ def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_
         iter_sources(config.sources, skip_counter),
         student_tok,
         teacher_tok,
-        pipeline=config.pipeline,
-        block_size=config.block_size,
-        max_length=config.max_length,
-        teacher_max_length=config.teacher_max_length,
+        preparation_settings(config),
         skip_counter=skip_counter,
         stats=stats,
     )

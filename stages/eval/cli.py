@@ -1,7 +1,7 @@
 """The ``tide-eval`` command.
 
 * ``tide-eval run --model PATH --tasks all|t1,t2 --output DIR [--limit N]``: the paper's benchmarks
-  (DESIGN.md §7) through lm-eval with the ``tide_bd3lm`` model; one result directory per task, a summary
+  (docs/design.md#evaluation-protocol) through lm-eval with the ``tide_bd3lm`` model; one result directory per task, a summary
   table (task, metric, score) and the average printed at the end.
 * ``tide-eval generate`` (alias ``chat``): completions for a prompt or a file of prompts.
 

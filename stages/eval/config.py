@@ -1,6 +1,6 @@
 """Options of ``tide-eval run`` and ``tide-eval generate``: one dataclass each over the shared sampler settings.
 
-The defaults are the evaluation protocol's (``stages.eval.protocol``, DESIGN.md §7): block 32, CFG 0,
+The defaults are the evaluation protocol's (``stages.eval.protocol``, docs/design.md#evaluation-protocol): block 32, CFG 0,
 low-confidence remasking, greedy decoding, chat template on.
 """
 

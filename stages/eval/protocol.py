@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN.md §7): the eight benchmarks and their generation settings.
+"""The evaluation protocol (docs/design.md#evaluation-protocol): the eight benchmarks and their generation settings.
 
 Every benchmark runs with block size 32, CFG 0, low-confidence remasking, greedy decoding and the chat
 template applied; generation length and steps are 3 for the two short-answer multiple-choice tasks and 256

@@ -1,6 +1,6 @@
 """Training configuration: one dataclass whose fields are ``tide-train``'s options and YAML keys.
 
-The defaults are the settings every paper variant shares (DESIGN.md §6–§7): lr 5e-5, 10 epochs, cosine
+The defaults are the settings every paper variant shares (docs/design.md#paper-settings): lr 5e-5, 10 epochs, cosine
 schedule, TIDAL λ0 0.1 → λmax 0.9 on both axes with the midrange weight, and temperature 0, which picks
 the mode's own default (5.0 for chunk modes, 2.0 for vocabulary modes, owned by ``tide.losses``). What
 makes a variant (its mode, CompDemo targets) is in ``configs/train/<pipeline>/<variant>.yaml``.

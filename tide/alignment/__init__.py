@@ -1,4 +1,4 @@
-"""Token alignment between student and teacher tokenizations of the same messages (DESIGN.md §5).
+"""Token alignment between student and teacher tokenizations of the same messages (docs/design.md#pipelines).
 
 ``spans`` locates message contents in chat-templated text; ``positions`` aligns a shared vocabulary
 position to position (pipeline B); ``chunks`` with ``token_bytes`` aligns foreign tokenizations by

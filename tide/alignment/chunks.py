@@ -1,4 +1,4 @@
-"""Pipeline A: byte-exact chunk alignment between two different tokenizations (DESIGN.md §5).
+"""Pipeline A: byte-exact chunk alignment between two different tokenizations (docs/design.md#pipeline-a-cross-tokenizer).
 
 Inside each message content, both token sequences are walked by cumulative byte offset; a chunk closes
 wherever both sides have a token boundary at the same byte offset, which gives the minimal

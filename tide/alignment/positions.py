@@ -1,4 +1,4 @@
-"""Pipeline B: position-to-position alignment over a shared vocabulary (DESIGN.md §5).
+"""Pipeline B: position-to-position alignment over a shared vocabulary (docs/design.md#pipeline-b-shared-vocabulary).
 
 Student and teacher tokenize the same message contents with the same vocabulary but different chat
 templates, so content tokens usually coincide while the template tokens around them differ. Inside each

@@ -1,6 +1,6 @@
 """Message content spans in a chat-templated text, and which tokens lie inside them.
 
-Both pipelines align tokens only inside message contents (DESIGN.md §5). Each side renders the same
+Both pipelines align tokens only inside message contents (docs/design.md#pipelines). Each side renders the same
 messages with its own chat template; :func:`locate_content_spans` finds every message's content as a
 character range of the rendered text; :func:`tokenize_with_offsets` tokenizes it with character offsets;
 :func:`tokens_in_span` and :func:`token_byte_intervals` say which tokens lie wholly inside a span and where

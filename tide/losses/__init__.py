@@ -1,4 +1,4 @@
-"""Student losses computed from the cache (DESIGN.md §3 and §6): fp32, per-item terms, one normaliser.
+"""Student losses computed from the cache (docs/design.md#losses): fp32, per-item terms, one normaliser.
 
 Families: ``ce`` (BD3LM cross-entropy), ``kl`` (forward / reverse KL against a top-k teacher), ``tidal``
 (TIDAL interpolated KL), ``calm`` (CALM-family chunk losses). ``LOSSES`` maps each mode name to its entry;

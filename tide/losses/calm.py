@@ -1,4 +1,4 @@
-"""Chunk-level losses for the cross-tokenizer pipeline: CALM, reverse CALM, TIDAL-CALM (DESIGN.md §6).
+"""Chunk-level losses for the cross-tokenizer pipeline: CALM, reverse CALM, TIDAL-CALM (docs/design.md#calm-family).
 
 Per active chunk (masked, not in the prompt) with student log-prob ℓ_S (differentiable) and cached teacher
 log-prob ℓ_T, at temperature T: s = exp(ℓ_S/T), q = exp(ℓ_T/T).

@@ -1,4 +1,4 @@
-"""BD3LM cross-entropy (DESIGN.md §3): Σ over masked i of (1/t)·(−log p_S(x_i)) / number of maskable tokens."""
+"""BD3LM cross-entropy (docs/design.md#ce-term): Σ over masked i of (1/t)·(−log p_S(x_i)) / number of maskable tokens."""
 
 from __future__ import annotations
 

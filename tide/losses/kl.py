@@ -1,4 +1,4 @@
-"""Vocabulary distillation against a top-k teacher: forward and reverse KL (DESIGN.md §6).
+"""Vocabulary distillation against a top-k teacher: forward and reverse KL (docs/design.md#kl-and-reverse-kl).
 
 The teacher at temperature T is the cached top-k, exact on its k ids (``p = exp(value/T − log Z_T)``), plus
 one tail bucket of mass ``tail = 1 − Σ_topk p`` spread uniformly over the V − k other ids (tide.targets).

@@ -1,6 +1,6 @@
 """``LOSSES``: every training mode by name, what teacher targets it needs, and how modes compose.
 
-Objective of a training step (DESIGN.md §6): the BD3LM CE term is always present; each distillation mode
+Objective of a training step (docs/design.md#losses): the BD3LM CE term is always present; each distillation mode
 named in the mode string adds its term with a weight (default 1):
 
     total = CE + Σ_mode weight_mode · loss_mode

@@ -1,4 +1,4 @@
-"""TIDAL: dual-axis interpolated distillation (DESIGN.md §6).
+"""TIDAL: dual-axis interpolated distillation (docs/design.md#tidal).
 
 λ schedule: progress π = step / max_steps; g = ½(1 − cos(π·π)) (``cosine``) or π (``linear``);
 λ_train = λ0 + (λmax − λ0)·g; λ = λ_train·(1 − t) for axis ``both``, λ_train for ``training_only``,

@@ -4,7 +4,7 @@ The upstream checkpoint ships remote code that does not run on transformers 5.x;
 project's own implementation of the same architecture, written so the checkpoint's weight names load as-is
 through ``AutoModelForCausalLM.from_pretrained(dir)`` without ``trust_remote_code``.
 
-Architecture (DESIGN.md §2):
+Architecture (docs/design.md#llada2-moe-as-implemented):
 
 * pre-norm decoder layers (RMSNorm); attention with a fused ``query_key_value`` projection laid out as
   [query heads | key heads | value heads], grouped-query attention, RMS QK-norm over ``head_dim``
@@ -49,7 +49,7 @@ AttentionMask = Union[torch.Tensor, "BlockMask", None]
 MODEL_TYPE = LLADA2_MODEL_TYPE
 SUPPORTED_ATTENTION = ("sdpa", "eager", "flex_attention")
 
-# LLaDA2.0-mini values used when a config omits them (DESIGN.md §2).
+# LLaDA2.0-mini values used when a config omits them (docs/design.md#llada2-moe-as-implemented).
 DEFAULT_ROPE_THETA = 600_000.0
 DEFAULT_PARTIAL_ROTARY_FACTOR = 0.5
 

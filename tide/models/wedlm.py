@@ -22,7 +22,7 @@ from tide.models.model_types import WEDLM_MODEL_TYPE
 
 logger = logging.getLogger(__name__)
 
-# DESIGN.md §2: WeDLM's mask id and the number of ids it shares with the Qwen3 student. Used only when
+# docs/design.md#special-ids: WeDLM's mask id and the number of ids it shares with the Qwen3 student. Used only when
 # neither the caller nor the checkpoint's config.json says otherwise.
 DEFAULT_WEDLM_MASK_TOKEN_ID = 151_665
 DEFAULT_WEDLM_SHARED_VOCAB_SIZE = 151_646
@@ -54,7 +54,7 @@ def _resolve_id(name: str, explicit: int | None, raw: dict[str, Any], default: i
         return int(explicit)
     if raw.get(name) is not None:
         return int(raw[name])
-    logger.info("%s not in config.json; using the default %d (DESIGN.md)", name, default)
+    logger.info("%s not in config.json; using the default %d (docs/design.md#special-ids)", name, default)
     return default
 
 

