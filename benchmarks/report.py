@@ -196,6 +196,35 @@ def render_teacher_runner(results: dict[str, dict]) -> list[str]:
     return lines + ["", *all_figures(data)]
 
 
+def render_moe(results: dict[str, dict]) -> list[str]:
+    data = results.get("moe.json")
+    if data is None:
+        return []
+    lines = ["Setup:", ""]
+    lines += key_values(data, [
+        ("hidden size", "config.hidden"), ("routed experts", "config.experts"),
+        ("expert width", "config.moe_intermediate"), ("top-k", "config.top_k"),
+        ("shared experts", "config.shared_experts"), ("tokens", "config.tokens"), ("dtype", "config.dtype"),
+        ("device", "config.device"), ("torch threads", "config.torch_threads"), ("timed runs each", "config.repeats"),
+        ("experts without tokens", "routing.empty_experts"),
+        ("largest expert load (tokens)", "routing.max_tokens_per_expert"),
+    ])
+    lines += ["", "Results:", ""]
+    lines += key_values(data, [
+        ("**grouped / loop time (medians)**", "grouped_over_loop"),
+        ("grouped median (s)", "seconds.grouped_mm.median"), ("loop median (s)", "seconds.eager.median"),
+        ("outputs max abs difference", "outputs.max_abs_diff"),
+        ("outputs allclose (rtol 1e-5, atol 1e-5)", "outputs.allclose_rtol1e-5_atol1e-5"),
+        ("grouped peak RSS increase (MiB)", "memory.peak_rss_delta_mib.grouped_mm"),
+        ("loop peak RSS increase (MiB)", "memory.peak_rss_delta_mib.eager"),
+        ("expert weights (MiB)", "memory.expert_weights_mib"),
+        ("grouped form's pair tensors (MiB)", "memory.formulation_tensors_mib.grouped_pairs_tensors"),
+        ("padded bmm at the largest load (MiB)", "memory.formulation_tensors_mib.padded_bmm_tensors"),
+        ("batched_mm gathered weights (MiB)", "memory.formulation_tensors_mib.batched_mm_gathered_weights"),
+    ])
+    return lines + ["", *all_figures(data)]
+
+
 def render_fidelity(results: dict[str, dict]) -> list[str]:
     data = results.get("fidelity_k.json")
     if data is None:
@@ -294,6 +323,7 @@ RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "fidelity_k": render_fidelity,
     "reader": render_reader,
     "teacher_runner": render_teacher_runner,
+    "moe": render_moe,
 }
 
 
@@ -325,6 +355,10 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
         rows.append(("TeacherRunner / full-logits peak memory", _ratio(runner.get("runner_peak_rss_delta_mib"),
                                                                        runner.get("full_peak_rss_delta_mib")),
                      "bench_teacher_runner"))
+    moe = results.get("moe", {}).get("moe.json")
+    if moe:
+        rows.append(("LLaDA2 MoE block, grouped / per-expert loop time (real shape, CPU)", moe.get("grouped_over_loop"),
+                     "bench_moe"))
     return rows
 
 
