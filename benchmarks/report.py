@@ -366,6 +366,33 @@ def _ratio(a: Any, b: Any) -> float | None:
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
 
 
+GPU_CHECK_SCRIPT = "gpu_check.py"
+GPU_CHECK_RESULT = RESULTS / "gpu_check" / "gpu_check.json"
+
+
+def render_gpu_check() -> list[str]:
+    """The GPU check's section: how to run it and what it writes (its module docstring), then the figures
+    of its last real-shape run, if there is one. It is not part of run_all: it needs a GPU."""
+    try:
+        doc = ast.get_docstring(ast.parse((BENCH_DIR / GPU_CHECK_SCRIPT).read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError):
+        doc = ""
+    lines = ["## GPU check (`bash benchmarks/gpu_check.sh`, not part of run_all)", "", doc, ""]
+    if not GPU_CHECK_RESULT.is_file():
+        return lines + ["_No results yet: no GPU has run it._", ""]
+    data = json.loads(GPU_CHECK_RESULT.read_text(encoding="utf-8"))
+    env = data.get("environment", {})
+    lines += [f"Last run {data.get('started', '-')} on {env.get('gpu') or data.get('device')}, torch {env.get('torch')}, "
+              f"transformers {env.get('transformers')}, CUDA {env.get('cuda_version')}; {fmt(data.get('seconds'))} s "
+              f"of a {fmt(data.get('budget_s'))} s budget.", ""]
+    lines += table(("part", "status", "seconds", "limit (s)", "errors", "skipped"),
+                   [(name, part.get("status"), part.get("seconds"), part.get("limit_s"),
+                     "; ".join(f"{k}: {v}" for k, v in part.get("errors", {}).items()) or "-",
+                     ", ".join(part.get("skipped", {})) or "-") for name, part in data.get("parts", {}).items()])
+    lines += ["", *table(("figure", "value"), list(data.get("summary", {}).items())), "", *all_figures(data.get("parts", {}))]
+    return lines + [""]
+
+
 def render_document(machine: dict[str, Any], statuses: dict[str, dict[str, Any]]) -> str:
     """The whole of ``docs/benchmarks.md``."""
     results = {bench.name: load_results(bench) for bench in BENCHMARKS}
@@ -413,6 +440,7 @@ def render_document(machine: dict[str, Any], statuses: dict[str, dict[str, Any]]
             continue
         lines += RENDERERS[bench.name](results[bench.name])
         lines.append("")
+    lines += render_gpu_check()
     return "\n".join(lines).rstrip() + "\n"
 
 
