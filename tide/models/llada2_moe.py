@@ -12,7 +12,10 @@ Architecture (docs/design.md#llada2-moe-as-implemented):
   ``partial_rotary_factor * head_dim`` dims of each head, output projection ``dense``;
 * layers with index < ``first_k_dense_replace`` use a dense SwiGLU MLP, the others a mixture of experts:
   sigmoid router, group-limited top-k expert choice on ``scores + expert_bias``, weights from the raw
-  scores (normalised, times ``routed_scaling_factor``), plus one always-on shared expert;
+  scores (normalised, times ``routed_scaling_factor``), plus one always-on shared expert; the routed
+  experts are stacked weights run through transformers' experts interface (:class:`LLaDA2MoeExperts`:
+  one grouped matmul per projection by default, the per-expert loop as ``experts_implementation="eager"``),
+  and the checkpoint's per-expert weight names are converted on load and restored on save;
 * untied ``lm_head``; logits at position i predict token i (no shift).
 
 Attention is entirely decided by the 4-D mask the caller passes (boolean, True = attend, or additive
