@@ -212,6 +212,10 @@ def load_checkpoint(accelerator, path: str | os.PathLike, scheduler) -> tuple[in
     refused), the scheduler and the cursor come from JSON and the random states from safetensors / JSON."""
     path = Path(path)
     step, cursor, state = read_trainer_state(path)
+    foreign = sorted(p.name for p in path.glob("custom_checkpoint_*"))
+    if foreign:
+        raise CheckpointError(f"{path} holds {', '.join(foreign)}, pickled objects tide-train never writes; "
+                              "refusing to load the checkpoint (it may carry code)")
     try:
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})
     except pickle.UnpicklingError as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stages.options import OptionsError, option
+from stages.train.resume_check import RunFacts
 from tide.losses.calm import DEFAULT_CHUNK_TEMPERATURE
 from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
 from tide.losses.tidal import AXES, DECAYS, WEIGHTINGS
@@ -149,8 +150,8 @@ class TrainConfig:
             found.append("--overwrite starts again; it cannot be combined with --resume / --resume-from")
         if self.push_to_hub and not self.hub_model_id:
             found.append("--push-to-hub needs --hub-model-id OWNER/NAME")
-        known = {f.name for f in dataclasses.fields(self)}
-        found += [f"--allow-changed {name!r} is not an option of tide-train" for name in self.allow_changed
+        known = {f.name for f in dataclasses.fields(self)} | {f.name for f in dataclasses.fields(RunFacts)}
+        found += [f"--allow-changed {name!r} is neither an option of tide-train nor a checked fact" for name in self.allow_changed
                   if name.replace("-", "_") not in known]
         checks = [
             ("lr", self.lr > 0, "must be > 0"),
