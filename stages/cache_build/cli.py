@@ -70,6 +70,28 @@ def run_build_command(args: argparse.Namespace) -> int:
                                 expected=(ValueError, OSError, RuntimeError, CacheError))
 
 
+def check_local_sources(spec: str | None) -> None:
+    """Catch a mistyped file name before it is taken for a Hugging Face dataset name (and looked up on the
+    network): a source whose directory exists here, or whose suffix is close to a data file's, must be a file."""
+    import difflib
+    import glob
+    from pathlib import Path
+
+    from stages.cache_build.sources import LOCAL_SUFFIXES
+
+    for part in (p.strip() for p in (spec or "").split("+")):
+        if not part or part.startswith("builtin:") or part.lower().endswith(LOCAL_SUFFIXES):
+            continue
+        path = Path(part.partition(":")[0])
+        suffix = path.suffix.lower()
+        near = difflib.get_close_matches(suffix, LOCAL_SUFFIXES, n=1, cutoff=0.6) if suffix else []
+        in_local_dir = str(path.parent) not in ("", ".") and path.parent.is_dir()
+        if (near or in_local_dir) and not path.exists() and not glob.glob(part):
+            hint = f" (did you mean {path.with_suffix(near[0])}?)" if near else ""
+            raise FileNotFoundError(f"--sources {part}: no such file{hint}; local sources end in "
+                                    f"{', '.join(LOCAL_SUFFIXES)}, a Hugging Face dataset is NAME[@CONFIG][:SPLIT]")
+
+
 def _dry_run(config: Any) -> int:
     from stages.cache_build.dry_run import dry_run
 
@@ -84,6 +106,7 @@ def _build(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        check_local_sources(config.sources)
         if getattr(args, "dry_run", False):
             return _dry_run(config)
         hooks = None
