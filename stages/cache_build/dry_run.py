@@ -9,8 +9,8 @@ forwards and the tokens they carry. From those it estimates
   parameter count is read from the weight files' headers, no tensor is loaded; a mixture-of-experts
   teacher activates fewer parameters per token, so its figure is an upper bound);
 * cache bytes, from the format's measured bytes (:data:`MEASURED`): per masked position for everything but
-  the targets, and per target item and stored pass for the targets (top-k columns scaled by k, the value
-  type and the number of temperatures).
+  the targets, per target item and stored pass for the targets (top-k columns scaled by k, the value type
+  and the number of temperatures), and per Parquet row group (footer and page headers).
 
 Nothing is written to the output directory.
 """
@@ -32,11 +32,14 @@ logger = logging.getLogger(__name__)
 # Compressed bytes measured on built caches (zstd Parquet, the format of cache_schema):
 # shared — benchmarks/results/reader.json (k = 64, float16 values, temperatures [1, 2], 512-token rows):
 #   225 B per target item per pass; 14 B per masked position for the other columns;
-# cross — the chunk columns of a tiny-teacher build (tests/test_build_dry_run.py prints its figure).
+# cross — tiny-teacher builds of 40 HumanEval-derived samples (256 tokens, 2 replicas): 4.5 B per chunk
+#   target per pass and the same 14 B per masked position;
+# both — the same builds with 2 and 16 rows per row group: 3,900 B of footer and page headers per row group.
 MEASURED = {
     "shared": {"per_masked_position": 14.0, "per_target_per_pass": 225.0, "raw_target_bytes": 64 * (4 + 2) + 4 * 2 + 4},
     "cross": {"per_masked_position": 14.0, "per_target_per_pass": 4.5, "raw_target_bytes": None},
 }
+BYTES_PER_ROW_GROUP = 3900.0
 VALUE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
@@ -104,6 +107,13 @@ def target_bytes_per_pass(config: BuildConfig) -> float:
     return measured["per_target_per_pass"] * raw / measured["raw_target_bytes"]
 
 
+def row_groups(rows: int, config: BuildConfig) -> int:
+    """Row groups of a cache of ``rows`` rows: full shards of ``rows_per_shard`` rows, then the rest."""
+    full, rest = divmod(rows, config.rows_per_shard)
+    per_shard = -(-config.rows_per_shard // config.rows_per_row_group)
+    return full * per_shard + -(-rest // config.rows_per_row_group)
+
+
 def dry_run(config: BuildConfig) -> DryRunReport:
     """Count what the build of ``config`` would do (see the module docstring)."""
     from stages.cache_build.preparation import PrepStats
@@ -137,5 +147,6 @@ def dry_run(config: BuildConfig) -> DryRunReport:
         report.teacher_flops = 2.0 * report.teacher_parameters * report.teacher_tokens * copies
     measured = MEASURED[config.pipeline]
     report.cache_bytes = (report.masked_positions * measured["per_masked_position"]
-                          + report.targets * len(config.passes) * target_bytes_per_pass(config))
+                          + report.targets * len(config.passes) * target_bytes_per_pass(config)
+                          + row_groups(report.rows, config) * BYTES_PER_ROW_GROUP)
     return report
