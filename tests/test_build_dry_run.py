@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from another test module are arguments here)
 """``tide-cache build --dry-run`` counts what the real build then does, for both pipelines, without loading
 the teacher or writing anything; its byte estimate is within a factor of the real cache's size."""
 
@@ -7,29 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+from test_build_run import COMMON, models  # noqa: F401  (the tiny teachers and data of the build tests)
 
 from stages.cache_build.config import BuildConfig
 from stages.cache_build.dry_run import dry_run
 from stages.cache_build.run import run_build
 from stages.cli import tide_cache_main
 
-COMMON = dict(max_length=128, teacher_max_length=160, block_size=32, replicas=2, rows_per_shard=4,
-              rows_per_row_group=2, seed=3, progress=False, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tokenizer_dir, student_tokenizer, wedlm_tokenizer, llama3_tokenizer):
-    from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
-    from tide.testing.tiny_models import build_tiny_model
-
-    root = tmp_path_factory.mktemp("dry")
-    return {
-        # the first HumanEval prompt is longer than 128 tokens: a skip the dry run must count too
-        "sources": write_chat_jsonl(root / "chat.jsonl", humaneval_chat(2, 3)),
-        "student": tokenizer_dir / "student",
-        "shared": build_tiny_model("wedlm", root / "wedlm", tokenizer=wedlm_tokenizer),
-        "cross": build_tiny_model("llada2", root / "llada2", tokenizer=llama3_tokenizer),
-    }
+TEACHERS = {"shared": "wedlm", "cross": "llada2"}
 
 
 def _journal_totals(cache: Path, key: str) -> int:
@@ -37,9 +23,9 @@ def _journal_totals(cache: Path, key: str) -> int:
 
 
 @pytest.mark.parametrize("pipeline", ["shared", "cross"])
-def test_dry_run_figures_match_the_real_build(tmp_path, inputs, pipeline):
-    config = BuildConfig(**COMMON, teacher=str(inputs[pipeline]), student_tokenizer=str(inputs["student"]),
-                         sources=str(inputs["sources"]), output=str(tmp_path / "cache"), k=8)
+def test_dry_run_figures_match_the_real_build(tmp_path, models, pipeline):  # noqa: F811
+    config = BuildConfig(**COMMON, teacher=str(models[TEACHERS[pipeline]]), student_tokenizer=str(models["student"]),
+                         sources=str(models["sources"]), output=str(tmp_path / "cache"), k=8)
     report = dry_run(config)
     assert not (tmp_path / "cache").exists()
     run_build(config)
@@ -60,9 +46,9 @@ def test_dry_run_figures_match_the_real_build(tmp_path, inputs, pipeline):
     assert 0.25 < ratio < 4.0
 
 
-def test_dry_run_command_prints_the_table_and_writes_nothing(tmp_path, inputs, capsys):
-    rc = tide_cache_main(["build", "--dry-run", "--teacher", str(inputs["shared"]), "--student-tokenizer",
-                          str(inputs["student"]), "--sources", str(inputs["sources"]), "--output",
+def test_dry_run_command_prints_the_table_and_writes_nothing(tmp_path, models, capsys):  # noqa: F811
+    rc = tide_cache_main(["build", "--dry-run", "--teacher", str(models["wedlm"]), "--student-tokenizer",
+                          str(models["student"]), "--sources", str(models["sources"]), "--output",
                           str(tmp_path / "cache"), "--max-length", "128", "--block-size", "32", "--device", "cpu"])
     out = capsys.readouterr().out
     assert rc == 0

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from another test module are arguments here)
 """Every listed mistake ends in one line naming the input (no traceback), and every command has --version.
 
 The first case runs the installed console script in a fresh process; the others call each command's
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_loop import student_dir  # noqa: F401  (module fixtures)
 
 from stages.cli import tide_cache_main
 from stages.eval.cli import main as eval_main
@@ -20,12 +22,6 @@ from tide.testing.chat_data import humaneval_chat, write_chat_jsonl
 from tide.testing.tiny_models import build_tiny_model
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, student_tokenizer):
-    return build_tiny_model("student", tmp_path_factory.mktemp("student"), tokenizer=student_tokenizer, hidden_size=16,
-                            num_layers=1)
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from another test module are arguments here)
 """The trained student is a model anyone can load: stock transformers in a fresh interpreter (remote code
 from the saved modeling file, no project import; or no remote code after ``import tide``) gives the
 project loader's logits; the model card states the run; ``--push-to-hub`` uploads the directory (to a
@@ -14,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_loop import base_config, make_cache
+from test_train_loop import base_config, cache_dir, make_cache, student_dir  # noqa: F401  (module fixtures)
 
 from stages.train.lora import ADAPTER_DIR
 from tide.models.student import load_student
-from tide.testing.tiny_models import build_tiny_model
 
 INPUT_IDS = [[3, 17, 99, 4, 151669, 5, 6, 7]]
 LOGITS_SCRIPT = """
@@ -32,17 +32,6 @@ project = sorted(m for m in sys.modules if m.split('.')[0] in ('tide', 'stages',
 print(json.dumps({{"logits": logits[0, :, :64].tolist(), "project_modules": project,
                    "class": type(model).__module__ + '.' + type(model).__name__}}))
 """
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, student_tokenizer):
-    return build_tiny_model("student", tmp_path_factory.mktemp("student"), tokenizer=student_tokenizer, hidden_size=16,
-                            num_layers=1)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory, student_tokenizer):
-    return make_cache(tmp_path_factory.mktemp("cache"), student_tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from another test module are arguments here)
 """A run is never lost or mixed: SIGKILL between checkpoints resumes to the same weights, a used output
 directory is refused, a changed setting on resume is refused by name, rotation keeps other runs'
 checkpoints, metrics are cut back on resume, a crafted pickle in a checkpoint never runs, and a NaN in the
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_loop import base_config, make_cache
+from test_train_loop import base_config, cache_dir, make_cache, student_dir  # noqa: F401  (module fixtures)
 
 from stages.train.checkpoint import list_checkpoints, rotate_checkpoints, run_id_of
 from stages.train.cli import KILL_AFTER_ENV
@@ -27,20 +28,8 @@ from stages.train.loop import NonFiniteError, train
 from stages.train.metrics import read_metrics
 from stages.train.resume_check import ResumeMismatchError
 from stages.train.run_dir import OutputDirectoryError
-from tide.testing.tiny_models import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, student_tokenizer):
-    return build_tiny_model("student", tmp_path_factory.mktemp("student"), tokenizer=student_tokenizer, hidden_size=16,
-                            num_layers=1)
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory, student_tokenizer):
-    return make_cache(tmp_path_factory.mktemp("cache"), student_tokenizer)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from another test module are arguments here)
 """Held-out validation: the split is the documented hash of the sample key, training never sees held-out
 rows, their loss terms are logged as val/… (JSONL and TensorBoard tags grouped), and the loss plot has one
 panel per term."""
@@ -8,11 +9,10 @@ import json
 
 import numpy as np
 import pytest
-from test_train_loop import base_config, make_cache
+from test_train_loop import base_config, make_cache, student_dir  # noqa: F401  (module fixtures)
 
 from stages.train.metrics import read_metrics
 from stages.train.validation import HOLDOUT_SALT, held_out
-from tide.testing.tiny_models import build_tiny_model
 
 MASK64 = (1 << 64) - 1
 
@@ -33,12 +33,6 @@ def test_held_out_is_the_documented_hash_of_the_sample_key():
     assert not held_out(keys, 0.0).any()
     many = np.arange(1, 20001, dtype=np.int64) * 7919
     assert abs(held_out(many, 0.25).mean() - 0.25) < 0.02
-
-
-@pytest.fixture(scope="module")
-def student_dir(tmp_path_factory, student_tokenizer):
-    return build_tiny_model("student", tmp_path_factory.mktemp("student"), tokenizer=student_tokenizer, hidden_size=16,
-                            num_layers=1)
 
 
 def test_validation_excludes_held_out_rows_and_logs_val_terms(tmp_path, student_tokenizer, student_dir):
