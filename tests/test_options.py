@@ -159,7 +159,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "--lr=0.0 must be > 0",
         "--lambda0=2.0 must be in [0, 1]",
     ]
-    assert str(error.value).splitlines()[0] == "9 problems with the options:"
+    assert str(error.value).splitlines()[0] == "10 problems with the options:"
 
 
 @pytest.mark.parametrize(
