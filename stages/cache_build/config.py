@@ -91,6 +91,9 @@ class BuildConfig:
     passes: list[str] = option(default_factory=lambda: list(PASSES), group=_TARGETS, choices=PASSES,
                                separators=",+", help="teacher passes to store, comma-separated")
     demo_ratio: float = option(0.5, group=_TARGETS, help="CompDemo share of group A")
+    holdout_fraction: float = option(0.0, group=_DATA,
+                                     help="share of samples set aside for validation, chosen by sample key: "
+                                          "tide-train never trains on them and logs their losses as val/...")
     regime: str = option("paper", group=_TARGETS, choices=REGIMES, help="teacher attention regime")
     max_samples: int | None = option(None, group=_DATA, help="use at most this many prepared samples (default: all)")
     batch_tokens: int = option(16384, group=_RUN, help="teacher tokens per forward batch, padding included")
@@ -184,6 +187,7 @@ class BuildConfig:
             (self.seed >= 0, f"seed={self.seed}: must be non-negative"),
             (0.0 < self.eps < 1.0, f"eps={self.eps}: must lie in (0, 1)"),
             (0.0 <= self.demo_ratio <= 1.0, f"demo_ratio={self.demo_ratio}: must lie in [0, 1]"),
+            (0.0 <= self.holdout_fraction < 1.0, f"holdout_fraction={self.holdout_fraction}: must lie in [0, 1)"),
             (self.max_samples is None or self.max_samples > 0, f"max_samples={self.max_samples}: must be positive"),
             (self.batch_tokens > 0, f"batch_tokens={self.batch_tokens}: must be positive"),
             (self.batch_rows is None or self.batch_rows > 0, f"batch_rows={self.batch_rows}: must be positive"),

@@ -83,14 +83,16 @@ def load_checkpoint(
     """Load a student checkpoint directory (``save_pretrained`` layout) and its tokenizer, in eval mode.
 
     The model loads through :func:`tide.models.student.load_student` (the one student loader) with SDPA
-    attention, which takes the sampler's 4-D masks."""
+    attention, which takes the sampler's 4-D masks; a LoRA adapter directory loads as its base student with
+    the adapters merged."""
     from transformers import AutoTokenizer
 
-    from tide.models.student import load_student
+    from tide.models.student import is_adapter_directory, load_student
 
     root = Path(path)
-    if not (root / "config.json").is_file():
-        raise FileNotFoundError(f"pretrained={root}: not a checkpoint directory (no config.json)")
+    if not (root / "config.json").is_file() and not is_adapter_directory(root):
+        raise FileNotFoundError(f"pretrained={root}: not a checkpoint directory (no config.json) nor a LoRA "
+                                "adapter directory (no adapter_config.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(root))
     model = load_student(root, dtype=dtype, device=device, attn_implementation="sdpa")
     return model.eval(), tokenizer

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stages.options import OptionsError, option
+from stages.train.resume_check import RunFacts
 from tide.losses.calm import DEFAULT_CHUNK_TEMPERATURE
 from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
 from tide.losses.tidal import AXES, DECAYS, WEIGHTINGS
@@ -20,12 +21,22 @@ from tide.runtime import MIXED_PRECISION_CHOICES
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+# Where metrics go: our JSONL file, or one of accelerate's trackers.
+REPORT_TO = ("jsonl", "tensorboard", "wandb", "mlflow", "aim")
+# The linear and MLP projections of a Qwen3 decoder layer: the default LoRA targets.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MODE_REQUIRED = ("--mode is required: ce (no teacher), or a distillation mode of the cache's pipeline "
+                 "(the paper's methods: reverse_calm on a cross cache, tidal --comp-demo on a shared cache)")
 
 _DATA = "data"
 _OBJECTIVE = "objective"
 _OPTIM = "optimisation"
 _MODEL = "model"
 _RUN = "run"
+_TRACKING = "progress and tracking"
+_VALIDATION = "validation"
+_LORA = "LoRA (needs the lora extra: pip install 'tide-offline[lora]')"
+_HUB = "Hugging Face Hub"
 
 
 @dataclass
@@ -35,9 +46,9 @@ class TrainConfig:
     cache: str = option("", group=_DATA, help="cache directory (manifest.json + shards); required")
     student: str = option("", group=_MODEL, help="student checkpoint directory (model + tokenizer); required")
     output: str = option("", group=_RUN, help="output directory: checkpoints, logs, final student; required")
-    mode: str = option("ce", group=_OBJECTIVE,
-                       help="loss mode; '+' composes terms over one forward pass (e.g. 'tidal', 'reverse_calm', "
-                            "'kl+calm')")
+    mode: str = option("", group=_OBJECTIVE,
+                       help="loss mode, required: 'ce' (no teacher) or a distillation mode; '+' composes terms "
+                            "over one forward pass (e.g. 'tidal', 'reverse_calm', 'kl+calm')")
     comp_demo: bool = option(False, group=_OBJECTIVE,
                              help="use the CompDemo teacher targets instead of the plain-pass ones")
     lr: float = option(5e-5, group=_OPTIM, help="peak learning rate (AdamW)")
@@ -76,10 +87,50 @@ class TrainConfig:
     replica_cycle: list[int] = option(default_factory=list, group=_DATA, metavar="R", default_text="epoch mod R",
                                       help="replicas to train on; epoch e uses entry e mod the list's length")
     shuffle_window: int = option(4, group=_DATA, help="row groups whose rows are shuffled together")
-    save_every: int = option(0, group=_RUN, help="checkpoint every N optimizer steps (0: only at the end)")
-    keep_checkpoints: int = option(2, group=_RUN, help="checkpoints to keep (0: all)")
+    save_every: int = option(500, group=_RUN, help="checkpoint every N optimizer steps (0: not by steps)")
+    save_every_minutes: float = option(30.0, group=_RUN,
+                                       help="also checkpoint when this many minutes have passed since the last "
+                                            "checkpoint (0: not by time)")
+    keep_checkpoints: int = option(2, group=_RUN,
+                                   help="checkpoints of this run to keep, the newest (0: all); older runs' are "
+                                        "never deleted")
     resume: bool = option(False, group=_RUN, help="resume from the latest checkpoint under --output")
-    log_every: int = option(10, group=_RUN, help="log every N optimizer steps (JSONL + TensorBoard)")
+    resume_from: str = option("", group=_RUN, metavar="CHECKPOINT",
+                              help="resume from this checkpoint directory (.../checkpoints/step-N)")
+    overwrite: bool = option(False, group=_RUN,
+                             help="delete an earlier tide-train run in --output and start again")
+    allow_changed: list[str] = option(default_factory=list, group=_RUN, metavar="OPTION",
+                                      help="options that may differ from the resumed checkpoint's (e.g. "
+                                           "max_steps); any other difference refuses the resume")
+    log_every: int = option(10, group=_TRACKING, help="log every N optimizer steps")
+    report_to: list[str] = option(default_factory=lambda: ["jsonl", "tensorboard"], group=_TRACKING,
+                                  choices=REPORT_TO,
+                                  help="where metrics go: jsonl (logs/metrics.jsonl), and accelerate's trackers "
+                                       "tensorboard, wandb, mlflow, aim (each needs its package)")
+    project: str = option("tide-train", group=_TRACKING, help="tracker project name (W&B project, ...)")
+    run_name: str = option("", group=_TRACKING, default_text="the output directory's name",
+                           help="tracker run name")
+    progress: bool = option(True, group=_TRACKING, help="progress bar (main process)")
+    debug: bool = option(False, group=_RUN, help="show the full traceback when the run stops on an error")
+    val_fraction: float | None = option(None, group=_VALIDATION, metavar="X",
+                                        default_text="the cache's held-out split, if it has one",
+                                        help="share of the cache's samples held out for validation, chosen by "
+                                             "sample key (0: none)")
+    val_every: int = option(500, group=_VALIDATION, help="validation loss every N optimizer steps (0: never)")
+    val_batches: int = option(0, group=_VALIDATION, help="validation batches per evaluation (0: all)")
+    eval_tasks: str = option("", group=_VALIDATION, metavar="TASKS",
+                             help="lm-eval tasks run by tide-eval on each checkpoint (comma-separated; "
+                                  "needs the eval extra)")
+    eval_limit: float | None = option(None, group=_VALIDATION, metavar="N",
+                                      help="documents per task for --eval-tasks")
+    lora_r: int = option(0, group=_LORA, help="LoRA rank (0: train every parameter)")
+    lora_alpha: float = option(16.0, group=_LORA, help="LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = option(0.0, group=_LORA, help="dropout on the LoRA input")
+    lora_targets: list[str] = option(default_factory=lambda: list(LORA_TARGETS), group=_LORA, metavar="MODULE",
+                                     help="module names that get adapters")
+    push_to_hub: bool = option(False, group=_HUB, help="upload the final student and its model card")
+    hub_model_id: str = option("", group=_HUB, metavar="OWNER/NAME", help="Hub repository for --push-to-hub")
+    hub_private: bool = option(False, group=_HUB, help="create the Hub repository as private")
     mixed_precision: str = option("auto", group=_MODEL, choices=MIXED_PRECISION_CHOICES,
                                   help="autocast precision; auto = bf16 where supported")
     gradient_checkpointing: bool = option(False, group=_MODEL, help="gradient checkpointing on the student")
@@ -91,6 +142,17 @@ class TrainConfig:
     def problems(self) -> list[str]:
         """One line per inconsistent option, each naming its flag."""
         found = [f"--{name} is required" for name in ("cache", "student", "output") if not getattr(self, name)]
+        if not self.mode:
+            found.append(MODE_REQUIRED)
+        if self.resume and self.resume_from:
+            found.append("--resume and --resume-from exclude each other: give one")
+        if self.overwrite and (self.resume or self.resume_from):
+            found.append("--overwrite starts again; it cannot be combined with --resume / --resume-from")
+        if self.push_to_hub and not self.hub_model_id:
+            found.append("--push-to-hub needs --hub-model-id OWNER/NAME")
+        known = {f.name for f in dataclasses.fields(self)} | {f.name for f in dataclasses.fields(RunFacts)}
+        found += [f"--allow-changed {name!r} is neither an option of tide-train nor a checked fact" for name in self.allow_changed
+                  if name.replace("-", "_") not in known]
         checks = [
             ("lr", self.lr > 0, "must be > 0"),
             ("epochs", self.epochs >= 1, "must be >= 1"),
@@ -108,6 +170,14 @@ class TrainConfig:
             ("seed", self.seed >= 0, "must be >= 0"),
             ("shuffle_window", self.shuffle_window >= 1, "must be >= 1"),
             ("save_every", self.save_every >= 0, "must be >= 0"),
+            ("save_every_minutes", self.save_every_minutes >= 0, "must be >= 0"),
+            ("val_fraction", self.val_fraction is None or 0 <= self.val_fraction < 1, "must be in [0, 1)"),
+            ("val_every", self.val_every >= 0, "must be >= 0"),
+            ("val_batches", self.val_batches >= 0, "must be >= 0"),
+            ("lora_r", self.lora_r >= 0, "must be >= 0"),
+            ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("lora_targets", bool(self.lora_targets) or not self.lora_r, "must name at least one module"),
             ("keep_checkpoints", self.keep_checkpoints >= 0, "must be >= 0"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
             ("loss_chunk_size", self.loss_chunk_size >= 1, "must be >= 1"),

@@ -171,6 +171,11 @@ class CacheStream:
         """Rows for (unit, row) pairs, in the given order."""
         return [self._row_group(int(unit)).row(int(row)) for unit, row in pairs]
 
+    def provenance(self, pairs: np.ndarray) -> tuple[str, ...]:
+        """``shard-….parquet row group G row R`` for (unit, row) pairs."""
+        units = self.reader.units
+        return tuple(f"{units[int(u)].shard} row group {units[int(u)].row_group} row {int(r)}" for u, r in pairs)
+
     def batches(self, cursor: DataCursor, *, epochs: int) -> Iterator[tuple[Batch, DataCursor]]:
         """Yield (this rank's batch, cursor just past it) from ``cursor`` to the end of epoch ``epochs - 1``."""
         self.check_cursor(cursor)
@@ -184,5 +189,6 @@ class CacheStream:
                 continue
             mine = rank_slice(order, position, cfg.batch_size, cfg.rank, cfg.world_size)
             batch = collate_rows(self.rows(mine), self.spec)
+            batch.provenance = self.provenance(mine)
             position += consumed
             yield batch, DataCursor(epoch=epoch, position=position, seed=cfg.seed, replica=self.replica(epoch))
