@@ -207,7 +207,7 @@ def test_unsupported_field_type_is_refused_when_the_parser_is_made():
 
 def test_help_shows_each_fields_help_and_default_and_hides_underscore_aliases():
     text = " ".join(train_parser().format_help().split())  # argparse wraps lines; compare with single spaces
-    assert "--warmup-ratio X warm-up as a share of all optimizer steps (default: 0.03)" in text
+    assert "--warmup-ratio X warm-up as a share of all optimizer steps (default: 0.1)" in text
     assert "--lr X peak learning rate (AdamW) (default: 5e-05)" in text
     assert "--comp-demo, --no-comp-demo use the CompDemo teacher targets" in text
     assert "--tidal-axis {both,training_only,timestep_only} TIDAL interpolation axis (default: both)" in text

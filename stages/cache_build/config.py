@@ -21,8 +21,11 @@ from typing import Any
 from cache_schema.directory import CacheDirectory
 from cache_schema.manifest import REGIMES
 from cache_schema.schemas import PASSES, PIPELINE_CROSS, PIPELINE_SHARED, PIPELINES, VALUE_DTYPES
+from stages.cache_build.preparation import TEACHER_CONTEXTS
+from stages.cache_build.sources import PAPER_SOURCES
 from stages.options import OptionsError, option
 from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
+from tide.maskable import TRAIN_TURNS
 from tide.models.model_types import LLADA2_MODEL_TYPE, WEDLM_MODEL_TYPE
 from tide.runtime import DTYPE_CHOICES
 
@@ -39,7 +42,11 @@ PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
 # Settings that never change what a shard contains; every other setting must match on resume.
 RUNTIME_KEYS = frozenset({"output", "device", "batch_tokens", "batch_rows", "lm_head_chunk", "progress"})
 
-REQUIRED = ("teacher", "student_tokenizer", "sources", "output")
+REQUIRED = ("teacher", "student_tokenizer", "output")
+
+# Noise replicas of the paper builds: one per training epoch (the original drew fresh noise every step), so
+# tide-train's 10 epochs never replay a timestep or mask. Teacher compute and cache bytes grow with it.
+PAPER_REPLICAS = 10
 
 
 def _per_pipeline(key: str) -> str:
@@ -68,9 +75,11 @@ class BuildConfig:
                                                          "config.json); required")
     student_tokenizer: str | None = option(None, group=_DATA,
                                            help="student tokenizer directory (must have a mask token); required")
-    sources: str | None = option(None, group=_DATA, aliases=("--data",),
-                                 help="data sources joined with '+': builtin:humaneval[:N], file.jsonl|.json|.parquet, "
-                                      "or a Hugging Face dataset NAME[@CONFIG][:SPLIT]; required")
+    sources: str = option(PAPER_SOURCES, group=_DATA, aliases=("--data",), default_text="the paper's mixture",
+                          help="data sources joined with '+', interleaved in proportion to their sizes: "
+                               "file.jsonl|.json|.parquet or a Hugging Face dataset NAME[@CONFIG|@*][:SPLIT], each "
+                               "optionally followed by {holdout=F,seed=S,part=train|heldout,lang=WORD}; default: "
+                               f"{PAPER_SOURCES}")
     output: str | None = option(None, group=_DATA, aliases=("-o",),
                                 help="cache output directory (resumed if it exists); required")
     teacher_tokenizer: str | None = option(None, group=_DATA,
@@ -85,7 +94,9 @@ class BuildConfig:
     temperatures: list[float] | None = option(None, group=_TARGETS, metavar="T",
                                               default_text=_per_pipeline("temperatures"),
                                               help="stored temperatures, starting with 1.0, space- or comma-separated")
-    replicas: int = option(1, group=_NOISE, help="noise replicas per sample")
+    replicas: int = option(PAPER_REPLICAS, group=_NOISE,
+                           help="noise replicas per sample (epoch e of training uses replica e mod R): the paper's "
+                                "one per epoch; teacher compute and cache bytes grow linearly with R")
     seed: int = option(0, group=_NOISE, help="global noise seed")
     eps: float = option(1e-3, group=_NOISE, help="minimum timestep")
     passes: list[str] = option(default_factory=lambda: list(PASSES), group=_TARGETS, choices=PASSES,
@@ -96,6 +107,15 @@ class BuildConfig:
                                           "tide-train never trains on them and logs their losses as val/...")
     regime: str = option("paper", group=_TARGETS, choices=REGIMES, help="teacher attention regime")
     max_samples: int | None = option(None, group=_DATA, help="use at most this many prepared samples (default: all)")
+    mix_sources: bool = option(True, group=_DATA,
+                               help="interleave the sources in proportion to their sizes (else source after source)")
+    train_turns: str = option("last", group=_TARGETS, choices=TRAIN_TURNS,
+                              help="trained tokens: last = the final turn after its prompt (the original's), "
+                                   "all = every assistant turn and its end-of-turn token")
+    teacher_context: str = option("paper", group=_TARGETS, choices=TEACHER_CONTEXTS,
+                                  help="paper = cut the teacher sequence after the last aligned item (pipeline B "
+                                       "then EOS-padded to blocks), as the original did; full = keep it whole "
+                                       "(capped at --teacher-max-length)")
     batch_tokens: int = option(16384, group=_RUN, help="teacher tokens per forward batch, padding included")
     batch_rows: int | None = option(None, group=_RUN, help="at most this many sequences per teacher batch")
     rows_per_shard: int = option(1024, group=_RUN, help="cache rows per shard")
@@ -174,6 +194,9 @@ class BuildConfig:
             (bool(self.passes) and set(self.passes) <= set(PASSES),
              f"passes={self.passes!r}: expected a non-empty subset of {PASSES}"),
             (self.regime in REGIMES, f"regime={self.regime!r}: expected one of {REGIMES}"),
+            (self.train_turns in TRAIN_TURNS, f"train_turns={self.train_turns!r}: expected one of {TRAIN_TURNS}"),
+            (self.teacher_context in TEACHER_CONTEXTS,
+             f"teacher_context={self.teacher_context!r}: expected one of {TEACHER_CONTEXTS}"),
             (self.value_dtype in VALUE_DTYPES,
              f"value_dtype={self.value_dtype!r}: expected one of {tuple(VALUE_DTYPES)}"),
             (self.dtype in DTYPE_CHOICES, f"dtype={self.dtype!r}: expected one of {DTYPE_CHOICES}"),

@@ -194,8 +194,10 @@ def train(
     reader = CacheReader(config.cache)
     manifest = reader.manifest
     plan, tokenizer = prepare_run(config, reader)
+    config = config.for_pipeline(manifest.pipeline)  # per-pipeline defaults: batch size, TIDAL weight
 
-    model = load_student(config.student, dtype=torch.float32, attn_implementation=config.attn_implementation)
+    weights_dtype = torch.bfloat16 if config.weights_dtype == "bf16" else torch.float32
+    model = load_student(config.student, dtype=weights_dtype, attn_implementation=config.attn_implementation)
     check_student_layout(manifest, mask_token_id=tokenizer.mask_token_id,
                          vocab_rows=model.get_output_embeddings().weight.shape[0], max_length=config.truncate_length)
     lora = None
@@ -235,7 +237,8 @@ def train(
     objective = Objective(
         mode=config.mode,
         options=LossOptions(temperature=plan.temperature, axis=config.tidal_axis, decay=config.tidal_decay,
-                            lambda0=config.lambda0, lambda_max=config.lambda_max, weighting=config.tidal_weight),
+                            lambda0=config.lambda0, lambda_max=config.lambda_max, weighting=config.tidal_weight,
+                            calm_clamp=config.calm_clamp),
         ce_weight=config.ce_weight, distill_weight=config.distill_weight,
         shared_vocab_size=manifest.teacher.shared_vocab_size, head_chunk_size=config.loss_chunk_size,
     )

@@ -8,12 +8,20 @@ log-prob ℓ_T, at temperature T: s = exp(ℓ_S/T), q = exp(ℓ_T/T).
 * TIDAL-CALM:          m = stopgrad((1 − λ)·s + λ·q); −[m·log s + (1 − m)·log(1 − s)], midrange-weighted
 * reverse TIDAL-CALM:  −[s·log m + (1 − s)·log(1 − m)], midrange-weighted
 
-Everything is evaluated in log space: log s = ℓ_S/T, log(1 − s) = log1mexp(ℓ_S/T), and for the mixture
-log m = logaddexp(log(1−λ) + log s, log λ + log q), log(1 − m) = logaddexp(log(1−λ) + log(1−s),
-log λ + log(1−q)). There is no clamping of probabilities, so a very unlikely or near-certain chunk keeps
-its gradient. The one guard: a chunk log-prob of exactly 0 (probability 1 in fp32, e.g. a student whose
-softmax saturates) would give log(1 − s) = −inf and an infinite loss; log(1 − ·) is evaluated at
-x = −(smallest normal fp32) there instead, a finite value (≈ −87.3) with no gradient through that term.
+Two forms, chosen by ``clamp``:
+
+* ``clamp=ε`` (the original's, ``CALM_CLAMP`` = 1e−7 is the training default through
+  :class:`tide.losses.registry.LossOptions`): s, q and the mixture m are computed in fp32 and clamped to
+  [ε, 1 − ε] (in fp32 the upper bound rounds to 1 − 1.19e−7), so log(1 − q) ≥ −15.94 and a chunk whose
+  probability is clamped passes no gradient. A near-certain teacher chunk (q → 1) thus weighs log(1 − q)
+  at −15.94 instead of its true, much larger magnitude.
+* ``clamp=None`` (the functions' own default): everything in log space: log s = ℓ_S/T,
+  log(1 − s) = log1mexp(ℓ_S/T), and for the mixture log m = logaddexp(log(1−λ) + log s, log λ + log q),
+  log(1 − m) = logaddexp(log(1−λ) + log(1−s), log λ + log(1−q)). No probability is clamped, so a very
+  unlikely or near-certain chunk keeps its gradient. The one guard: a chunk log-prob of exactly 0
+  (probability 1 in fp32) would give log(1 − s) = −inf; log(1 − ·) is evaluated at x = −(smallest normal
+  fp32) there instead, a finite value (≈ −87.3) with no gradient through that term.
+
 Losses are averaged over active chunks (TIDAL-CALM: Σ w·term / number of active chunks).
 """
 
@@ -26,6 +34,7 @@ from tide.losses.tidal import tidal_lambda, timestep_weight
 from tide.targets import log1mexp
 
 DEFAULT_CHUNK_TEMPERATURE = 5.0
+CALM_CLAMP = 1e-7  # the original's probability clamp (distill_bd3lm.py: compute_alm_loss)
 
 _FP32_TINY = torch.finfo(torch.float32).tiny
 
@@ -70,10 +79,15 @@ def _select_active(
     return s_log, t_log, t_vec
 
 
-def log_prob_pair(chunk_logprob: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p, log(1 − p)) of p = exp(ℓ/T), in log space (see the module note on ℓ = 0)."""
+def log_prob_pair(
+    chunk_logprob: torch.Tensor, temperature: float, clamp: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p, log(1 − p)) of p = exp(ℓ/T): in log space, or of p clamped to [clamp, 1 − clamp] in fp32."""
     log_p = chunk_logprob / temperature
-    return log_p, log1mexp(torch.clamp(log_p, max=-_FP32_TINY))
+    if clamp is None:
+        return log_p, log1mexp(torch.clamp(log_p, max=-_FP32_TINY))
+    p = torch.exp(log_p.float()).clamp(clamp, 1 - clamp)
+    return torch.log(p), torch.log1p(-p)
 
 
 def _bernoulli_cross_entropy(
@@ -87,12 +101,13 @@ def calm_terms(
     teacher_logprob: torch.Tensor,
     *,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """CALM per chunk, (C,): −[q·log s + (1 − q)·log(1 − s)]. Inputs: (C,) chunk log-probs of active chunks."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, None)
-    log_s, log_1ms = log_prob_pair(s_lp, temperature)
-    q = torch.exp(t_lp / temperature)
+    log_s, log_1ms = log_prob_pair(s_lp, temperature, clamp)
+    q = torch.exp(log_prob_pair(t_lp, temperature, clamp)[0])
     return _bernoulli_cross_entropy(q, log_s, log_1ms)
 
 
@@ -101,12 +116,13 @@ def reverse_calm_terms(
     teacher_logprob: torch.Tensor,
     *,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """Reverse CALM (TIDE-Cross) per chunk, (C,): −[s·log q + (1 − s)·log(1 − q)]."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, None)
-    log_q, log_1mq = log_prob_pair(t_lp, temperature)
-    s = torch.exp(s_lp / temperature)
+    log_q, log_1mq = log_prob_pair(t_lp, temperature, clamp)
+    s = torch.exp(log_prob_pair(s_lp, temperature, clamp)[0])
     return _bernoulli_cross_entropy(s, log_q, log_1mq)
 
 
@@ -116,8 +132,12 @@ def _mixture_logs(
     log_q: torch.Tensor,
     log_1mq: torch.Tensor,
     lam: torch.Tensor,
+    clamp: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log m, log(1 − m)) of m = (1 − λ)s + λq, detached."""
+    """(log m, log(1 − m)) of m = (1 − λ)s + λq, detached (clamped to [clamp, 1 − clamp] when given)."""
+    if clamp is not None:
+        m = ((1 - lam) * log_s.detach().exp() + lam * log_q.exp()).clamp(clamp, 1 - clamp)
+        return torch.log(m), torch.log1p(-m)
     log_lam = torch.log(lam)
     log_1mlam = torch.log1p(-lam)
     log_m = torch.logaddexp(log_1mlam + log_s.detach(), log_lam + log_q)
@@ -137,14 +157,15 @@ def tidal_calm_terms(
     decay: str = "cosine",
     lambda0: float = 0.1,
     lambda_max: float = 0.9,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """TIDAL-CALM per chunk, (C,), unweighted; ``reverse=True`` gives −[s·log m + (1 − s)·log(1 − m)]."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, None)
     lam = tidal_lambda(progress, t_vec, axis=axis, decay=decay, lambda0=lambda0, lambda_max=lambda_max)
-    log_s, log_1ms = log_prob_pair(s_lp, temperature)
-    log_q, log_1mq = log_prob_pair(t_lp, temperature)
-    log_m, log_1mm = _mixture_logs(log_s, log_1ms, log_q, log_1mq, lam)
+    log_s, log_1ms = log_prob_pair(s_lp, temperature, clamp)
+    log_q, log_1mq = log_prob_pair(t_lp, temperature, clamp)
+    log_m, log_1mm = _mixture_logs(log_s, log_1ms, log_q, log_1mq, lam, clamp)
     if reverse:
         return _bernoulli_cross_entropy(log_s.exp(), log_m, log_1mm)
     return _bernoulli_cross_entropy(log_m.exp(), log_s, log_1ms)
@@ -157,11 +178,12 @@ def calm_loss(
     active: torch.Tensor | None = None,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
     reverse: bool = False,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """Mean CALM (or reverse CALM) over active chunks. ``active``: optional bool (C,) (masked, not prompt)."""
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, active)
     fn = reverse_calm_terms if reverse else calm_terms
-    return masked_mean(fn(s_lp, t_lp, temperature=temperature))
+    return masked_mean(fn(s_lp, t_lp, temperature=temperature, clamp=clamp))
 
 
 def tidal_calm_loss(
@@ -178,6 +200,7 @@ def tidal_calm_loss(
     lambda0: float = 0.1,
     lambda_max: float = 0.9,
     weighting: str = "midrange",
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """Σ over active chunks of w(t)·TIDAL-CALM term / number of active chunks."""
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, active)
@@ -192,11 +215,13 @@ def tidal_calm_loss(
         decay=decay,
         lambda0=lambda0,
         lambda_max=lambda_max,
+        clamp=clamp,
     )
     return masked_mean(terms, weights=timestep_weight(t_vec, weighting))
 
 
 __all__ = [
+    "CALM_CLAMP",
     "DEFAULT_CHUNK_TEMPERATURE",
     "calm_loss",
     "calm_terms",

@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from tide.losses.calm import DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
+from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
 from tide.losses.ce import ce_loss
 from tide.losses.kl import kl_loss, reverse_kl_loss
 from tide.losses.tidal import tidal_loss
@@ -86,6 +86,7 @@ class LossOptions:
 
     temperature: None = the mode's default. progress: step / max_steps for TIDAL schedules.
     min_tail: reverse-KL tail floor (see tide.losses.kl.reverse_kl_terms).
+    calm_clamp: chunk modes' probability clamp (the original's 1e-7), None = the unclamped log-space form.
     """
 
     temperature: float | None = None
@@ -96,6 +97,7 @@ class LossOptions:
     lambda_max: float = 0.9
     weighting: str = "midrange"
     min_tail: float = 1e-8
+    calm_clamp: float | None = CALM_CLAMP
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,8 @@ def _tidal(inputs: VocabInputs, options: LossOptions, temperature: float) -> tor
 def _calm(reverse: bool):
     def compute(inputs: ChunkInputs, options: LossOptions, temperature: float) -> torch.Tensor:
         return calm_loss(
-            inputs.student_logprob, inputs.teacher_logprob, active=inputs.active, temperature=temperature, reverse=reverse
+            inputs.student_logprob, inputs.teacher_logprob, active=inputs.active, temperature=temperature, reverse=reverse,
+            clamp=options.calm_clamp,
         )
 
     return compute
@@ -181,6 +184,7 @@ def _tidal_calm(reverse: bool):
             lambda0=options.lambda0,
             lambda_max=options.lambda_max,
             weighting=options.weighting,
+            clamp=options.calm_clamp,
         )
 
     return compute
