@@ -360,10 +360,12 @@ def test_two_sources_give_shards_that_mix_both_in_proportion(models, tmp_path):
     first = write_chat_jsonl(tmp_path / "first.jsonl", conversations[:8])
     second = write_chat_jsonl(tmp_path / "second.jsonl", conversations[8:])
     config = _config(models, "wedlm", tmp_path / "cache", sources=f"{first}+{second}", replicas=1,
-                     rows_per_shard=3, passes=["plain"], k=4)
+                     rows_per_shard=3, passes=["plain"], k=4, duplicates="keep")
     run_build(config)
     manifest = json.loads((Path(config.output) / "manifest.json").read_text())
     assert manifest["build"]["stats"]["samples"] == 12
+    repeats = len(conversations) - len({json.dumps(c, sort_keys=True) for c in conversations})
+    assert manifest["build"]["stats"]["data_changes"]["duplicates_kept"] == repeats > 0  # kept, and counted
     for shard in manifest["shards"]:
         ids = pd.read_parquet(Path(config.output) / shard["file"], columns=["sample_id"])["sample_id"].tolist()
         from_second = sum(i.startswith(str(second)) for i in ids)
