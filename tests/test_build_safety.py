@@ -67,8 +67,10 @@ def _argv(config: BuildConfig) -> list[str]:
     return ["build", "--teacher", config.teacher, "--student-tokenizer", config.student_tokenizer, "--sources",
             config.sources, "--output", config.output, "--max-length", str(config.max_length),
             "--teacher-max-length", str(config.teacher_max_length), "--replicas", str(config.replicas),
-            "--rows-per-shard", str(config.rows_per_shard), "--passes", ",".join(config.passes), "--k",
-            str(config.k), "--seed", str(config.seed), "--device", "cpu", "--dtype", "float32", "--no-progress"]
+            "--rows-per-shard", str(config.rows_per_shard), "--rows-per-row-group", str(config.rows_per_row_group),
+            "--passes", ",".join(config.passes), "--k",
+            str(config.k), "--seed", str(config.seed), "--device", "cpu", "--dtype", "float32", "--no-progress",
+            *(["--teacher-tokenizer", config.teacher_tokenizer] if config.teacher_tokenizer else [])]
 
 
 def _hashes(directory) -> dict[str, str]:
@@ -214,16 +216,17 @@ def test_an_empty_or_all_invalid_input_is_refused_with_the_skip_table(inputs, tm
     assert not (Path(config.output) / "progress" / "survey.json").exists()
 
 
-def test_an_out_of_vocabulary_token_id_is_refused_naming_the_row(inputs, tmp_path, llama3_tokenizer, capfd):
-    """Issue 16 (8): an out-of-vocabulary input id gave ``IndexError: index out of range in self``. Here a
-    teacher whose embedding has 1000 rows is given its tokenizer, whose ids reach 128,256."""
-    teacher = build_tiny_model("llada2", tmp_path / "small_vocab", tokenizer=llama3_tokenizer, vocab_rows=1000)
-    config = _config(inputs, tmp_path, teacher_path=teacher)
+def test_an_out_of_vocabulary_token_id_is_refused_naming_the_row(inputs, tmp_path, capfd):
+    """Issue 16 (8): an out-of-vocabulary input id gave ``IndexError: index out of range in self``. Here the
+    Llama-3-vocabulary teacher is given the Qwen tokenizer, whose ChatML ids (151,644 ...) lie past its
+    embedding."""
+    config = _config(inputs, tmp_path, teacher="llada2", teacher_tokenizer=str(inputs["student"]))
     with pytest.raises(TokenIdError, match=r"shard-00000-of-00003.parquet: sample .*chat.jsonl:1: teacher token id "
-                                           r"\d+ at position \d+ is outside the teacher vocabulary \[0, 1000\)"):
+                                           r"151644 at position 0 is outside the teacher vocabulary \[0, \d+\)"):
         run_build(config)
     assert tide_cache_main(_argv(config)) == 1
     _one_error(capfd, "chat.jsonl:1", "outside the teacher vocabulary", "--teacher-tokenizer")
+    assert not list(Path(config.output).glob("shard-*.parquet"))
 
 
 def _poison(teacher: Path) -> Path:
@@ -235,17 +238,19 @@ def _poison(teacher: Path) -> Path:
     return teacher
 
 
-@pytest.mark.parametrize("kind, tokenizer, field", [("llada2", "llama3_tokenizer", "gold_logprob"),
-                                                    ("wedlm", "wedlm_tokenizer", "")])
-def test_a_nan_teacher_is_refused_naming_the_sample(inputs, tmp_path, kind, tokenizer, field, request, capfd):
+@pytest.mark.parametrize("kind, tokenizer, what", [
+    ("llada2", "llama3_tokenizer", "returned non-finite gold_logprob"),  # the chunk log-probs
+    ("wedlm", "wedlm_tokenizer", "logits over the shared slice must be finite"),  # the top-k targets' refusal
+])
+def test_a_nan_teacher_is_refused_naming_the_sample(inputs, tmp_path, kind, tokenizer, what, request, capfd):
     """Issue 16 (8): a NaN teacher in the cross pipeline said "internal error: a teacher forward is
     missing"; in the shared pipeline NaN targets reached the cache."""
     teacher = _poison(build_tiny_model(kind, tmp_path / "nan", tokenizer=request.getfixturevalue(tokenizer)))
     config = _config(inputs, tmp_path, teacher_path=teacher)
-    with pytest.raises(TeacherOutputError, match=rf"shard-00000-of-00003.parquet: teacher {teacher} returned "
-                                                 rf"non-finite {field}.* for sample .*chat.jsonl:1 replica 0"):
+    with pytest.raises(TeacherOutputError, match=r"shard-00000-of-00003.parquet: .*sample .*chat.jsonl:1 replica 0") as refused:
         run_build(config)
+    assert what in str(refused.value) and str(teacher) in str(refused.value)
     assert tide_cache_main(_argv(config)) == 1
-    line = _one_error(capfd, "non-finite", "--dtype float32")
+    line = _one_error(capfd, what, "chat.jsonl:1", "--dtype float32")
     assert "internal error" not in line
     assert not list(Path(config.output).glob("shard-*.parquet"))

@@ -17,7 +17,6 @@ from typing import Any
 from stages.cli_support import EXIT_USAGE, debug_requested, run_reporting_errors
 from stages.options import OptionsError, add_options, options_from_args
 
-
 FAIL_AFTER_ENV = "TIDE_BUILD_FAIL_AFTER_SHARDS"
 BUILD_HELP = "stage one: run the teacher and write a logits cache"
 

@@ -17,7 +17,7 @@ import torch
 from stages.cache_build.config import BuildConfig, BuildConfigError
 from stages.cache_build.passes import pack_batches, pad_batch, pass_kinds
 from stages.cache_build.pipelines import TargetSettings, build_pipeline
-from stages.cache_build.unit_checks import check_teacher_outputs, check_token_ids
+from stages.cache_build.unit_checks import check_teacher_outputs, check_token_ids, naming_the_batch
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ class ShardBuilder:
         for batch in batches:
             teacher_start = time.perf_counter()
             arrays = pad_batch(batch, self.pad_id)
-            pipeline.run_batch(self.runner, batch, arrays, self._tensor, self.targets)
+            with naming_the_batch(batch, units, teacher=config.teacher, shard=shard):
+                pipeline.run_batch(self.runner, batch, arrays, self._tensor, self.targets)
             check_teacher_outputs(batch, units, vocabulary_targets=pipeline.has_vocabulary_targets,
                                   teacher=config.teacher, shard=shard)
             stats.padded_tokens += arrays.padded_tokens

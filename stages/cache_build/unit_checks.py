@@ -8,6 +8,8 @@ logits — so the build stops with a message naming the sample, the shard and wh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -46,6 +48,22 @@ def check_token_ids(units: list[tuple[Any, int]], *, student_vocab: int, teacher
                     f"is outside the {side} vocabulary [0, {size}) ({bad.size} such ids); {fix}")
 
 
+_DTYPE_HINT = "non-finite logits come from the weights or the dtype: check the checkpoint, or try --dtype float32"
+
+
+@contextmanager
+def naming_the_batch(batch: list[Any], units: list[tuple[Any, int]], *, teacher: str, shard: str) -> Iterator[None]:
+    """A ``ValueError`` raised by the teacher forward of ``batch`` (e.g. the targets' refusal of non-finite
+    logits) becomes a :class:`TeacherOutputError` naming the shard and the batch's first sample."""
+    try:
+        yield
+    except ValueError as exc:
+        sample, replica = units[batch[0].unit]
+        raise TeacherOutputError(
+            f"{shard}: the forward of teacher {teacher} over sample {sample.sample_id} replica {replica} "
+            f"({len(batch)} forwards in the batch) failed: {exc}; {_DTYPE_HINT}") from exc
+
+
 def check_teacher_outputs(batch: list[Any], units: list[tuple[Any, int]], *, vocabulary_targets: bool,
                           teacher: str, shard: str) -> None:
     """Refuse NaN or +inf in the results of ``batch`` (requests of ``units``), naming the first sample."""
@@ -62,4 +80,4 @@ def check_teacher_outputs(batch: list[Any], units: list[tuple[Any, int]], *, voc
                 raise TeacherOutputError(
                     f"{shard}: teacher {teacher} returned non-finite {name} (NaN or +inf at {int(bad.sum())} of "
                     f"{array.size} values) for sample {sample.sample_id} replica {replica}, forward {request.kind!r}; "
-                    "its weights or dtype give non-finite logits: check the checkpoint, or try --dtype float32")
+                    f"{_DTYPE_HINT}")
