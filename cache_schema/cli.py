@@ -77,8 +77,8 @@ def run_validate(args: argparse.Namespace) -> int:
         max_rows_per_check=args.max_rows,
     )
     if problems:
-        for problem in problems:
-            print(problem)
+        for problem in problems:  # one line each, whatever line breaks a decoder's message held
+            print("; ".join(part.strip() for part in str(problem).splitlines() if part.strip()))
         print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
         return 1
     manifest = Manifest.load(args.path)
@@ -250,8 +250,7 @@ def _read_group(path: Path, file: str, group: int | None = None) -> pq.ParquetFi
         return parquet if group is None else parquet.read_row_group(group)
     except (OSError, ValueError) as exc:  # pyarrow's errors for damaged files derive from these
         where = f"row group {group} of {file}" if group is not None else file
-        raise CacheError(f"{where}: cannot be decoded ({type(exc).__name__}: {exc}); run `tide-cache validate "
-                         f"{path}` for every problem") from exc
+        raise CacheError(f"{where}: cannot be decoded ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
 
 
 def _print_rows(manifest: Manifest, path: Path, count: int) -> None:
