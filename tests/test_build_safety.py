@@ -10,6 +10,7 @@ nothing already there was touched.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -156,6 +157,46 @@ def test_killed_builds_temporary_files_are_removed_on_resume(inputs, tmp_path):
     run_build(config)
     assert not [p for p in leftovers if p.exists()] and not list(output.rglob(".*.tmp"))
     assert {n: d for n, d in _hashes(output).items() if n.startswith("shard-")} == reference
+    assert validate_cache(output) == []
+
+
+def test_a_full_disk_fails_in_one_line_and_resumes_to_the_uninterrupted_cache(inputs, tmp_path, monkeypatch,
+                                                                              capfd):
+    """The disk fills up while the second shard is written: one line naming the shard and the cause, no
+    partial shard, no journal record for it; once there is space again the same command finishes the cache
+    byte-identical to an uninterrupted build."""
+    import cache_schema.writer as writer
+
+    config = _config(inputs, tmp_path)
+    reference = dataclasses.replace(config, output=str(tmp_path / "reference"))
+    run_build(reference)
+    opened, real_open = [], writer._open_writer
+
+    class FullDisk:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def write_table(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def open_writer(*args, **kwargs):
+        opened.append(args[0])
+        inner = real_open(*args, **kwargs)
+        return FullDisk(inner) if len(opened) == 2 else inner
+
+    monkeypatch.setattr(writer, "_open_writer", open_writer)
+    assert tide_cache_main(_argv(config)) == 1
+    _one_error(capfd, "shard-00001-of-00003.parquet", "No space left on device")
+    output = Path(config.output)
+    assert sorted(p.name for p in output.glob("shard-*")) == ["shard-00000-of-00003.parquet"]
+    assert not list(output.rglob(".*.tmp")) and not (output / "progress" / "shard-00001.json").exists()
+    monkeypatch.setattr(writer, "_open_writer", real_open)
+    assert tide_cache_main(_argv(config)) == 0
+    shards = {n: d for n, d in _hashes(output).items() if n.startswith("shard-")}
+    assert shards == {n: d for n, d in _hashes(reference.output).items() if n.startswith("shard-")}
     assert validate_cache(output) == []
 
 
