@@ -1,4 +1,5 @@
-"""Preparation time per sample against content length: flat from 64 KiB to 8 MiB, both pipelines.
+"""Preparation time per sample against content length, 64 KiB to 8 MiB, both pipelines: tokenisation and
+alignment stay flat; only whole-content hashing and the UTF-8 check grow, at a few ns to 30 ns per byte.
 
 One chat sample — a short question and an answer of S bytes of generated text (words, digits, code-like
 lines; one JSONL line holds all of it) — is prepared by the build (``prepare_sample``: message checks,
@@ -6,9 +7,11 @@ sample key, content cut, chat tokenisation on both sides, maskable positions, al
 ... 8 MiB, with the paper's lengths (student 512; teacher 768 for shared, 1024 for cross), the Qwen
 vocabulary for the student, a Qwen-vocabulary teacher (pipeline B) and the Llama-3 tokenizer standing in for
 LLaDA2's (pipeline A). The content is cut to what the sequences can hold before tokenisation
-(``tide.alignment.content_budget``), so the time per sample should not grow with S; the figures also show
-the preparation without the cut (the whole content tokenised and aligned) at the smaller sizes, and check
-that both give the same sample.
+(``tide.alignment.content_budget``), so tokenisation and alignment do not grow with S. One step still reads
+the whole content: the sample key (``tide.noise.sample_key``, a hash of the whole conversation — the sample's
+identity for noise, held-out split and duplicates), timed on its own and reported next to the total. The
+figures also show the preparation without the cut (the whole content tokenised and aligned) at the smaller
+sizes, and check that both give the same sample.
 
     .venv/bin/python benchmarks/bench_alignment.py [--sizes-kib 64 256 1024 2048 8192] [--repeats 3]
 
@@ -32,6 +35,7 @@ import numpy as np
 from stages.cache_build import preparation
 from stages.cache_build.preparation import PreparationSettings, prepare_sample
 from stages.cache_build.sources import RawSample
+from tide.noise import sample_key
 from tide.testing.tokenizers import CHATML_WITH_SYSTEM_TEMPLATE, build_llama3_tokenizer, build_qwen_tokenizer
 
 logger = logging.getLogger("bench_alignment")
@@ -92,20 +96,24 @@ def run(sizes_kib: list[int], uncut_kib: list[int], repeats: int) -> dict:
         settings = PreparationSettings(pipeline=pipeline, block_size=BLOCK, max_length=STUDENT_LENGTH,
                                        teacher_max_length=TEACHER_LENGTHS[pipeline])
 
+        def messages(text: str) -> list[dict[str, str]]:
+            return [{"role": "user", "content": "Explain the following at length."},
+                    {"role": "assistant", "content": text}]
+
         def prepare(text: str, settings=settings, teacher=teacher):
-            raw = RawSample("bench:0", [{"role": "user", "content": "Explain the following at length."},
-                                        {"role": "assistant", "content": text}])
-            return prepare_sample(raw, student, teacher, settings)
+            return prepare_sample(RawSample("bench:0", messages(text)), student, teacher, settings)
 
         prepare(texts[min(texts)])  # warm the byte tables and tokenizer caches
         rows = []
         for size in sizes_kib:
             seconds, sample = timed(lambda size=size: prepare(texts[size]), repeats)
-            rows.append({"content_kib": size, "seconds_per_sample": seconds, "student_tokens": sample.length,
+            key_seconds, _ = timed(lambda size=size: sample_key(messages(texts[size])), repeats)
+            rows.append({"content_kib": size, "seconds_per_sample": seconds, "sample_key_seconds": key_seconds,
+                         "seconds_without_sample_key": seconds - key_seconds, "student_tokens": sample.length,
                          "teacher_tokens": int(sample.teacher_input_ids.shape[0]),
                          "cut_characters": sample.content_cuts[1], "student_tokens_cut": sample.student_tokens_cut})
-            print(f"{pipeline:6s} {size:6d} KiB: {seconds * 1000:8.1f} ms per sample "
-                  f"(cut {sample.content_cuts[1]:,} characters)", flush=True)
+            print(f"{pipeline:6s} {size:6d} KiB: {seconds * 1000:8.1f} ms per sample, of which the sample key "
+                  f"{key_seconds * 1000:6.1f} ms (cut {sample.content_cuts[1]:,} characters)", flush=True)
         uncut = []
         for size in uncut_kib:
             with mock.patch.object(preparation, "cut_contents", lambda messages, sides, **_: (list(messages), [])):
@@ -115,10 +123,12 @@ def run(sizes_kib: list[int], uncut_kib: list[int], repeats: int) -> dict:
             print(f"{pipeline:6s} {size:6d} KiB without the cut: {seconds * 1000:8.1f} ms per sample, same sample: "
                   f"{identical}", flush=True)
         times = [r["seconds_per_sample"] for r in rows]
+        rest = [r["seconds_without_sample_key"] for r in rows]
         out["pipelines"][pipeline] = {
             "sizes": rows, "uncut": uncut,
             "largest_over_smallest": times[-1] / times[0] if times[0] else None,
             "max_over_min": max(times) / min(times) if min(times) else None,
+            "without_sample_key_max_over_min": max(rest) / min(rest) if min(rest) > 0 else None,
         }
     out["machine"] = {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}
     return out
@@ -136,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.sizes_kib, args.uncut_kib, args.repeats)
     for pipeline, data in result["pipelines"].items():
         print(f"{pipeline}: time at {args.sizes_kib[-1]} KiB / at {args.sizes_kib[0]} KiB = "
-              f"{data['largest_over_smallest']:.2f}; max / min over the sizes = {data['max_over_min']:.2f}")
+              f"{data['largest_over_smallest']:.2f}; max / min over the sizes = {data['max_over_min']:.2f}, "
+              f"without the sample key {data['without_sample_key_max_over_min']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

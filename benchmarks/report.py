@@ -239,8 +239,12 @@ def render_alignment(results: dict[str, dict]) -> list[str]:
     sizes = sorted({row["content_kib"] for p in pipelines.values() for row in p.get("sizes", [])})
     rows = []
     for name, entry in pipelines.items():
-        by_size = {row["content_kib"]: row["seconds_per_sample"] for row in entry.get("sizes", [])}
-        rows.append((name, *(by_size.get(size) for size in sizes), entry.get("max_over_min")))
+        for label, key, ratio in (("", "seconds_per_sample", "max_over_min"),
+                                  (" without the sample key", "seconds_without_sample_key",
+                                   "without_sample_key_max_over_min"),
+                                  (" sample key alone", "sample_key_seconds", None)):
+            by_size = {row["content_kib"]: row.get(key) for row in entry.get("sizes", [])}
+            rows.append((name + label, *(by_size.get(size) for size in sizes), entry.get(ratio) if ratio else None))
     lines += table(("pipeline", *(f"{size} KiB" for size in sizes), "**max / min**"), rows)
     uncut = [(name, row["content_kib"], row["seconds_per_sample"], row["same_sample_as_cut"])
              for name, entry in pipelines.items() for row in entry.get("uncut", [])]
@@ -389,6 +393,8 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
     for name, entry in (alignment or {}).get("pipelines", {}).items():
         rows.append((f"preparation time per sample, max / min over 64 KiB .. 8 MiB contents ({name})",
                      entry.get("max_over_min"), "bench_alignment"))
+        rows.append((f"the same without the sample key's hash of the whole content ({name})",
+                     entry.get("without_sample_key_max_over_min"), "bench_alignment"))
     return rows
 
 
