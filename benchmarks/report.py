@@ -229,12 +229,9 @@ def render_alignment(results: dict[str, dict]) -> list[str]:
     data = results.get("alignment.json")
     if data is None:
         return []
-    lines = ["Setup:", ""]
-    lines += key_values(data, [
-        ("student sequence length", "config.student_length"), ("teacher lengths", "config.teacher_lengths"),
-        ("student tokenizer", "config.student_tokenizer"), ("timed runs each (median)", "config.repeats"),
-    ])
-    lines += ["", "Results (seconds per sample):", ""]
+    setup = [("student sequence length", "config.student_length"), ("teacher lengths", "config.teacher_lengths"),
+             ("student tokenizer", "config.student_tokenizer"), ("timed runs each (median)", "config.repeats")]
+    lines = ["Setup:", "", *key_values(data, setup), "", "Results (seconds per sample):", ""]
     pipelines = data.get("pipelines", {})
     sizes = sorted({row["content_kib"] for p in pipelines.values() for row in p.get("sizes", [])})
     rows = []

@@ -61,6 +61,12 @@ class BuildConfigError(OptionsError):
     """A build setting is missing, malformed, or differs from the one an output directory was built with."""
 
 
+_DUPLICATES_HELP = ("a row repeating an earlier conversation (same sample key): drop = skip it (counted as "
+                    "'duplicate'), keep = train on it again (counted)")
+_SPECIAL_TEXT_HELP = ("special-token text inside a message content (e.g. '<|im_end|>'): split = encode it as plain "
+                      "text, skip = drop the row, keep = tokenise it as the control tokens it spells (forges "
+                      "turns); always counted")
+
 _DATA = "models and data"
 _TARGETS = "sequences and targets"
 _NOISE = "noise"
@@ -86,13 +92,8 @@ class BuildConfig:
                              help="delete the cache files already in --output (another build's, a finished cache, "
                                   "a killed build's) and start again; without it a build only writes into an "
                                   "empty directory or resumes its own")
-    duplicates: str = option("drop", group=_DATA, choices=DUPLICATE_MODES,
-                             help="a row repeating an earlier conversation (same sample key): drop = skip it "
-                                  "(counted as 'duplicate'), keep = train on it again (counted)")
-    special_text: str = option("split", group=_DATA, choices=SPECIAL_TEXT_MODES,
-                               help="special-token text inside a message content (e.g. '<|im_end|>'): split = "
-                                    "encode it as plain text, skip = drop the row, keep = tokenise it as the "
-                                    "control tokens it spells (forges turns); always counted")
+    duplicates: str = option("drop", group=_DATA, choices=DUPLICATE_MODES, help=_DUPLICATES_HELP)
+    special_text: str = option("split", group=_DATA, choices=SPECIAL_TEXT_MODES, help=_SPECIAL_TEXT_HELP)
     teacher_tokenizer: str | None = option(None, group=_DATA,
                                            help="teacher tokenizer directory (default: the teacher directory)")
     pipeline: str = option("auto", group=_TARGETS, choices=("auto", *PIPELINES),
