@@ -225,6 +225,32 @@ def render_moe(results: dict[str, dict]) -> list[str]:
     return lines + ["", *all_figures(data)]
 
 
+def render_alignment(results: dict[str, dict]) -> list[str]:
+    data = results.get("alignment.json")
+    if data is None:
+        return []
+    setup = [("student sequence length", "config.student_length"), ("teacher lengths", "config.teacher_lengths"),
+             ("student tokenizer", "config.student_tokenizer"), ("timed runs each (median)", "config.repeats")]
+    lines = ["Setup:", "", *key_values(data, setup), "", "Results (seconds per sample):", ""]
+    pipelines = data.get("pipelines", {})
+    sizes = sorted({row["content_kib"] for p in pipelines.values() for row in p.get("sizes", [])})
+    rows = []
+    for name, entry in pipelines.items():
+        for label, key, ratio in (("", "seconds_per_sample", "max_over_min"),
+                                  (" without the sample key", "seconds_without_sample_key",
+                                   "without_sample_key_max_over_min"),
+                                  (" sample key alone", "sample_key_seconds", None)):
+            by_size = {row["content_kib"]: row.get(key) for row in entry.get("sizes", [])}
+            rows.append((name + label, *(by_size.get(size) for size in sizes), entry.get(ratio) if ratio else None))
+    lines += table(("pipeline", *(f"{size} KiB" for size in sizes), "**max / min**"), rows)
+    uncut = [(name, row["content_kib"], row["seconds_per_sample"], row["same_sample_as_cut"])
+             for name, entry in pipelines.items() for row in entry.get("uncut", [])]
+    if uncut:
+        lines += ["", "Without the content cut (the whole content tokenised and aligned):", ""]
+        lines += table(("pipeline", "content (KiB)", "seconds per sample", "same sample as with the cut"), uncut)
+    return lines + ["", *all_figures(data)]
+
+
 def render_fidelity(results: dict[str, dict]) -> list[str]:
     data = results.get("fidelity_k.json")
     if data is None:
@@ -324,6 +350,7 @@ RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "reader": render_reader,
     "teacher_runner": render_teacher_runner,
     "moe": render_moe,
+    "alignment": render_alignment,
 }
 
 
@@ -359,6 +386,12 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
     if moe:
         rows.append(("LLaDA2 MoE block, grouped / per-expert loop time (real shape, CPU)", moe.get("grouped_over_loop"),
                      "bench_moe"))
+    alignment = results.get("alignment", {}).get("alignment.json")
+    for name, entry in (alignment or {}).get("pipelines", {}).items():
+        rows.append((f"preparation time per sample, max / min over 64 KiB .. 8 MiB contents ({name})",
+                     entry.get("max_over_min"), "bench_alignment"))
+        rows.append((f"the same without the sample key's hash of the whole content ({name})",
+                     entry.get("without_sample_key_max_over_min"), "bench_alignment"))
     return rows
 
 

@@ -88,6 +88,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         timeout_s=1200,
     ),
 )
+BENCHMARKS += (
+    Benchmark(
+        "alignment", "Preparation time per sample against content length (64 KiB to 8 MiB)", "bench_alignment.py",
+        ("--sizes-kib", "64", "256", "1024", "2048", "8192", "--repeats", "3",
+         "--out", "benchmarks/results/alignment.json"),
+        ("alignment.json",),
+        timeout_s=900,
+    ),
+)
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
 

@@ -1,7 +1,9 @@
 """``inspect`` and ``validate``: the format's command-line tools (no torch, no model code).
 
 ``register_commands(subparsers)`` adds both to a parent parser (the ``tide-cache`` command); ``main`` runs
-them standalone: ``python -m cache_schema.cli validate PATH``.
+them standalone: ``python -m cache_schema.cli validate PATH``. ``validate`` lists every problem it finds,
+one line each; a cache ``inspect`` cannot read ends in one line naming the file at fault; an error escaping
+either is one line too (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache_schema.errors import CacheError
@@ -45,6 +48,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
                          help=f"chunk caches: count the active chunks whose probability exp(log-p / T) the CALM "
                               f"clamp [{CALM_CLAMP}, 1 - {CALM_CLAMP}] changes, at T (repeatable; default "
                               f"{CALM_TEMPERATURE})")
+    inspect.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     inspect.set_defaults(func=run_inspect)
 
     validate = subparsers.add_parser(
@@ -56,6 +60,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--max-rows", type=int, default=5, metavar="N", help="rows reported per failing check (default 5)"
     )
+    validate.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     validate.set_defaults(func=run_validate)
 
 
@@ -72,8 +77,8 @@ def run_validate(args: argparse.Namespace) -> int:
         max_rows_per_check=args.max_rows,
     )
     if problems:
-        for problem in problems:
-            print(problem)
+        for problem in problems:  # one line each, whatever line breaks a decoder's message held
+            print("; ".join(part.strip() for part in str(problem).splitlines() if part.strip()))
         print(f"{len(problems)} problem(s) in {args.path}", file=sys.stderr)
         return 1
     manifest = Manifest.load(args.path)
@@ -237,16 +242,27 @@ def _print_clamped(manifest: Manifest, path: Path, temperatures: Sequence[float]
                   f"CALM clamp: {high} above 1 - {CALM_CLAMP:g}, {low} below {CALM_CLAMP:g}")
 
 
+def _read_group(path: Path, file: str, group: int | None = None) -> pq.ParquetFile | pa.Table:
+    """A shard's Parquet file (``group`` None) or one of its row groups; a damaged file raises a
+    :class:`CacheError` naming it."""
+    try:
+        parquet = pq.ParquetFile(path / file)
+        return parquet if group is None else parquet.read_row_group(group)
+    except (OSError, ValueError) as exc:  # pyarrow's errors for damaged files derive from these
+        where = f"row group {group} of {file}" if group is not None else file
+        raise CacheError(f"{where}: cannot be decoded ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+
+
 def _print_rows(manifest: Manifest, path: Path, count: int) -> None:
     shown = 0
     for entry in manifest.shards:
         if shown >= count:
             break
-        parquet = pq.ParquetFile(path / entry.file)
+        parquet = _read_group(path, entry.file)
         for group in range(parquet.metadata.num_row_groups):
             if shown >= count:
                 break
-            table = parquet.read_row_group(group).slice(0, count - shown)
+            table = _read_group(path, entry.file, group).slice(0, count - shown)
             for row in table.to_pylist():
                 masked = len(row["masked_positions"])
                 items = len(
@@ -299,11 +315,18 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python -m cache_schema.cli {inspect,validate} PATH``."""
+    """Standalone entry point: ``python -m cache_schema.cli {inspect,validate} PATH``; a cache error is one
+    line on stderr (exit 1) unless ``--debug``."""
     parser = argparse.ArgumentParser(prog="python -m cache_schema.cli", description=__doc__.splitlines()[0])
     register_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (CacheError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The ``tide-cache`` command: ``build`` (stage one) next to ``inspect`` and ``validate`` (the format).
 
 The format commands live in ``cache_schema.cli`` so they run without any model code; only ``build``
-pulls in the teacher stack, and only when it is the command being run.
+pulls in the teacher stack, and only when it is the command being run. Every command reports a mistake as
+one line, ``tide-cache <command>: error: ...`` (exit 1), and ``--debug`` shows the traceback instead
+(:mod:`stages.cli_support`).
 """
 
 from __future__ import annotations
@@ -37,10 +39,15 @@ def build_parser(*, build_options: bool = True) -> argparse.ArgumentParser:
 
 
 def tide_cache_main(argv: list[str] | None = None) -> int:
+    from cache_schema.errors import CacheError
+    from stages.cli_support import debug_requested, run_reporting_errors
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(build_options=not (words and words[0] in FORMAT_COMMANDS)).parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_reporting_errors(f"tide-cache {args.command}", lambda: int(args.func(args) or 0),
+                                debug=getattr(args, "debug", False) or debug_requested(argv),
+                                expected=(ValueError, OSError, RuntimeError, CacheError))
 
 
 if __name__ == "__main__":

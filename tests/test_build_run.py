@@ -302,7 +302,7 @@ def test_changed_setting_against_existing_output_is_refused(shared_build, tmp_pa
         run_build(changed)
 
 
-def test_cli_refuses_a_changed_setting_and_resumes_a_finished_build(shared_build, tmp_path, caplog):
+def test_cli_refuses_a_changed_setting_and_resumes_a_finished_build(shared_build, tmp_path, capfd):
     from stages.cli import tide_cache_main
 
     output = tmp_path / "copy"
@@ -313,7 +313,9 @@ def test_cli_refuses_a_changed_setting_and_resumes_a_finished_build(shared_build
             "--replicas", "2", "--rows-per-shard", "3", "--rows-per-row-group", "2", "--seed", "7", "--k", "16",
             "--value-dtype", "float32", "--device", "cpu", "--no-progress"]
     assert tide_cache_main(argv + ["--demo-ratio", "0.25"]) == 2
-    assert "demo_ratio: output directory was built with 0.5, this run has 0.25" in caplog.text
+    error = capfd.readouterr().err
+    assert error.startswith("tide-cache build: error: ") and "Traceback" not in error
+    assert "demo_ratio: output directory was built with 0.5, this run has 0.25" in error
     assert tide_cache_main(argv) == 0  # identical settings: every shard is complete, nothing is rebuilt
     assert _shard_hashes(output) == before and validate_cache(output) == []
 
@@ -358,10 +360,12 @@ def test_two_sources_give_shards_that_mix_both_in_proportion(models, tmp_path):
     first = write_chat_jsonl(tmp_path / "first.jsonl", conversations[:8])
     second = write_chat_jsonl(tmp_path / "second.jsonl", conversations[8:])
     config = _config(models, "wedlm", tmp_path / "cache", sources=f"{first}+{second}", replicas=1,
-                     rows_per_shard=3, passes=["plain"], k=4)
+                     rows_per_shard=3, passes=["plain"], k=4, duplicates="keep")
     run_build(config)
     manifest = json.loads((Path(config.output) / "manifest.json").read_text())
     assert manifest["build"]["stats"]["samples"] == 12
+    repeats = len(conversations) - len({json.dumps(c, sort_keys=True) for c in conversations})
+    assert manifest["build"]["stats"]["data_changes"]["duplicates_kept"] == repeats > 0  # kept, and counted
     for shard in manifest["shards"]:
         ids = pd.read_parquet(Path(config.output) / shard["file"], columns=["sample_id"])["sample_id"].tolist()
         from_second = sum(i.startswith(str(second)) for i in ids)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Any
 
-from stages.cli_support import debug_requested, run_reporting_errors
+from stages.cli_support import EXIT_USAGE, debug_requested, run_reporting_errors
 from stages.options import OptionsError, add_options, options_from_args
-
-logger = logging.getLogger(__name__)
 
 FAIL_AFTER_ENV = "TIDE_BUILD_FAIL_AFTER_SHARDS"
 BUILD_HELP = "stage one: run the teacher and write a logits cache"
@@ -116,9 +115,9 @@ def _build(args: argparse.Namespace) -> int:
                 raise BuildConfigError(f"{FAIL_AFTER_ENV}={fail_after!r}: expected a positive integer")
             hooks = fail_after_hook(int(fail_after))
         manifest = run_build(config, hooks=hooks)
-    except OptionsError as exc:  # BuildConfigError included
-        logger.error("%s", exc)
-        return 2
+    except OptionsError as exc:  # BuildConfigError included: malformed options, or a changed setting on resume
+        print(f"tide-cache build: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if manifest is not None:
         print(f"cache written: {manifest.parent}")
     return 0

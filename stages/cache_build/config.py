@@ -21,7 +21,7 @@ from typing import Any
 from cache_schema.directory import CacheDirectory
 from cache_schema.manifest import REGIMES
 from cache_schema.schemas import PASSES, PIPELINE_CROSS, PIPELINE_SHARED, PIPELINES, VALUE_DTYPES
-from stages.cache_build.preparation import TEACHER_CONTEXTS
+from stages.cache_build.preparation import DUPLICATE_MODES, SPECIAL_TEXT_MODES, TEACHER_CONTEXTS
 from stages.cache_build.sources import PAPER_SOURCES
 from stages.options import OptionsError, option
 from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
@@ -40,7 +40,7 @@ PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Settings that never change what a shard contains; every other setting must match on resume.
-RUNTIME_KEYS = frozenset({"output", "device", "batch_tokens", "batch_rows", "lm_head_chunk", "progress"})
+RUNTIME_KEYS = frozenset({"output", "overwrite", "device", "batch_tokens", "batch_rows", "lm_head_chunk", "progress"})
 
 REQUIRED = ("teacher", "student_tokenizer", "output")
 
@@ -60,6 +60,12 @@ def _per_pipeline(key: str) -> str:
 class BuildConfigError(OptionsError):
     """A build setting is missing, malformed, or differs from the one an output directory was built with."""
 
+
+_DUPLICATES_HELP = ("a row repeating an earlier conversation (same sample key): drop = skip it (counted as "
+                    "'duplicate'), keep = train on it again (counted)")
+_SPECIAL_TEXT_HELP = ("special-token text inside a message content (e.g. '<|im_end|>'): split = encode it as plain "
+                      "text, skip = drop the row, keep = tokenise it as the control tokens it spells (forges "
+                      "turns); always counted")
 
 _DATA = "models and data"
 _TARGETS = "sequences and targets"
@@ -82,6 +88,12 @@ class BuildConfig:
                                f"{PAPER_SOURCES}")
     output: str | None = option(None, group=_DATA, aliases=("-o",),
                                 help="cache output directory (resumed if it exists); required")
+    overwrite: bool = option(False, group=_DATA,
+                             help="delete the cache files already in --output (another build's, a finished cache, "
+                                  "a killed build's) and start again; without it a build only writes into an "
+                                  "empty directory or resumes its own")
+    duplicates: str = option("drop", group=_DATA, choices=DUPLICATE_MODES, help=_DUPLICATES_HELP)
+    special_text: str = option("split", group=_DATA, choices=SPECIAL_TEXT_MODES, help=_SPECIAL_TEXT_HELP)
     teacher_tokenizer: str | None = option(None, group=_DATA,
                                            help="teacher tokenizer directory (default: the teacher directory)")
     pipeline: str = option("auto", group=_TARGETS, choices=("auto", *PIPELINES),
@@ -195,6 +207,9 @@ class BuildConfig:
              f"passes={self.passes!r}: expected a non-empty subset of {PASSES}"),
             (self.regime in REGIMES, f"regime={self.regime!r}: expected one of {REGIMES}"),
             (self.train_turns in TRAIN_TURNS, f"train_turns={self.train_turns!r}: expected one of {TRAIN_TURNS}"),
+            (self.duplicates in DUPLICATE_MODES, f"duplicates={self.duplicates!r}: expected one of {DUPLICATE_MODES}"),
+            (self.special_text in SPECIAL_TEXT_MODES,
+             f"special_text={self.special_text!r}: expected one of {SPECIAL_TEXT_MODES}"),
             (self.teacher_context in TEACHER_CONTEXTS,
              f"teacher_context={self.teacher_context!r}: expected one of {TEACHER_CONTEXTS}"),
             (self.value_dtype in VALUE_DTYPES,
@@ -283,7 +298,8 @@ def check_or_store_config(config: BuildConfig, directory: CacheDirectory) -> Non
         if diffs:
             raise BuildConfigError(
                 f"{directory.root} holds a build with different settings; refusing to mix them. "
-                "Use a new --output, or rerun with the original settings to resume:\n  " + "\n  ".join(diffs)
+                "Use a new --output, rerun with the original settings to resume, or add --overwrite to delete "
+                "it and start again:\n  " + "\n  ".join(diffs)
             )
         return
     directory.write_build_config(json.loads(config.to_json()))

@@ -60,7 +60,7 @@ def normalize_messages(raw: Any) -> list[dict[str, str]]:
             content.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise SkipSample(SKIP_UNDECODABLE, f"message {i} holds unpaired surrogates") from exc
-        if role == "assistant" and not content.strip():
+        if role == "assistant" and (not content or content.isspace()):  # isspace stops at the first letter
             raise SkipSample(SKIP_EMPTY_ASSISTANT, f"message {i}")
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):

@@ -11,6 +11,13 @@ skipped. The student sequence is truncated to ``max_length`` and padded with EOS
 Pipeline B (``"shared"``) aligns content tokens position to position, pipeline A (``"cross"``) by
 byte-exact chunks; nothing aligned points past either truncated sequence.
 
+Every data change is counted (:class:`PrepStats`): a content longer than both sequences can hold is cut
+before tokenisation (:mod:`tide.alignment.content_budget`, which bounds the cost of one input), sequences
+cut to their lengths count their samples and the tokens cut, special-token text inside a content is
+encoded as plain text by default (``special_text``; :mod:`tide.alignment.special_text`) and counted, and a
+row repeating an earlier conversation (same sample key) is dropped and counted as a skip, or kept and
+counted (``duplicates``).
+
 ``teacher_context="paper"`` (the original's) then cuts the teacher sequence right after the last aligned
 item — pipeline A after the last chunk, pipeline B after the last aligned position, then EOS-padded to
 whole blocks as the original's WeDLM collator did — so the teacher never reads right context that the
@@ -31,20 +38,24 @@ from cache_schema.schemas import PIPELINES
 from stages.cache_build.messages import normalize_messages
 from stages.cache_build.pipelines import build_pipeline
 from stages.cache_build.skips import (
+    SKIP_DUPLICATE,
     SKIP_LAST_NOT_ASSISTANT,
     SKIP_NO_MASKABLE,
     SKIP_PROMPT_TOO_LONG,
     SKIP_SPAN,
+    SKIP_SPECIAL_TEXT,
     SKIP_TEMPLATE,
     SkipCounter,
     SkipSample,
 )
 from stages.cache_build.sources import RawSample
 from tide.alignment.chunks import ChunkTable
+from tide.alignment.content_budget import cut_contents
 from tide.alignment.spans import ContentSpanError, TokenizedText, tokenize_chat
 from tide.maskable import (
     TRAIN_TURNS,
     last_turn_maskable,
+    last_turn_prompt,
     last_turn_prompt_length,
     special_token_ids,
     student_maskable,
@@ -70,6 +81,9 @@ class PreparedSample:
     * ``num_padding`` EOS tokens appended; ``num_response_tokens`` maskable tokens that are not padding;
       ``num_covered_tokens`` of those covered by a pair / a response chunk; ``drops`` dropped pairs or
       chunks by reason.
+    * what preparation changed: ``student_tokens_cut`` / ``teacher_tokens_cut`` tokens past the sequence
+      lengths, ``content_cuts`` (contents, characters) cut before tokenisation, ``special_text`` special-token
+      texts found inside contents (both sides).
     """
 
     sample_id: str
@@ -90,6 +104,10 @@ class PreparedSample:
     chunks: ChunkTable | None = None
     chunk_in_prompt: np.ndarray | None = None
     drops: Counter = field(default_factory=Counter)
+    student_tokens_cut: int = 0
+    teacher_tokens_cut: int = 0
+    content_cuts: tuple[int, int] = (0, 0)
+    special_text: int = 0
 
     @property
     def length(self) -> int:
@@ -98,7 +116,14 @@ class PreparedSample:
 
 @dataclass
 class PrepStats:
-    """Running totals over prepared samples; ``alignment_yield`` = covered / response tokens."""
+    """Running totals over prepared samples; ``alignment_yield`` = covered / response tokens.
+
+    The data changes: ``truncated_samples`` / ``truncated_tokens`` (student sequences cut to ``max_length``,
+    tokens past it), the same for the teacher, ``cut_contents`` / ``cut_characters`` (contents cut before
+    tokenisation, characters removed: the tokens past the sequence are then counted in what was kept),
+    ``special_text_samples`` / ``special_text_tokens`` (special-token texts inside contents) and
+    ``duplicates_kept`` (rows repeating an earlier conversation, kept by ``duplicates="keep"``).
+    """
 
     samples: int = 0
     student_tokens: int = 0
@@ -110,6 +135,15 @@ class PrepStats:
     chunks: int = 0
     prompt_chunks: int = 0
     drops: Counter = field(default_factory=Counter)
+    truncated_samples: int = 0
+    truncated_tokens: int = 0
+    teacher_truncated_samples: int = 0
+    teacher_truncated_tokens: int = 0
+    cut_contents: int = 0
+    cut_characters: int = 0
+    special_text_samples: int = 0
+    special_text_tokens: int = 0
+    duplicates_kept: int = 0
 
     def update(self, sample: PreparedSample) -> None:
         self.samples += 1
@@ -124,6 +158,14 @@ class PrepStats:
             self.chunks += len(sample.chunks)
             self.prompt_chunks += int(sample.chunk_in_prompt.sum())
         self.drops.update(sample.drops)
+        self.truncated_samples += sample.student_tokens_cut > 0
+        self.truncated_tokens += sample.student_tokens_cut
+        self.teacher_truncated_samples += sample.teacher_tokens_cut > 0
+        self.teacher_truncated_tokens += sample.teacher_tokens_cut
+        self.cut_contents += sample.content_cuts[0]
+        self.cut_characters += sample.content_cuts[1]
+        self.special_text_samples += sample.special_text > 0
+        self.special_text_tokens += sample.special_text
 
     @property
     def alignment_yield(self) -> float:
@@ -142,12 +184,21 @@ class PrepStats:
             "chunks": self.chunks,
             "prompt_chunks": self.prompt_chunks,
             "drops": {k: int(v) for k, v in sorted(self.drops.items())},
+            "truncated_samples": self.truncated_samples,
+            "truncated_tokens": self.truncated_tokens,
+            "teacher_truncated_samples": self.teacher_truncated_samples,
+            "teacher_truncated_tokens": self.teacher_truncated_tokens,
+            "cut_contents": self.cut_contents,
+            "cut_characters": self.cut_characters,
+            "special_text_samples": self.special_text_samples,
+            "special_text_tokens": self.special_text_tokens,
+            "duplicates_kept": self.duplicates_kept,
         }
 
 
-def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str) -> TokenizedText:
+def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str, split_special: bool) -> TokenizedText:
     try:
-        return tokenize_chat(tokenizer, messages)
+        return tokenize_chat(tokenizer, messages, split_special=split_special)
     except ContentSpanError as exc:
         raise SkipSample(SKIP_SPAN, f"{side}: {exc}") from exc
     except Exception as exc:  # template engines raise their own exception types on odd conversations
@@ -155,6 +206,11 @@ def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str) ->
 
 
 TEACHER_CONTEXTS = ("paper", "full")
+# Special-token text inside a content: encoded as plain text (split), dropped with its row (skip), or
+# tokenised as the control tokens it spells (keep: the tokenizer's own behaviour, which can forge turns).
+SPECIAL_TEXT_MODES = ("split", "skip", "keep")
+# A row repeating an earlier conversation (same sample key): dropped and counted, or kept and counted.
+DUPLICATE_MODES = ("drop", "keep")
 
 
 @dataclass(frozen=True)
@@ -168,6 +224,8 @@ class PreparationSettings:
     teacher_max_length: int
     train_turns: str = "last"
     teacher_context: str = "paper"
+    special_text: str = "split"
+    duplicates: str = "drop"
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -183,6 +241,10 @@ class PreparationSettings:
             raise ValueError(f"train_turns={self.train_turns!r}: expected one of {TRAIN_TURNS}")
         if self.teacher_context not in TEACHER_CONTEXTS:
             raise ValueError(f"teacher_context={self.teacher_context!r}: expected one of {TEACHER_CONTEXTS}")
+        if self.special_text not in SPECIAL_TEXT_MODES:
+            raise ValueError(f"special_text={self.special_text!r}: expected one of {SPECIAL_TEXT_MODES}")
+        if self.duplicates not in DUPLICATE_MODES:
+            raise ValueError(f"duplicates={self.duplicates!r}: expected one of {DUPLICATE_MODES}")
 
 
 def _trained_positions(messages: list[dict[str, str]], student: TokenizedText, student_tok: Any,
@@ -193,7 +255,7 @@ def _trained_positions(messages: list[dict[str, str]], student: TokenizedText, s
         if messages[-1]["role"] != "assistant":
             raise SkipSample(SKIP_LAST_NOT_ASSISTANT, f"last message is {messages[-1]['role']!r}")
         try:
-            prompt_length = min(last_turn_prompt_length(student_tok, messages), len(student.ids))
+            prompt_length = min(_last_turn_prompt_length(student_tok, messages, student, settings), len(student.ids))
         except Exception as exc:  # template engines raise their own exception types on odd conversations
             raise SkipSample(SKIP_TEMPLATE, f"student last-turn prompt: {type(exc).__name__}: {exc}") from exc
         if prompt_length >= max_length:
@@ -209,6 +271,16 @@ def _trained_positions(messages: list[dict[str, str]], student: TokenizedText, s
     if maskable_index[0] >= max_length:
         raise SkipSample(SKIP_PROMPT_TOO_LONG, f"first response token at {maskable_index[0]} >= {max_length}")
     return mask
+
+
+def _last_turn_prompt_length(student_tok: Any, messages: list[dict[str, str]], student: TokenizedText,
+                             settings: PreparationSettings) -> int:
+    """Tokens of the final turn's prompt, tokenised as the sample is: when a content's special-token text
+    was split into plain tokens, the prompt's is too (else the prompt would count it as control tokens)."""
+    if student.special_in_content == 0 or settings.special_text != "split":
+        return last_turn_prompt_length(student_tok, messages)
+    prompt = tokenize_chat(student_tok, messages[:-1], rendered=last_turn_prompt(student_tok, messages))
+    return len(prompt.ids)
 
 
 def _cut_teacher(prepared: PreparedSample, pipeline: Any, block_size: int, teacher_eos: int | None) -> None:
@@ -230,10 +302,16 @@ def prepare_sample(raw: RawSample, student_tok: Any, teacher_tok: Any, settings:
     if eos is None:
         raise ValueError("student tokenizer has no eos_token_id: it is needed to pad to the block size")
     messages = normalize_messages(raw.messages)
-    key = sample_key(messages)
+    key = sample_key(messages)  # of the conversation as read: duplicates and held-out splits go by it
     roles = tuple(m["role"] for m in messages)
-    student = _tokenize_side(student_tok, messages, "student")
-    teacher = _tokenize_side(teacher_tok, messages, "teacher")
+    split_special = settings.special_text != "keep"
+    messages, cuts = cut_contents(messages, [(student_tok, max_length), (teacher_tok, settings.teacher_max_length)],
+                                  split_special=split_special)
+    student = _tokenize_side(student_tok, messages, "student", split_special)
+    teacher = _tokenize_side(teacher_tok, messages, "teacher", split_special)
+    special_text = student.special_in_content + teacher.special_in_content
+    if special_text and settings.special_text == "skip":
+        raise SkipSample(SKIP_SPECIAL_TEXT, f"{special_text} special-token texts inside message contents")
 
     full_mask = _trained_positions(messages, student, student_tok, settings)
     kept = min(len(student.ids), max_length)
@@ -260,6 +338,10 @@ def prepare_sample(raw: RawSample, student_tok: Any, teacher_tok: Any, settings:
         num_padding=padded - kept,
         num_response_tokens=response,
         num_covered_tokens=0,
+        student_tokens_cut=len(student.ids) - kept,
+        teacher_tokens_cut=len(teacher.ids) - teacher_kept,
+        content_cuts=(len(cuts), sum(cut.removed for cut in cuts)),
+        special_text=special_text,
     )
     pipeline = build_pipeline(settings.pipeline)
     try:
@@ -282,14 +364,26 @@ def prepare_samples(
     stats: PrepStats | None = None,
 ) -> Iterator[PreparedSample]:
     """Prepare every row of ``source_iter`` (e.g. :func:`stages.cache_build.sources.iter_sources`), in order, skipping and counting
-    unusable rows in ``skip_counter`` and accumulating :class:`PrepStats` into ``stats`` if given."""
+    unusable rows in ``skip_counter`` and accumulating :class:`PrepStats` into ``stats`` if given.
+
+    A row whose conversation (sample key) an earlier row already had is dropped and counted as
+    ``duplicate`` (``settings.duplicates="drop"``) or kept and counted in ``stats.duplicates_kept``; the
+    keys seen are held in memory (8 bytes each plus a set entry)."""
     skip_counter = SkipCounter() if skip_counter is None else skip_counter
+    seen: set[int] = set()
     for raw in source_iter:
         try:
             sample = prepare_sample(raw, student_tok, teacher_tok, settings)
         except SkipSample as skip:
             skip_counter.add(skip.reason, raw.sample_id, skip.detail)
             continue
+        if sample.sample_key in seen:
+            if settings.duplicates == "drop":
+                skip_counter.add(SKIP_DUPLICATE, raw.sample_id, f"sample key {sample.sample_key} seen before")
+                continue
+            if stats is not None:
+                stats.duplicates_kept += 1
+        seen.add(sample.sample_key)
         if stats is not None:
             stats.update(sample)
         yield sample

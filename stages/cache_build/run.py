@@ -2,16 +2,19 @@
 
 One call of :func:`run_build` does the work of one rank:
 
-1. resolve the settings and refuse a content change against an existing output directory;
+1. claim the output directory (:mod:`stages.cache_build.ownership`: empty, or this build's own; ``--overwrite``
+   deletes the cache files there first), resolve the settings and refuse a content change against it;
 2. load or make the data survey (:mod:`stages.cache_build.survey`), which fixes the shard layout
-   (:class:`stages.cache_build.shard_layout.ShardLayout`);
+   (:class:`stages.cache_build.shard_layout.ShardLayout`); a resumed build re-fingerprints its data, teacher
+   weights and tokenizers and refuses if any changed (:mod:`stages.cache_build.input_check`);
 3. for each of this rank's shards that the cache directory's journal does not list as complete
    (:meth:`cache_schema.directory.CacheDirectory.shard_is_complete`), build its rows with the teacher
    (:class:`stages.cache_build.shard_builder.ShardBuilder`) and hand them to an
    :class:`cache_schema.writer.AsyncShardWriter` (compression overlaps the next shard's teacher compute);
    a shard's journal record is written only once its file is in place;
 4. wait for every rank (``accelerate``'s ``PartialState.wait_for_everyone`` when launched with several
-   processes); rank 0 writes ``manifest.json`` with the build statistics (:func:`finalize_build`).
+   processes); rank 0 removes the temporary files killed writers left and writes ``manifest.json`` with the
+   build statistics (:func:`finalize_build`).
 
 Re-running the same command continues an interrupted build; the result equals an uninterrupted one
 because shard content depends only on the settings and the data.
@@ -30,6 +33,8 @@ from typing import Any
 
 from cache_schema.directory import CacheDirectory
 from stages.cache_build.config import BuildConfig, check_or_store_config
+from stages.cache_build.input_check import check_inputs_unchanged
+from stages.cache_build.ownership import check_shard_names, claim_output
 from stages.cache_build.pipelines import build_pipeline
 from stages.cache_build.shard_builder import ShardBuilder, ShardStats
 from stages.cache_build.shard_layout import ShardLayout
@@ -84,10 +89,17 @@ def run_build(
     info = _rank_info(rank, world_size)
     hooks = hooks or BuildHooks()
     directory = CacheDirectory(config.output)
+    claim_output(directory, overwrite=config.overwrite, may_delete=info.rank == 0)
+    if config.overwrite:
+        info.barrier()  # every rank starts once the first has deleted the old files
     check_or_store_config(config, directory)
     student_tok, teacher_tok = load_tokenizers(config)
+    resuming = directory.read_survey() is not None
     survey = load_or_make_survey(config, student_tok, teacher_tok)
+    if resuming:
+        check_inputs_unchanged(config, survey, student_tok, teacher_tok)
     layout = ShardLayout(survey["num_samples"], config.replicas, config.rows_per_shard)
+    check_shard_names(directory, layout.shard_files())
     mine = layout.shards_for_rank(info.rank, info.world_size)
     todo = [s for s in mine if not directory.shard_is_complete(s, layout.shard_file(s))]
     logger.info(
@@ -126,6 +138,9 @@ def finalize_build(config: BuildConfig) -> Path:
             f"{directory.root}: {len(missing)} of {layout.num_shards} shards are not built yet (first: {missing[:10]}); "
             "run the remaining ranks (or rerun the build command) before finalising"
         )
+    for leftover in directory.temp_files():  # every rank is done: no writer is running any more
+        logger.info("removing %s, left by a killed writer", leftover)
+        leftover.unlink(missing_ok=True)
     stats = summarise(survey, records)
     manifest = Manifest(
         pipeline=config.pipeline,
@@ -254,7 +269,7 @@ def _build_shards(
             if wanted:
                 bar.update(1)
             for shard in sorted(s for s, units in pending.items() if len(units) == expected[s]):
-                rows, stats = builder.build(pending.pop(shard))
+                rows, stats = builder.build(pending.pop(shard), shard=layout.shard_file(shard))
                 submitted.append((shard, stats))
                 writer.submit(layout.shard_file(shard), rows)
                 record_written()

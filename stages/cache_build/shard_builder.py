@@ -17,6 +17,7 @@ import torch
 from stages.cache_build.config import BuildConfig, BuildConfigError
 from stages.cache_build.passes import pack_batches, pad_batch, pass_kinds
 from stages.cache_build.pipelines import TargetSettings, build_pipeline
+from stages.cache_build.unit_checks import check_teacher_outputs, check_token_ids, naming_the_batch
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class ShardBuilder:
                 f"teacher {config.teacher}: loaded mask id {self.runner.mask_token_id} differs from the survey's {expected}"
             )
         self.targets = target_settings(config, survey["teacher"]["shared_vocab_size"])
+        self.vocab_sizes = {"student_vocab": survey["student"]["vocab_size"],
+                            "teacher_vocab": survey["teacher"]["vocab_size"]}
         pad = getattr(model.config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
         self.kinds = pass_kinds(config.passes)
@@ -80,11 +83,13 @@ class ShardBuilder:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def build(self, units: list[tuple[Any, int]]) -> tuple[list[dict[str, Any]], ShardStats]:
-        """Rows (in unit order) and statistics for ``units`` = [(prepared sample, replica), ...]."""
+    def build(self, units: list[tuple[Any, int]], shard: str = "shard") -> tuple[list[dict[str, Any]], ShardStats]:
+        """Rows (in unit order) and statistics for ``units`` = [(prepared sample, replica), ...]; ``shard``
+        names them in a refusal (:mod:`stages.cache_build.unit_checks`)."""
         config, pipeline = self.config, self.pipeline
         start = time.perf_counter()
         stats = ShardStats()
+        check_token_ids(units, shard=shard, **self.vocab_sizes)
         noises, requests_by_unit = [], []
         for index, (sample, replica) in enumerate(units):
             unit_noise = pipeline.draw_noise(sample, replica, seed=config.seed, eps=config.eps,
@@ -98,7 +103,10 @@ class ShardBuilder:
         for batch in batches:
             teacher_start = time.perf_counter()
             arrays = pad_batch(batch, self.pad_id)
-            pipeline.run_batch(self.runner, batch, arrays, self._tensor, self.targets)
+            with naming_the_batch(batch, units, teacher=config.teacher, shard=shard):
+                pipeline.run_batch(self.runner, batch, arrays, self._tensor, self.targets)
+            check_teacher_outputs(batch, units, vocabulary_targets=pipeline.has_vocabulary_targets,
+                                  teacher=config.teacher, shard=shard)
             stats.padded_tokens += arrays.padded_tokens
             self._sync()
             stats.teacher_seconds += time.perf_counter() - teacher_start

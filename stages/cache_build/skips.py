@@ -28,6 +28,8 @@ SKIP_PROMPT_TOO_LONG = "prompt_too_long"
 SKIP_NO_MASKABLE = "no_maskable"
 SKIP_LAST_NOT_ASSISTANT = "last_turn_not_assistant"
 SKIP_PROMPT_MISMATCH = "prompt_not_prefix"
+SKIP_SPECIAL_TEXT = "special_token_text"  # with special_text="skip" only
+SKIP_DUPLICATE = "duplicate"  # the same conversation as an earlier row, with duplicates="drop"
 # Rows a source's options leave out (counted so that nothing disappears unrecorded).
 SKIP_HELD_OUT = "held_out"
 SKIP_LANGUAGE = "language_filter"
@@ -40,6 +42,20 @@ class SkipSample(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class NoSamplesError(ValueError):
+    """The sources yielded no usable sample: a build refuses to write an empty cache."""
+
+
+def no_samples_error(sources: str, skip_counter: SkipCounter) -> NoSamplesError:
+    """The refusal of an empty result, with the skip table that says where every row went."""
+    table = ", ".join(f"{reason} {count}" for reason, count in skip_counter.as_dict().items()) or "no rows at all"
+    return NoSamplesError(
+        f"--sources {sources}: no usable sample, nothing to build ({skip_counter.total} rows skipped: {table}); "
+        "check the rows' format (a 'messages' list, or 'instruction' and 'output') and the settings the reasons "
+        "name (prompt_too_long: --max-length; last_turn_not_assistant: --train-turns)"
+    )
 
 
 class SkipCounter:

@@ -177,9 +177,17 @@ def _row_messages(row: Any) -> Any:
 # ------------------------------------------------------------------------------------------ local files
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _jsonl_rows(path: Path, name: str, skip_counter: SkipCounter) -> Iterator[tuple[int, Any]]:
+    """(line index, row) of a JSONL file; a UTF-8 byte-order mark opening a line (an editor's, or one per
+    file of concatenated files) is not part of the row and is dropped, with a log line."""
     with path.open("rb") as handle:
         for index, raw_line in enumerate(handle):
+            if raw_line.startswith(UTF8_BOM):
+                logger.info("%s line %d: UTF-8 byte-order mark skipped", name, index)
+                raw_line = raw_line[len(UTF8_BOM):]
             if not raw_line.strip():
                 continue
             try:
@@ -192,7 +200,7 @@ def _jsonl_rows(path: Path, name: str, skip_counter: SkipCounter) -> Iterator[tu
 
 def _json_rows(path: Path) -> list[Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is no part of the JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a valid UTF-8 JSON document ({exc})") from exc
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -220,7 +228,7 @@ def _parquet_rows(parquet: Any) -> Iterator[tuple[int, Any]]:
             index += 1
 
 
-def _local_paths(spec: str) -> list[Path]:
+def local_paths(spec: str) -> list[Path]:
     if any(char in spec for char in "*?["):
         paths = sorted(Path(p) for p in glob.glob(spec))
         if not paths:
@@ -273,9 +281,9 @@ class SourceRows:
         self._ids: list[str] | None = None  # None: a dataset's row i is "<spec>:i"
         self._order: list[int] | None = None  # table rows in reading order once options applied
         if source.kind == "hf":
-            self._table = _load_hf(source)
+            self._table = load_hf_source(source)
         else:
-            paths = _local_paths(source.name)
+            paths = local_paths(source.name)
             self._files = [_LocalFile(p, str(p) if len(paths) > 1 else source.spec) for p in paths]
             if source.options.needs_rows_in_memory:
                 pairs = [(f"{local.name}:{index}", row) for local in self._files
@@ -342,7 +350,7 @@ class SourceRows:
                 self.skip_counter.add(skip.reason, sample_id, skip.detail)
 
 
-def _load_hf(source: SourceSpec) -> Sequence[Any]:
+def load_hf_source(source: SourceSpec) -> Sequence[Any]:
     import datasets
 
     if source.config != ALL_CONFIGS:

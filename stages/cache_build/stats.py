@@ -7,6 +7,11 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# What preparation changed in the data (stages.cache_build.preparation.PrepStats), recorded and logged.
+DATA_CHANGES = ("truncated_samples", "truncated_tokens", "teacher_truncated_samples", "teacher_truncated_tokens",
+                "cut_contents", "cut_characters", "special_text_samples", "special_text_tokens", "duplicates_kept")
+
+
 def summarise(survey: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     """Build statistics for the manifest from the survey and every shard's journal record."""
     totals: dict[str, float] = {}
@@ -30,6 +35,7 @@ def summarise(survey: dict[str, Any], records: list[dict[str, Any]]) -> dict[str
         "skipped_total": int(sum(survey["skipped"].values())),
         "alignment_yield": prep["alignment_yield"],
         "alignment_drops": prep["drops"],
+        "data_changes": {key: int(prep.get(key, 0)) for key in DATA_CHANGES},
         "masked_positions": masked,
         "targets": targets,
         "mean_tail_mass": (float(totals["tail_mass_sum"]) / tail_count) if tail_count else None,
@@ -51,6 +57,13 @@ def log_summary(stats: dict[str, Any]) -> None:
     logger.info(
         "build summary: %d samples → %d rows in %d shards (%s bytes); skipped %d %s",
         stats["samples"], stats["rows"], stats["shards"], stats["bytes"], stats["skipped_total"], stats["skipped"],
+    )
+    changes = stats.get("data_changes", {})
+    logger.info(
+        "data changes: %d samples truncated to the student length (%d tokens cut), %d teacher sequences truncated "
+        "(%d tokens), %d contents cut before tokenisation (%d characters), %d samples with special-token text in a "
+        "content (%d tokens), %d duplicates kept",
+        *(changes.get(key, 0) for key in DATA_CHANGES),
     )
     logger.info(
         "alignment yield %s; %d masked positions, %d targets; mean tail mass %s; %s bytes per masked position",

@@ -52,7 +52,8 @@ def preparation_settings(config: BuildConfig) -> Any:
 
     return PreparationSettings(pipeline=config.pipeline, block_size=config.block_size,
                                max_length=config.max_length, teacher_max_length=config.teacher_max_length,
-                               train_turns=config.train_turns, teacher_context=config.teacher_context)
+                               train_turns=config.train_turns, teacher_context=config.teacher_context,
+                               special_text=config.special_text, duplicates=config.duplicates)
 
 
 def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_counter: Any = None,
@@ -127,10 +128,12 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
                 f"{directory.survey_path}: survey format {survey.get('survey_format')!r} is not {SURVEY_FORMAT}")
         logger.info("%s", replica_tradeoff(config, survey))
         return survey
+    from stages.cache_build.input_check import SOURCES_KEY, source_fingerprints
     from stages.cache_build.preparation import PrepStats
-    from stages.cache_build.skips import SkipCounter
+    from stages.cache_build.skips import SkipCounter, no_samples_error
     from tide.tokenizer_fingerprint import tokenizer_fingerprint
 
+    sources = source_fingerprints(config.sources)  # of the data this pass reads; a resume re-checks it
     start = time.perf_counter()
     skip_counter, prep_stats = SkipCounter(), PrepStats()
     num_samples = sum(1 for _ in iter_prepared(config, student_tok, teacher_tok, skip_counter, prep_stats))
@@ -139,8 +142,11 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
         num_samples, time.perf_counter() - start, skip_counter.total, skip_counter.as_dict(),
         prep_stats.alignment_yield,
     )
+    if num_samples == 0:
+        raise no_samples_error(config.sources, skip_counter)
     survey = {
         "survey_format": SURVEY_FORMAT,
+        SOURCES_KEY: sources,
         "num_samples": num_samples,
         "skipped": skip_counter.as_dict(),
         "prep": prep_stats.as_dict(),
