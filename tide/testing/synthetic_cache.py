@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache_schema.directory import shard_file_name, write_manifest
+from cache_schema.directory import shard_entry, shard_file_name, write_manifest
 from cache_schema.manifest import Manifest, NoiseInfo, StudentInfo, TargetsInfo, TeacherInfo
 from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, table_from_rows
 from cache_schema.writer import write_shard
@@ -100,7 +100,8 @@ class SyntheticCacheSpec:
 
 def write_cache_rows(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], spec: SyntheticCacheSpec) -> Manifest:
     """Write rows of column values (keys starting with ``_`` are left out) as shards of
-    ``spec.rows_per_shard`` rows, ``shard-IIIII-of-NNNNN.parquet``, then the manifest; returns the manifest."""
+    ``spec.rows_per_shard`` rows, ``data/shard-IIIII-of-NNNNN.parquet``, then the card and the manifest; returns
+    the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = spec.manifest()
@@ -109,7 +110,7 @@ def write_cache_rows(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any
     groups = [clean[i : i + spec.rows_per_shard] for i in range(0, len(clean), spec.rows_per_shard)]
     for index, group in enumerate(groups):
         table = table_from_rows(group, schema)
-        manifest.shards.append(write_shard(out_dir, shard_file_name(index, len(groups)), table, schema=schema,
+        manifest.shards.append(write_shard(out_dir, shard_entry(shard_file_name(index, len(groups))), table, schema=schema,
                                            row_group_rows=spec.row_group_rows, overwrite=True))
     write_manifest(out_dir, manifest)
     return manifest
