@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import Any
 
-from cache_schema.card import write_card
+from cache_schema.card import CARD_FILE, write_card
 from cache_schema.errors import ManifestError, ShardError
 from cache_schema.files import temp_files_for
 from cache_schema.manifest import DATA_DIR, MANIFEST_FILE, Manifest, ShardInfo
@@ -100,6 +100,11 @@ class CacheDirectory:
         """Temporary files a writer left (``.<name>.<random>.tmp``) in the directory, its data and journal."""
         return [name for folder in ("", f"{DATA_DIR}/", f"{JOURNAL_DIR}/")
                 for name in self.store.glob(f"{folder}.*.tmp")]
+
+    def metadata_files(self) -> list[str]:
+        """The files besides the shards and the manifest that exist: settings, card and journal."""
+        return [name for name in (BUILD_CONFIG_FILE, CARD_FILE) if self.store.is_file(name)] + \
+            self.store.glob(f"{JOURNAL_DIR}/*.json")
 
     def is_complete(self) -> bool:
         """True once the manifest is written."""

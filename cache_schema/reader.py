@@ -305,23 +305,25 @@ class CacheReader:
         return self._read(index, columns)
 
     def prefetch(self, units: Iterable[int], columns: Sequence[str] | None = None) -> None:
-        """Start reading ``units`` in the background (no-op with ``read_ahead=0``); :meth:`read_row_group`
-        with the same columns then takes the result. At most ``4 * read_ahead`` reads wait to be taken: the
-        oldest are dropped first."""
+        """Read ``units`` ahead on the background threads, in order (no-op with ``read_ahead=0``);
+        :meth:`read_row_group` with the same columns then takes the results. Each call replaces the previous
+        read-ahead: pending reads this call does not list are dropped. At most ``4 * read_ahead`` reads wait
+        at once (the first ones listed), which bounds the memory of what was read but not yet taken."""
         if not self.read_ahead:
             return
         columns = self._check_columns(columns)
         key_columns = None if columns is None else tuple(columns)
+        wanted = [(index, key_columns) for index in dict.fromkeys(int(u) for u in units)
+                  if 0 <= index < len(self.units)][: 4 * self.read_ahead]
         with self._pending_lock:
+            keep = set(wanted)
+            for key in [key for key in self._pending if key not in keep]:
+                self._pending.pop(key).cancel()
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.read_ahead, thread_name_prefix="tide-cache-read")
-            for index in units:
-                key = (int(index), key_columns)
-                if key in self._pending or not 0 <= key[0] < len(self.units):
-                    continue
-                self._pending[key] = self._pool.submit(self._read, key[0], columns)
-                while len(self._pending) > 4 * self.read_ahead:
-                    self._pending.popitem(last=False)[1].cancel()
+            for key in wanted:
+                if key not in self._pending:
+                    self._pending[key] = self._pool.submit(self._read, key[0], columns)
 
     def unit_column(self, name: str) -> list[np.ndarray]:
         """One column of every unit, as numpy arrays in unit order, read one shard at a time (one request per

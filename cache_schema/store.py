@@ -114,9 +114,9 @@ class Store(abc.ABC):
         """Write file ``name`` so that readers see the old file or the whole new one, never a part."""
 
     @abc.abstractmethod
-    def upload(self, local_path: str | os.PathLike[str], name: str) -> None:
-        """Place a finished local file under ``name`` atomically (a rename locally, one upload remotely);
-        the local file is consumed (moved or deleted)."""
+    def upload(self, local_path: str | os.PathLike[str], name: str, *, keep: bool = False) -> None:
+        """Place a finished local file under ``name`` atomically (a rename or a copy locally, one upload
+        remotely); the local file is consumed (moved or deleted) unless ``keep``."""
 
     @abc.abstractmethod
     def remove(self, name: str) -> None:
@@ -184,18 +184,19 @@ class LocalStore(Store):
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, data)
 
-    def upload(self, local_path: str | os.PathLike[str], name: str) -> None:
+    def upload(self, local_path: str | os.PathLike[str], name: str, *, keep: bool = False) -> None:
         target = self.root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         source = Path(local_path)
-        if source.parent.resolve() == target.parent.resolve():
+        if not keep and source.parent.resolve() == target.parent.resolve():
             os.replace(source, target)
-        else:  # another file system, perhaps: copy next to the target, then rename
+        else:  # a copy, or another file system perhaps: copy next to the target, then rename
             with self.spool(name) as tmp:
                 shutil.copyfile(source, tmp)
                 _fsync_file(tmp)
                 os.replace(tmp, target)
-            source.unlink(missing_ok=True)
+            if not keep:
+                source.unlink(missing_ok=True)
         fsync_directory(target.parent)
 
     def remove(self, name: str) -> None:
@@ -303,10 +304,11 @@ class RemoteStore(Store):
     def write_bytes(self, name: str, data: bytes) -> None:
         self.fs.pipe_file(self._path(name), data)
 
-    def upload(self, local_path: str | os.PathLike[str], name: str) -> None:
+    def upload(self, local_path: str | os.PathLike[str], name: str, *, keep: bool = False) -> None:
         size = os.path.getsize(local_path)
         self.fs.put_file(os.fspath(local_path), self._path(name))
-        Path(local_path).unlink(missing_ok=True)
+        if not keep:
+            Path(local_path).unlink(missing_ok=True)
         self.fs.invalidate_cache(self._path(name))
         found = self.size(name)
         if found != size:

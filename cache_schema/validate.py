@@ -13,7 +13,7 @@ import os
 
 from cache_schema.content_checks import PROBABILITY_TOLERANCE, Collector, GroupChecker, Problem
 from cache_schema.directory import CacheDirectory
-from cache_schema.errors import ManifestError
+from cache_schema.errors import ManifestError, StoreError
 from cache_schema.manifest import Manifest
 from cache_schema.shard_checks import FIX, ShardFileCheck, check_shard_file
 from cache_schema.store import Store, open_store
@@ -86,10 +86,10 @@ def validate_cache(
         check_content: read every row group and check the content invariants.
         max_rows_per_check: rows reported per (shard, field, check) before the rest are counted.
     """
-    store = open_store(path)
     try:
+        store = open_store(path)
         manifest = Manifest.load(store)
-    except ManifestError as exc:
+    except (ManifestError, StoreError) as exc:
         return [Problem(str(exc), field="manifest")]
     problems: list[Problem] = []
     for index in range(len(manifest.shards)):

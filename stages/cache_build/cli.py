@@ -120,7 +120,7 @@ def _build(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 2
     if manifest is not None:
-        print(f"cache written: {manifest.parent}")
+        print(f"cache written: {config.output}")
     return 0
 
 
