@@ -227,6 +227,7 @@ class CacheReader:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: OrderedDict[tuple[int, tuple[str, ...] | None], Future[pa.Table]] = OrderedDict()
         self._pending_lock = threading.Lock()
+        self._thread = threading.local()
         logger.debug("opened cache %s: %d rows in %d row groups", self.path, first, len(units))
 
     @property
@@ -257,15 +258,21 @@ class CacheReader:
 
     @contextmanager
     def _parquet(self, shard_index: int) -> Iterator[pq.ParquetFile]:
-        """A fresh handle on a shard (with the footer already read): cheap to make (no request), and each
-        reader thread gets its own, so no file position is shared. Remote reads pre-buffer: the row group's
-        column chunks are fetched as a few coalesced ranges, concurrently."""
+        """A shard with its footer already read, on a file handle of this thread's own (no file position is
+        shared between reader threads). Local handles are opened per read (an open costs microseconds);
+        remote ones are kept per thread, since opening one costs a request. Remote reads pre-buffer: the
+        row group's column chunks are fetched as a few coalesced ranges, concurrently."""
         entry = self.manifest.shards[shard_index]
-        source = self.store.open_input(entry.file, size=entry.bytes)
+        remote = not self.store.is_local
+        handles = self._thread.__dict__.setdefault("handles", {}) if remote else {}
+        source = handles.get(shard_index) or self.store.open_input(entry.file, size=entry.bytes)
         try:
-            yield pq.ParquetFile(source, metadata=self._metadata[shard_index], pre_buffer=not self.store.is_local)
+            yield pq.ParquetFile(source, metadata=self._metadata[shard_index], pre_buffer=remote)
         finally:
-            source.close()
+            if remote:
+                handles[shard_index] = source
+            else:
+                source.close()
 
     def verify_shard(self, shard_index: int) -> None:
         """Compare shard ``shard_index``'s SHA-256 with the manifest's once (raises :class:`ShardError`);
