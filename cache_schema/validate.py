@@ -4,13 +4,15 @@ Checks, in order: the manifest (format, version, fields); per shard the file che
 :mod:`cache_schema.shard_checks` (presence, size, SHA-256, Parquet readability, row count, schema) and the
 content invariants of :mod:`cache_schema.content_checks` on every row group, then the manifest's target
 counts; then the directory's other files (:mod:`cache_schema.directory`): unlisted shard files, temporary
-files left by a killed writer, the build settings and the journal records against the manifest.
+files left by a killed writer, the dataset card's data files, the build settings and the journal records
+against the manifest.
 """
 
 from __future__ import annotations
 
 import os
 
+from cache_schema.card import CARD_FILE, card_data_files, is_generated
 from cache_schema.content_checks import PROBABILITY_TOLERANCE, Collector, GroupChecker, Problem
 from cache_schema.directory import CacheDirectory
 from cache_schema.errors import ManifestError, StoreError
@@ -115,6 +117,11 @@ def _directory_problems(directory: CacheDirectory, manifest: Manifest) -> list[P
     for tmp in directory.temp_files():
         problems.append(Problem(f"a temporary file left by a killed writer ({directory.store.display(tmp)}); "
                                 "delete it", tmp))
+    if directory.store.is_file(CARD_FILE):
+        card = directory.store.read_bytes(CARD_FILE).decode("utf-8", "replace")
+        if is_generated(card) and card_data_files(card) != [s.file for s in manifest.shards]:
+            problems.append(Problem("the dataset card's data files are not the manifest's shards; rewrite it with "
+                                    "`tide-cache relayout`", CARD_FILE, field="card"))
     try:
         directory.read_build_config()  # runtime settings (paths, device) may differ between runs: only parse
     except ManifestError as exc:
