@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cache_schema.directory import CacheDirectory
@@ -54,8 +55,19 @@ def _summary(report: TransferReport, target: str) -> str:
             f"already there, {report.verified} verified by sha256")
 
 
-def run_push(args: argparse.Namespace) -> int:
+def _run(action: Callable[[], str]) -> int:
+    """Run one command: print its summary line and return 0, or print its error in one line and return 1."""
     try:
+        message = action()
+    except CacheError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    def push() -> str:
         source = open_store(args.directory)
         if not source.is_local:
             raise TransferError(f"{args.directory}: push copies a local cache; give its directory")
@@ -67,35 +79,28 @@ def run_push(args: argparse.Namespace) -> int:
                                   revision=args.revision)
         else:
             report = copy_cache(source, open_store(args.target), verify=not args.no_verify)
-    except CacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(_summary(report, args.target))
-    return 0
+        return _summary(report, args.target)
+
+    return _run(push)
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    try:
+    def pull() -> str:
         target = open_store(args.directory)
         if not target.is_local:
             raise TransferError(f"{args.directory}: pull copies into a local directory; use push between stores")
-        report = copy_cache(source_store(args.source), target, verify=not args.no_verify)
-    except CacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(_summary(report, args.directory))
-    return 0
+        return _summary(copy_cache(source_store(args.source), target, verify=not args.no_verify), args.directory)
+
+    return _run(pull)
 
 
 def run_relayout(args: argparse.Namespace) -> int:
-    try:
+    def relayout() -> str:
         moved = CacheDirectory(args.directory).relayout()
-    except CacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.directory}: {len(moved)} shard(s) moved under data/" if moved else
-          f"{args.directory}: already in the current layout")
-    return 0
+        return (f"{args.directory}: {len(moved)} shard(s) moved under data/" if moved else
+                f"{args.directory}: already in the current layout (card rewritten)")
+
+    return _run(relayout)
 
 
 def register_transfer_commands(subparsers: argparse._SubParsersAction) -> None:
