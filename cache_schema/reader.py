@@ -333,15 +333,17 @@ class CacheReader:
                     self._pending[key] = self._pool.submit(self._read, key[0], columns)
 
     def unit_column(self, name: str) -> list[np.ndarray]:
-        """One column of every unit, as numpy arrays in unit order, read one shard at a time (one request per
-        row group of a remote shard). For planning (e.g. the replica of every row, to order an epoch): it
+        """One column of every unit, as numpy arrays in unit order, read one shard at a time (one coalesced
+        read of the column's chunks per shard). For planning (e.g. the replica of every row, to order an epoch): it
         reads a single column and leaves the shards' checksums to the reads of their rows."""
         self._check_columns([name])
 
         def shard_values(shard_index: int) -> list[np.ndarray]:
             with self._parquet(shard_index) as parquet:
-                return [parquet.read_row_group(g, columns=[name]).column(0).to_numpy()
-                        for g in range(parquet.metadata.num_row_groups)]
+                values = parquet.read(columns=[name]).column(0).to_numpy()  # one call: all its chunks at once
+            meta = self._metadata[shard_index]
+            bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+            return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
         count = len(self.manifest.shards)
         if self.store.is_local or count < 2:
@@ -358,7 +360,7 @@ class CacheReader:
         ``read_ahead`` units ahead in the background."""
         order = list(range(len(self.units)) if units is None else units)
         for position, index in enumerate(order):
-            self.prefetch(order[position + 1 : position + 1 + self.read_ahead], columns)
+            self.prefetch(order[position : position + 1 + self.read_ahead], columns)  # this one and the next
             yield self.read_row_group(index, columns)
 
     def iter_torch(
