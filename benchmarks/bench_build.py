@@ -98,7 +98,7 @@ def main() -> None:
         plan_seconds = time.perf_counter() - start
         builds, bares, inside = [], [], []
         for _ in range(args.repeats):
-            for shard_file in (root / "cache").glob("shard-*"):  # keep the survey, rebuild every shard
+            for shard_file in (root / "cache" / "data").glob("shard-*"):  # keep the survey, rebuild every shard
                 shard_file.unlink()
             for record in (root / "cache" / "progress").glob("shard-*.json"):
                 record.unlink()

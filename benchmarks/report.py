@@ -173,6 +173,30 @@ def render_reader(results: dict[str, dict]) -> list[str]:
     return lines + ["", *all_figures(data)]
 
 
+def render_remote(results: dict[str, dict]) -> list[str]:
+    data = results.get("remote.json")
+    if data is None:
+        return []
+    lines = ["Setup: a synthetic `cross` cache (random ids and chunk log-probs: zstd cannot shrink it), a tiny "
+             "student, one optimizer step; the reader test pushes a smaller cache to a moto S3 server on "
+             "127.0.0.1 (its own process) and reads it whole with the training columns.", ""]
+    lines += key_values(data, [
+        ("start-up cache (bytes)", "startup.cache_bytes"), ("start-up cache shards", "startup.shards"),
+        ("**start to first step, every shard hashed first (s)**", "startup.verify_at_start_seconds"),
+        ("**start to first step, lazy checksums (s)**", "startup.lazy_seconds"),
+        ("**ratio (hashed first / lazy)**", "startup.verify_at_start_over_lazy"),
+        ("opening the reader, hashing every shard (s)", "startup.reader_open_verify_seconds"),
+        ("opening the reader, sizes and footers only (s)", "startup.reader_open_lazy_seconds"),
+        ("throughput cache (bytes)", "throughput.cache_bytes"),
+        ("**reader, local disk (MB/s)**", "throughput.local_read_ahead_4.mb_per_second"),
+        ("**reader, loopback S3, read-ahead 4 (MB/s)**", "throughput.s3_read_ahead_4.mb_per_second"),
+        ("reader, loopback S3, no read-ahead (MB/s)", "throughput.s3_read_ahead_0.mb_per_second"),
+        ("S3 / local throughput", "throughput.s3_over_local"),
+        ("push to S3 (s)", "throughput.push_seconds"), ("open from S3 (s)", "throughput.s3_reader_open_seconds"),
+    ])
+    return lines + ["", *all_figures(data)]
+
+
 def render_teacher_runner(results: dict[str, dict]) -> list[str]:
     data = results.get("teacher_runner.json")
     if data is None:
@@ -351,6 +375,7 @@ RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "teacher_runner": render_teacher_runner,
     "moe": render_moe,
     "alignment": render_alignment,
+    "remote": render_remote,
 }
 
 
@@ -369,6 +394,12 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
                      "bench_reader"))
         rows.append(("reader throughput (masked positions / s)", dig(reader, "decode.masked_positions_per_second"),
                      "bench_reader"))
+    remote = results.get("remote", {}).get("remote.json")
+    if remote:
+        rows.append(("tide-train start-up, shards hashed first / lazy checksums (≥ 2 GB cache)",
+                     dig(remote, "startup.verify_at_start_over_lazy"), "bench_remote"))
+        rows.append(("reader throughput, loopback S3 / local disk", dig(remote, "throughput.s3_over_local"),
+                     "bench_remote"))
     fidelity = results.get("fidelity_k", {}).get("fidelity_k.json")
     for name, family in (fidelity or {}).get("families", {}).items():
         for e in family.get("sweep", []):

@@ -82,6 +82,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         timeout_s=900,
     ),
     Benchmark(
+        "remote", "Fast start (lazy checksums) and reading from S3 vs local disk", "bench_remote.py",
+        ("--cache-gb", "2.0", "--s3-mb", "256", "--out", "benchmarks/results/remote.json"),
+        ("remote.json",),
+        timeout_s=2400,
+    ),
+    Benchmark(
         "moe", "LLaDA2 MoE block: grouped matmul over the per-expert loop", "bench_moe.py",
         ("--tokens", "4096", "--repeats", "3", "--out", "benchmarks/results/moe.json"),
         ("moe.json",),

@@ -1,6 +1,7 @@
-"""``inspect`` and ``validate``: the format's command-line tools (no torch, no model code).
+"""``inspect`` and ``validate``: the format's command-line tools (no torch, no model code); ``push``, ``pull``
+and ``relayout`` come from :mod:`cache_schema.transfer_cli`. Every command takes a path or a URL.
 
-``register_commands(subparsers)`` adds both to a parent parser (the ``tide-cache`` command); ``main`` runs
+``register_commands(subparsers)`` adds them to a parent parser (the ``tide-cache`` command); ``main`` runs
 them standalone: ``python -m cache_schema.cli validate PATH``. ``validate`` lists every problem it finds,
 one line each; a cache ``inspect`` cannot read ends in one line naming the file at fault; an error escaping
 either is one line too (``--debug``: the traceback).
@@ -11,14 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache_schema.errors import CacheError
-from cache_schema.manifest import Manifest
+from cache_schema.manifest import Manifest, ShardInfo
 from cache_schema.schemas import (
     PIPELINE_SHARED,
     chunk_logprob_column,
@@ -27,6 +27,8 @@ from cache_schema.schemas import (
     topk_ids_column,
     topk_values_column,
 )
+from cache_schema.store import Store, open_store
+from cache_schema.transfer_cli import register_transfer_commands
 from cache_schema.validate import validate_cache
 
 _TOP_SHOWN = 5  # top-k entries printed per decoded target
@@ -38,11 +40,11 @@ CALM_TEMPERATURE = 5.0
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``inspect`` and ``validate`` to ``subparsers``; each sets ``func`` (called as ``args.func(args)``)."""
+    """Add ``inspect``, ``validate``, ``push``, ``pull`` and ``relayout`` to ``subparsers``; each sets ``func`` (called as ``args.func(args)``)."""
     inspect = subparsers.add_parser(
         "inspect", help="summarise a cache: manifest, sizes per shard, a few decoded rows"
     )
-    inspect.add_argument("path", type=Path, help="cache directory (holds manifest.json)")
+    inspect.add_argument("path", help="cache directory or URL (s3://, gs://, hf://, file://; holds manifest.json)")
     inspect.add_argument("--rows", type=int, default=0, metavar="N", help="decode and print the first N rows")
     inspect.add_argument("--calm-temperature", type=float, action="append", metavar="T",
                          help=f"chunk caches: count the active chunks whose probability exp(log-p / T) the CALM "
@@ -54,7 +56,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     validate = subparsers.add_parser(
         "validate", help="check checksums, row counts, schema and content invariants; exit 1 on any problem"
     )
-    validate.add_argument("path", type=Path, help="cache directory (holds manifest.json)")
+    validate.add_argument("path", help="cache directory or URL (s3://, gs://, hf://, file://; holds manifest.json)")
     validate.add_argument("--no-checksums", action="store_true", help="skip SHA-256 verification")
     validate.add_argument("--no-content", action="store_true", help="skip the per-row content invariants")
     validate.add_argument(
@@ -62,6 +64,7 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     validate.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     validate.set_defaults(func=run_validate)
+    register_transfer_commands(subparsers)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         )
 
 
-def _print_manifest(manifest: Manifest, path: Path) -> None:
+def _print_manifest(manifest: Manifest, path: str) -> None:
     teacher, student, targets, noise = manifest.teacher, manifest.student, manifest.targets, manifest.noise
     print(f"cache      {path}")
     print(f"format     tide-cache v{manifest.format_version}, pipeline {manifest.pipeline!r}")
@@ -136,15 +139,19 @@ def _print_manifest(manifest: Manifest, path: Path) -> None:
     )
 
 
-def _shard_rows(manifest: Manifest, path: Path) -> tuple[list[list[str]], int]:
+def _parquet(store: Store, entry: ShardInfo) -> pq.ParquetFile:
+    """A listed shard opened for reading, wherever the cache lives."""
+    return pq.ParquetFile(store.open_input(entry.file, size=entry.bytes))
+
+
+def _shard_rows(manifest: Manifest, store: Store) -> tuple[list[list[str]], int]:
     rows: list[list[str]] = []
     masked_total = 0
     for entry in manifest.shards:
-        file = path / entry.file
         masked = "missing"
-        if file.is_file():
+        if store.is_file(entry.file):
             try:
-                lengths = pq.read_table(file, columns=["masked_positions"]).column(0)
+                lengths = _parquet(store, entry).read(columns=["masked_positions"]).column(0)
                 count = int(
                     sum(
                         int(chunk.value_lengths().to_numpy(zero_copy_only=False).sum())
@@ -212,7 +219,7 @@ def _decode_cross(row: dict, manifest: Manifest) -> list[str]:
     return lines
 
 
-def clamped_chunk_counts(manifest: Manifest, path: Path, temperature: float) -> dict[str, tuple[int, int, int]]:
+def clamped_chunk_counts(manifest: Manifest, store: Store, temperature: float) -> dict[str, tuple[int, int, int]]:
     """Per pass: (active chunks, chunks whose fp32 probability exp(ℓ/T) lies above 1 − clamp, below clamp).
 
     Active = masked and not in a prompt (what the chunk losses read). The bounds are fp32 values, as the
@@ -221,7 +228,7 @@ def clamped_chunk_counts(manifest: Manifest, path: Path, temperature: float) -> 
     counts = {name: [0, 0, 0] for name in manifest.targets.passes}
     columns = ["chunk_masked", "chunk_in_prompt", *(chunk_logprob_column(p) for p in manifest.targets.passes)]
     for entry in manifest.shards:
-        table = pq.read_table(path / entry.file, columns=columns)
+        table = _parquet(store, entry).read(columns=columns)
         active = (table.column("chunk_masked").combine_chunks().flatten().to_numpy(zero_copy_only=False)
                   & ~table.column("chunk_in_prompt").combine_chunks().flatten().to_numpy(zero_copy_only=False))
         for name in manifest.targets.passes:
@@ -234,35 +241,35 @@ def clamped_chunk_counts(manifest: Manifest, path: Path, temperature: float) -> 
     return {name: (a, h, lo) for name, (a, h, lo) in counts.items()}
 
 
-def _print_clamped(manifest: Manifest, path: Path, temperatures: Sequence[float]) -> None:
+def _print_clamped(manifest: Manifest, store: Store, temperatures: Sequence[float]) -> None:
     for temperature in temperatures:
-        for name, (active, high, low) in clamped_chunk_counts(manifest, path, temperature).items():
+        for name, (active, high, low) in clamped_chunk_counts(manifest, store, temperature).items():
             share = f"{100 * (high + low) / active:.2f}%" if active else "-"
             print(f"clamped    {name} at T={temperature:g}: {high + low} of {active} active chunks ({share}) in the "
                   f"CALM clamp: {high} above 1 - {CALM_CLAMP:g}, {low} below {CALM_CLAMP:g}")
 
 
-def _read_group(path: Path, file: str, group: int | None = None) -> pq.ParquetFile | pa.Table:
-    """A shard's Parquet file (``group`` None) or one of its row groups; a damaged file raises a
-    :class:`CacheError` naming it."""
+def _read_group(store: Store, entry: ShardInfo, group: int | None = None) -> pq.ParquetFile | pa.Table:
+    """A listed shard's Parquet file (``group`` None) or one of its row groups, wherever the cache lives; a
+    damaged file raises a :class:`CacheError` naming it."""
     try:
-        parquet = pq.ParquetFile(path / file)
+        parquet = _parquet(store, entry)
         return parquet if group is None else parquet.read_row_group(group)
     except (OSError, ValueError) as exc:  # pyarrow's errors for damaged files derive from these
-        where = f"row group {group} of {file}" if group is not None else file
+        where = f"row group {group} of {entry.file}" if group is not None else entry.file
         raise CacheError(f"{where}: cannot be decoded ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
 
 
-def _print_rows(manifest: Manifest, path: Path, count: int) -> None:
+def _print_rows(manifest: Manifest, store: Store, count: int) -> None:
     shown = 0
     for entry in manifest.shards:
         if shown >= count:
             break
-        parquet = _read_group(path, entry.file)
+        parquet = _read_group(store, entry)
         for group in range(parquet.metadata.num_row_groups):
             if shown >= count:
                 break
-            table = _read_group(path, entry.file, group).slice(0, count - shown)
+            table = _read_group(store, entry, group).slice(0, count - shown)
             for row in table.to_pylist():
                 masked = len(row["masked_positions"])
                 items = len(
@@ -281,12 +288,13 @@ def _print_rows(manifest: Manifest, path: Path, count: int) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     try:
-        manifest = Manifest.load(args.path)
+        store = open_store(args.path)
+        manifest = Manifest.load(store)
     except CacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     _print_manifest(manifest, args.path)
-    shard_rows, masked_total = _shard_rows(manifest, args.path)
+    shard_rows, masked_total = _shard_rows(manifest, store)
     total_bytes, total_targets = manifest.num_bytes, manifest.num_targets
     print(
         f"size       {manifest.num_rows} rows, {len(manifest.shards)} shards, {_human(total_bytes)}, "
@@ -298,7 +306,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     )
     if manifest.pipeline != PIPELINE_SHARED:
         try:
-            _print_clamped(manifest, args.path, args.calm_temperature or [CALM_TEMPERATURE])
+            _print_clamped(manifest, store, args.calm_temperature or [CALM_TEMPERATURE])
         except (OSError, ValueError) as exc:
             print(f"error: cannot count clamped chunks ({exc}); run `validate` for details", file=sys.stderr)
             return 1
@@ -307,7 +315,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.rows > 0:
         print()
         try:
-            _print_rows(manifest, args.path, args.rows)
+            _print_rows(manifest, store, args.rows)
         except (OSError, CacheError, ValueError) as exc:
             print(f"error: cannot decode rows ({exc}); run `validate` for details", file=sys.stderr)
             return 1

@@ -1,17 +1,25 @@
 """A cache directory and every file in it: names, the build journal, completeness, the manifest last.
 
-Layout (all names relative to the cache directory)::
+Layout (all names relative to the cache directory, which is a local path or any URL of
+:mod:`cache_schema.store`)::
 
     manifest.json              written last; its presence means the cache is complete
-    shard-SSSSS-of-NNNNN.parquet
+    README.md                  the dataset card (Hub YAML header: the data files; teacher, noise, k, columns)
+    data/shard-SSSSS-of-NNNNN.parquet
     build_config.json          the resolved build settings the directory was started with
     progress/survey.json       the data survey of the build: samples, skips, model facts (journal)
     progress/shard-SSSSS.json  one record per finished shard: its manifest entry and build statistics
-    .<name>.<random>.tmp       a file being written (only while a writer runs, or left by a killed one)
+    .<name>.<random>.tmp       a file being written (local stores only; while a writer runs, or left by a kill)
+
+Only the shards lie under ``data/``, so ``pyarrow.dataset.dataset(<dir>/data)``, duckdb and polars read the
+folder as it is, and the card's header points ``datasets.load_dataset(<dir>)`` at the shards. Caches of the
+earlier layout keep their shards at the top (``shard-*.parquet``); they are still read, and
+``tide-cache relayout`` (:meth:`CacheDirectory.relayout`) moves them under ``data/``.
 
 Only this module names these files. A shard counts as complete when its record exists, names the shard's
-file, and the file's size and SHA-256 equal the record's; a record is written only after its shard is in
-place, so a kill at any point leaves a directory a resumed build can trust.
+file, and the file's size (and, on local disks, SHA-256) equal the record's; a record is written only after
+its shard is in place, so a kill at any point leaves a directory a resumed build can trust. An object store
+never shows a partial upload, so there the size is checked without re-reading the shard.
 """
 
 from __future__ import annotations
@@ -20,13 +28,14 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any
 
+from cache_schema.card import CARD_FILE, write_card
 from cache_schema.errors import ManifestError, ShardError
-from cache_schema.files import atomic_write_json, sha256_of_file, temp_files_for
-from cache_schema.manifest import MANIFEST_FILE, Manifest, ShardInfo
+from cache_schema.files import temp_files_for
+from cache_schema.manifest import DATA_DIR, MANIFEST_FILE, Manifest, ShardInfo
+from cache_schema.store import Store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,7 @@ BUILD_CONFIG_FILE = "build_config.json"
 JOURNAL_DIR = "progress"
 SURVEY_FILE = "survey.json"
 SHARD_GLOB = "shard-*.parquet"
+RELAYOUT_COMMAND = "tide-cache relayout"
 
 
 def shard_file_name(index: int, total: int | None = None) -> str:
@@ -45,81 +55,104 @@ def shard_file_name(index: int, total: int | None = None) -> str:
     return f"shard-{index:05d}-of-{total:05d}.parquet"
 
 
+def shard_entry(file_name: str) -> str:
+    """The name of shard ``file_name`` in the cache (and its manifest ``file``): ``data/<file_name>``."""
+    return f"{DATA_DIR}/{file_name}"
+
+
+class LegacyLayoutError(ShardError):
+    """A build was asked to continue in a directory of the earlier layout (shards at the top)."""
+
+
 class CacheDirectory:
     """The files of one cache directory (see the module docstring for the layout)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | Store) -> None:
+        self.store = open_store(root)
+        self.root = self.store.display()
 
     # -- names -------------------------------------------------------------------------------------------
 
     @property
-    def manifest_path(self) -> Path:
-        return self.root / MANIFEST_FILE
+    def survey_name(self) -> str:
+        return f"{JOURNAL_DIR}/{SURVEY_FILE}"
 
     @property
-    def build_config_path(self) -> Path:
-        return self.root / BUILD_CONFIG_FILE
+    def survey_path(self) -> str:
+        return self.store.display(self.survey_name)
 
-    @property
-    def journal_dir(self) -> Path:
-        return self.root / JOURNAL_DIR
+    @staticmethod
+    def record_name(index: int) -> str:
+        return f"{JOURNAL_DIR}/shard-{index:05d}.json"
 
-    @property
-    def survey_path(self) -> Path:
-        return self.journal_dir / SURVEY_FILE
+    def record_path(self, index: int) -> str:
+        return self.store.display(self.record_name(index))
 
-    def shard_path(self, file_name: str) -> Path:
-        return self.root / file_name
+    def shard_files(self) -> list[str]:
+        """Every file named like a shard (under ``data/``, or at the top in the earlier layout), sorted."""
+        return self.store.glob(f"{DATA_DIR}/{SHARD_GLOB}") + self.legacy_shard_files()
 
-    def record_path(self, index: int) -> Path:
-        return self.journal_dir / f"shard-{index:05d}.json"
+    def legacy_shard_files(self) -> list[str]:
+        """Shards at the top of the directory: the layout before ``data/``."""
+        return self.store.glob(SHARD_GLOB)
 
-    def shard_files(self) -> list[Path]:
-        """Every file named like a shard, sorted."""
-        return sorted(self.root.glob(SHARD_GLOB))
+    def temp_files(self) -> list[str]:
+        """Temporary files a writer left (``.<name>.<random>.tmp``) in the directory, its data and journal."""
+        return [name for folder in ("", f"{DATA_DIR}/", f"{JOURNAL_DIR}/")
+                for name in self.store.glob(f"{folder}.*.tmp")]
 
-    def temp_files(self) -> list[Path]:
-        """Temporary files a writer left (``.<name>.<random>.tmp``) in the directory and its journal."""
-        found = sorted(self.root.glob(".*.tmp"))
-        if self.journal_dir.is_dir():
-            found += sorted(self.journal_dir.glob(".*.tmp"))
-        return found
+    def metadata_files(self) -> list[str]:
+        """The files besides the shards and the manifest that exist: settings, card and journal."""
+        return [name for name in (BUILD_CONFIG_FILE, CARD_FILE) if self.store.is_file(name)] + \
+            self.store.glob(f"{JOURNAL_DIR}/*.json")
 
     def is_complete(self) -> bool:
         """True once the manifest is written."""
-        return self.manifest_path.is_file()
+        return self.store.is_file(MANIFEST_FILE)
+
+    def refuse_legacy_layout(self) -> None:
+        """Raise :class:`LegacyLayoutError` naming the conversion command when shards lie at the top."""
+        legacy = self.legacy_shard_files()
+        if legacy:
+            raise LegacyLayoutError(
+                f"{self.root} holds {len(legacy)} shard(s) at its top ({legacy[0]}, ...): the layout before shards "
+                f"moved under {DATA_DIR}/; run `{RELAYOUT_COMMAND} {self.root}` to convert it first")
 
     # -- JSON journal files --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _read_json(path: Path) -> Any | None:
-        if not path.is_file():
+    def _read_json(self, name: str) -> Any | None:
+        if not self.store.is_file(name):
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(self.store.read_bytes(name).decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{path}: not readable JSON ({exc}); delete it to rebuild what it describes") from exc
+            raise ManifestError(f"{self.store.display(name)}: not readable JSON ({exc}); delete it to rebuild what "
+                                "it describes") from exc
+
+    def _write_json(self, name: str, payload: Any) -> None:
+        text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        self.store.write_bytes(name, text.encode("utf-8"))
 
     def read_build_config(self) -> dict[str, Any] | None:
         """The stored build settings, or None for a directory no build has started in."""
-        return self._read_json(self.build_config_path)
+        return self._read_json(BUILD_CONFIG_FILE)
 
     def write_build_config(self, settings: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.build_config_path, settings)
+        self.store.makedirs()
+        self._write_json(BUILD_CONFIG_FILE, settings)
 
     def read_survey(self) -> dict[str, Any] | None:
-        return self._read_json(self.survey_path)
+        return self._read_json(self.survey_name)
 
     def write_survey(self, survey: dict[str, Any]) -> None:
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.survey_path, survey)
+        self.store.makedirs(JOURNAL_DIR)
+        self._write_json(self.survey_name, survey)
 
     def read_record(self, index: int, file_name: str) -> dict[str, Any] | None:
-        """The journal record of shard ``index``, or None when missing, unreadable or for another file."""
+        """The journal record of shard ``index`` (``file_name`` as the manifest lists it, ``data/...``), or None
+        when missing, unreadable or for another file."""
         try:
-            record = self._read_json(self.record_path(index))
+            record = self._read_json(self.record_name(index))
         except ManifestError:
             return None
         if not isinstance(record, dict) or record.get("info", {}).get("file") != file_name:
@@ -128,39 +161,47 @@ class CacheDirectory:
 
     def write_record(self, index: int, info: ShardInfo, stats: dict[str, Any]) -> None:
         """Record a finished shard; call only once the shard file is in place."""
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.record_path(index), {"shard": index, "info": asdict(info), "stats": stats})
+        self.store.makedirs(JOURNAL_DIR)
+        self._write_json(self.record_name(index), {"shard": index, "info": asdict(info), "stats": stats})
 
     # -- resume ----------------------------------------------------------------------------------------------
 
-    def shard_is_complete(self, index: int, file_name: str, *, verify_checksum: bool = True) -> bool:
-        """True when the shard's record exists and its file has the recorded size (and SHA-256)."""
-        record = self.read_record(index, file_name)
-        path = self.shard_path(file_name)
-        if record is None or not path.is_file():
+    def shard_is_complete(self, index: int, file_name: str, *, verify_checksum: bool | None = None) -> bool:
+        """True when shard ``file_name``'s (the layout's name, without ``data/``) record exists and its file has
+        the recorded size and, with ``verify_checksum`` (default: on local stores), SHA-256."""
+        entry = shard_entry(file_name)
+        record = self.read_record(index, entry)
+        if record is None:
+            return False
+        size = self.store.size(entry)
+        if size is None:
             return False
         info = record["info"]
-        if path.stat().st_size != info["bytes"]:
-            logger.warning("shard %s: size differs from its journal record; rebuilding it", file_name)
+        if size != info["bytes"]:
+            logger.warning("shard %s: size differs from its journal record; rebuilding it", entry)
             return False
-        if verify_checksum and sha256_of_file(path) != info["sha256"]:
-            logger.warning("shard %s: sha256 differs from its journal record; rebuilding it", file_name)
+        if verify_checksum is None:
+            verify_checksum = self.store.is_local
+        if verify_checksum and self.store.sha256(entry) != info["sha256"]:
+            logger.warning("shard %s: sha256 differs from its journal record; rebuilding it", entry)
             return False
         return True
 
     def forget_shard(self, index: int, file_name: str) -> None:
         """Drop the record and the temporary files of a shard about to be (re)built."""
-        self.record_path(index).unlink(missing_ok=True)
-        for tmp in temp_files_for(self.shard_path(file_name)):
-            tmp.unlink(missing_ok=True)
+        self.store.remove(self.record_name(index))
+        if self.store.is_local:
+            for tmp in temp_files_for(self.store.local_path(shard_entry(file_name))):
+                tmp.unlink(missing_ok=True)
 
     def finished_records(self, names: Iterable[str]) -> tuple[list[dict[str, Any]], list[int]]:
-        """(records of the shards whose record and file agree in size, indices of the others), in order."""
+        """(records of the shards whose record and file agree in size, indices of the others), in order;
+        ``names`` are the layout's shard file names."""
         records, missing = [], []
         for index, name in enumerate(names):
-            record = self.read_record(index, name)
-            path = self.shard_path(name)
-            if record is None or not path.is_file() or path.stat().st_size != record["info"]["bytes"]:
+            entry = shard_entry(name)
+            record = self.read_record(index, entry)
+            if record is None or self.store.size(entry) != record["info"]["bytes"]:
                 missing.append(index)
             else:
                 records.append(record)
@@ -168,24 +209,56 @@ class CacheDirectory:
 
     # -- the manifest --------------------------------------------------------------------------------------
 
-    def write_manifest(self, manifest: Manifest) -> Path:
-        """Write ``manifest.json`` last, after checking every listed shard is in place with its listed size;
-        a temporary manifest left by a killed writer is removed first."""
-        for tmp in temp_files_for(self.manifest_path):
-            tmp.unlink(missing_ok=True)
+    def write_manifest(self, manifest: Manifest) -> str:
+        """Write the dataset card, then ``manifest.json`` last, after checking every listed shard is in place
+        with its listed size; a temporary manifest left by a killed writer is removed first. Returns where
+        the manifest was written."""
+        if self.store.is_local:
+            for tmp in temp_files_for(self.store.local_path(MANIFEST_FILE)):
+                tmp.unlink(missing_ok=True)
         for shard in manifest.shards:
-            path = self.shard_path(shard.file)
-            if not path.is_file():
-                raise ShardError(f"manifest lists shard {shard.file} but {path} does not exist; write it first")
-            size = path.stat().st_size
+            size = self.store.size(shard.file)
+            if size is None:
+                raise ShardError(f"manifest lists shard {shard.file} but {self.store.display(shard.file)} does not "
+                                 "exist; write it first")
             if size != shard.bytes:
                 raise ShardError(
                     f"shard {shard.file}: manifest entry says {shard.bytes} bytes but the file has {size}; "
                     "use the ShardInfo that write_shard returned"
                 )
-        return manifest.save(self.root)
+        write_card(self.store, manifest)
+        return manifest.save(self.store)
+
+    # -- conversion from the earlier layout ------------------------------------------------------------------
+
+    def relayout(self) -> list[str]:
+        """Move a cache of the earlier layout (shards at the top) to this one; returns the moved shards.
+
+        Order keeps the directory readable at every step: each shard is linked (or copied) under ``data/``,
+        the journal records and then the manifest are rewritten to name the new files (the manifest last, as
+        always), and only then are the old names removed. A killed conversion is finished by running it
+        again. A cache already in this layout is left as it is."""
+        legacy = set(self.legacy_shard_files())
+        manifest = Manifest.load(self.store) if self.is_complete() else None
+        listed = [s.file for s in manifest.shards] if manifest is not None else []
+        moved = sorted(legacy | {name for name in listed if "/" not in name})
+        for name in moved:
+            if name in legacy and not self.store.is_file(shard_entry(name)):
+                self.store.copy_within(name, shard_entry(name))
+        for record_name in self.store.glob(f"{JOURNAL_DIR}/shard-*.json"):
+            record = self._read_json(record_name)
+            if isinstance(record, dict) and record.get("info", {}).get("file") in moved:
+                record["info"]["file"] = shard_entry(record["info"]["file"])
+                self._write_json(record_name, record)
+        if manifest is not None:
+            manifest.shards = [replace(s, file=shard_entry(s.file)) if "/" not in s.file else s
+                               for s in manifest.shards]
+            self.write_manifest(manifest)
+        for name in legacy:
+            self.store.remove(name)
+        return moved
 
 
-def write_manifest(directory: str | os.PathLike[str], manifest: Manifest) -> Path:
-    """:meth:`CacheDirectory.write_manifest` of the cache at ``directory``; returns the manifest's path."""
+def write_manifest(directory: str | os.PathLike[str] | Store, manifest: Manifest) -> str:
+    """:meth:`CacheDirectory.write_manifest` of the cache at ``directory``; returns the manifest's location."""
     return CacheDirectory(directory).write_manifest(manifest)

@@ -43,3 +43,7 @@ class ShardError(CacheError):
 
 class ShardWriteError(CacheError):
     """Writing a shard failed; no partial shard was left under its final name."""
+
+
+class StoreError(CacheError):
+    """A cache location cannot be reached: an unknown URL, a missing filesystem package, a failed request."""

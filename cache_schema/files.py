@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 HASH_BLOCK = 1 << 20  # bytes read per hashing step: large enough to stream at disk speed
 
@@ -83,10 +83,15 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def sha256_of_stream(handle: BinaryIO, *, block: int = HASH_BLOCK) -> str:
+    """Hex SHA-256 of what remains to be read from a binary file object, read ``block`` bytes at a time."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(block):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sha256_of_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes, read in :data:`HASH_BLOCK` blocks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+        return sha256_of_stream(handle)

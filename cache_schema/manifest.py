@@ -19,13 +19,16 @@ from typing import Any
 import pyarrow as pa
 
 from cache_schema.errors import ManifestError, UnknownFormatVersionError
-from cache_schema.files import atomic_write_text
 from cache_schema.schemas import PASSES, PIPELINE_SHARED, PIPELINES, VALUE_DTYPES, schema_for
+from cache_schema.store import Store, is_url, open_store
 
 FORMAT_NAME = "tide-cache"
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
 MANIFEST_FILE = "manifest.json"
+# The folder of a cache's shards; a shard's manifest ``file`` is ``data/<name>``. Caches written before the
+# folder existed list plain names, relative to the cache directory, and are still read.
+DATA_DIR = "data"
 REGIMES: tuple[str, ...] = ("paper", "native")
 NOISE_GENERATOR = "splitmix64-v1"
 
@@ -180,6 +183,14 @@ class NoiseInfo:
             )
 
 
+def is_shard_name(name: object) -> bool:
+    """``data/<file name>`` or, in caches of the earlier layout, a plain ``<file name>`` (no hidden files)."""
+    if not isinstance(name, str):
+        return False
+    leaf = name[len(DATA_DIR) + 1:] if name.startswith(DATA_DIR + "/") else name
+    return bool(leaf) and "/" not in leaf and "\\" not in leaf and not leaf.startswith(".")
+
+
 @dataclass
 class ShardInfo:
     """One shard as listed in the manifest; returned by the writer after the shard is in place."""
@@ -192,8 +203,9 @@ class ShardInfo:
 
     def check(self, index: int) -> None:
         where = f"shards[{index}]"
-        if not isinstance(self.file, str) or not self.file or "/" in self.file or self.file.startswith("."):
-            raise ManifestError(f"manifest field '{where}.file' must be a plain file name; got {self.file!r}")
+        if not is_shard_name(self.file):
+            raise ManifestError(f"manifest field '{where}.file' must be a file name under {DATA_DIR}/ (or a plain "
+                                f"file name); got {self.file!r}")
         _require_int(self.rows, f"{where}.rows", minimum=0)
         _require_int(self.bytes, f"{where}.bytes", minimum=0)
         _require_int(self.num_targets, f"{where}.num_targets", minimum=0)
@@ -329,34 +341,48 @@ class Manifest:
             raise ManifestError(f"{source}: {exc}") from None
         return manifest
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Check and write the manifest atomically; ``path`` is the cache directory or the JSON file."""
+    def save(self, path: str | os.PathLike[str] | Store) -> str:
+        """Check and write the manifest atomically; ``path`` is the cache directory (a path, URL or
+        :class:`Store`) or the JSON file. Returns where it was written."""
         self.check()
-        target = Path(path)
-        if target.is_dir():
-            target = target / MANIFEST_FILE
+        store, name = _manifest_location(path)
         try:
             text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         except (TypeError, ValueError) as exc:
             raise ManifestError(
-                f"{target}: manifest is not JSON-serialisable (check 'build'): {exc}"
+                f"{store.display(name)}: manifest is not JSON-serialisable (check 'build'): {exc}"
             ) from exc
-        atomic_write_text(target, text)
-        return target
+        store.write_bytes(name, text.encode("utf-8"))
+        return store.display(name)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Manifest:
-        """Read and check a manifest; ``path`` is the cache directory or the JSON file."""
-        target = Path(path)
-        if target.is_dir():
-            target = target / MANIFEST_FILE
-        if not target.is_file():
+    def load(cls, path: str | os.PathLike[str] | Store) -> Manifest:
+        """Read and check a manifest; ``path`` is the cache directory (a path, URL or :class:`Store`) or
+        the JSON file."""
+        store, name = _manifest_location(path)
+        where = store.display(name)
+        if not store.is_file(name):
             raise ManifestError(
-                f"{target}: no manifest; a cache directory is only complete once its writer has written "
+                f"{where}: no manifest; a cache directory is only complete once its writer has written "
                 f"{MANIFEST_FILE} (rebuild or resume the cache)"
             )
         try:
-            data = json.loads(target.read_text(encoding="utf-8"))
+            data = json.loads(store.read_bytes(name).decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{target}: manifest is not readable JSON: {exc}") from exc
-        return cls.from_dict(data, source=str(target))
+            raise ManifestError(f"{where}: manifest is not readable JSON: {exc}") from exc
+        return cls.from_dict(data, source=where)
+
+
+def _manifest_location(path: str | os.PathLike[str] | Store) -> tuple[Store, str]:
+    """(store of the directory, file name) for a cache directory or a manifest file: a local path names the
+    file unless it is a directory; a URL names the file when it ends in ``.json``."""
+    if isinstance(path, Store):
+        return path, MANIFEST_FILE
+    text = os.fspath(path)
+    names_file = text.endswith(".json") if is_url(text) else not Path(text).is_dir()
+    if not names_file:
+        return open_store(text), MANIFEST_FILE
+    if is_url(text):
+        parent, _, name = text.rpartition("/")
+        return open_store(parent), name
+    return open_store(Path(text).parent), Path(text).name

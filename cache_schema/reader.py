@@ -1,4 +1,5 @@
-"""Reading a cache: checked manifest, row-group units, Arrow tables and torch tensors.
+"""Reading a cache (local or remote): checked manifest, row-group units with read-ahead, lazy checksums,
+Arrow tables and torch tensors.
 
 The unit of streaming is one Parquet row group of one shard. Columns convert to torch without Python loops
 over elements: scalar columns become 1-D tensors, ``list<x>`` columns a :class:`Ragged` (flat values plus
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +26,8 @@ import torch
 
 from cache_schema.errors import SchemaError, ShardError
 from cache_schema.manifest import Manifest
-from cache_schema.shard_checks import check_shard_file
+from cache_schema.shard_checks import check_shard_file, checksum_problem
+from cache_schema.store import Store, open_store
 
 __all__ = ["CacheReader", "Ragged", "RowGroupUnit", "check_shard", "pad_ragged", "table_to_torch"]
 
@@ -155,37 +161,73 @@ class RowGroupUnit:
     first_row: int  # global index of the unit's first row in the cache (shards in manifest order)
 
 
-def check_shard(root: Path, manifest: Manifest, index: int, *, verify_checksums: bool) -> pq.ParquetFile:
-    """Open one listed shard after checking its presence, size, checksum, row count and schema; the first
-    problem found is raised as :class:`ShardError`."""
-    found = check_shard_file(root, manifest, index, verify_checksums=verify_checksums)
+CHECKSUMS = ("lazy", "open", "off")
+DEFAULT_READ_AHEAD = 4  # row groups read in the background at once (requests in flight on a remote store)
+_OPEN_THREADS = 16  # footers fetched at once when opening a remote cache (each costs a round trip)
+
+
+def check_shard(store: Store, manifest: Manifest, index: int, *, verify_checksums: bool) -> pq.FileMetaData:
+    """The footer of one listed shard after checking its presence, size, row count, schema and, with
+    ``verify_checksums``, its SHA-256; the first problem found is raised as :class:`ShardError`."""
+    found = check_shard_file(store, manifest, index, verify_checksums=verify_checksums)
+    found.close()
     if found.problems:
         raise ShardError(f"shard {manifest.shards[index].file}: {found.problems[0]}")
-    return found.parquet
+    return found.parquet.metadata
 
 
 class CacheReader:
-    """A checked, read-only view of a cache directory.
+    """A checked, read-only view of a cache at a path or URL (:mod:`cache_schema.store`).
 
     On construction the manifest is loaded (unknown format versions are refused) and every shard is checked
-    against its manifest entry: presence, size, row count, schema and, with ``verify_checksums``, SHA-256.
+    against its manifest entry from its size and Parquet footer: presence, size, row count and schema.
+    ``checksums`` says when each shard's SHA-256 is compared with the manifest's: ``"lazy"`` (default) the
+    first time a row group of the shard is read, by the process that reads it, so a start on a large cache
+    costs footers only; ``"open"`` every shard on construction; ``"off"`` never (``tide-cache validate``
+    still checks them all).
+
+    Row groups are read on demand; :meth:`prefetch` starts reading the next ones on ``read_ahead`` background
+    threads (each read asks for just the row group's column chunks, coalesced into few requests), and
+    :meth:`iter_batches` reads ahead by itself, so a remote cache streams without ever being copied whole.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, verify_checksums: bool = True) -> None:
-        self.path = Path(path)
-        self.manifest = Manifest.load(self.path)
+    def __init__(
+        self, path: str | os.PathLike[str] | Store, *, checksums: str = "lazy", read_ahead: int = DEFAULT_READ_AHEAD
+    ) -> None:
+        if checksums not in CHECKSUMS:
+            raise ValueError(f"checksums must be one of {list(CHECKSUMS)}; got {checksums!r}")
+        if read_ahead < 0:
+            raise ValueError(f"read_ahead must be >= 0; got {read_ahead}")
+        self.store = open_store(path)
+        self.path = self.store.display()
+        self.manifest = Manifest.load(self.store)
         self.schema = self.manifest.arrow_schema()
-        self._files: list[pq.ParquetFile] = []
+        self.read_ahead = read_ahead
+        count = len(self.manifest.shards)
+
+        def open_shard(index: int) -> pq.FileMetaData:
+            return check_shard(self.store, self.manifest, index, verify_checksums=checksums == "open")
+
+        if self.store.is_local or count < 2:
+            metadata = [open_shard(index) for index in range(count)]
+        else:
+            with ThreadPoolExecutor(min(_OPEN_THREADS, count), thread_name_prefix="tide-cache-open") as pool:
+                metadata = list(pool.map(open_shard, range(count)))
+        self._metadata = metadata
+        self._verified = [checksums != "lazy"] * count
+        self._verify_locks = [threading.Lock() for _ in range(count)]
         units: list[RowGroupUnit] = []
         first = 0
-        for index, entry in enumerate(self.manifest.shards):
-            parquet = check_shard(self.path, self.manifest, index, verify_checksums=verify_checksums)
-            self._files.append(parquet)
-            for group in range(parquet.metadata.num_row_groups):
-                rows = parquet.metadata.row_group(group).num_rows
+        for index, (entry, meta) in enumerate(zip(self.manifest.shards, metadata, strict=True)):
+            for group in range(meta.num_row_groups):
+                rows = meta.row_group(group).num_rows
                 units.append(RowGroupUnit(entry.file, index, group, rows, first))
                 first += rows
         self.units: list[RowGroupUnit] = units
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: OrderedDict[tuple[int, tuple[str, ...] | None], Future[pa.Table]] = OrderedDict()
+        self._pending_lock = threading.Lock()
+        self._thread = threading.local()
         logger.debug("opened cache %s: %d rows in %d row groups", self.path, first, len(units))
 
     @property
@@ -212,22 +254,113 @@ class CacheReader:
             raise SchemaError(f"{self.path}: no columns {unknown} in this cache; it has {self.schema.names}")
         return columns
 
+    # -- files and lazy checksums --------------------------------------------------------------------------
+
+    @contextmanager
+    def _parquet(self, shard_index: int) -> Iterator[pq.ParquetFile]:
+        """A shard with its footer already read, on a file handle of this thread's own (no file position is
+        shared between reader threads). Local handles are opened per read (an open costs microseconds);
+        remote ones are kept per thread, since opening one costs a request. Remote reads pre-buffer: the
+        row group's column chunks are fetched as a few coalesced ranges, concurrently."""
+        entry = self.manifest.shards[shard_index]
+        remote = not self.store.is_local
+        handles = self._thread.__dict__.setdefault("handles", {}) if remote else {}
+        source = handles.get(shard_index) or self.store.open_input(entry.file, size=entry.bytes)
+        try:
+            yield pq.ParquetFile(source, metadata=self._metadata[shard_index], pre_buffer=remote)
+        finally:
+            if remote:
+                handles[shard_index] = source
+            else:
+                source.close()
+
+    def verify_shard(self, shard_index: int) -> None:
+        """Compare shard ``shard_index``'s SHA-256 with the manifest's once (raises :class:`ShardError`);
+        every read of a row group calls it first."""
+        if self._verified[shard_index]:
+            return
+        with self._verify_locks[shard_index]:
+            if self._verified[shard_index]:
+                return
+            started = time.perf_counter()
+            problem = checksum_problem(self.store, self.manifest, shard_index)
+            if problem is not None:
+                raise ShardError(f"shard {self.manifest.shards[shard_index].file}: {problem}")
+            self._verified[shard_index] = True
+            logger.debug("verified the sha256 of %s in %.2f s", self.manifest.shards[shard_index].file,
+                         time.perf_counter() - started)
+
+    def _read(self, index: int, columns: list[str] | None) -> pa.Table:
+        unit = self.units[index]
+        self.verify_shard(unit.shard_index)
+        with self._parquet(unit.shard_index) as parquet:
+            table = parquet.read_row_group(unit.row_group, columns=columns)
+        return table.replace_schema_metadata(None)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
     def read_row_group(self, index: int, columns: Sequence[str] | None = None) -> pa.Table:
-        """The rows of unit ``index`` (0 ≤ index < num_units) as an Arrow table."""
+        """The rows of unit ``index`` (0 ≤ index < num_units) as an Arrow table (from the read-ahead when
+        :meth:`prefetch` asked for it)."""
         if not 0 <= index < len(self.units):
             raise IndexError(f"row-group unit {index} is outside [0, {len(self.units)})")
-        unit = self.units[index]
-        table = self._files[unit.shard_index].read_row_group(
-            unit.row_group, columns=self._check_columns(columns)
-        )
-        return table.replace_schema_metadata(None)
+        columns = self._check_columns(columns)
+        with self._pending_lock:
+            future = self._pending.pop((index, None if columns is None else tuple(columns)), None)
+        if future is not None:
+            return future.result()
+        return self._read(index, columns)
+
+    def prefetch(self, units: Iterable[int], columns: Sequence[str] | None = None) -> None:
+        """Read ``units`` ahead on the background threads, in order (no-op with ``read_ahead=0``);
+        :meth:`read_row_group` with the same columns then takes the results. Each call replaces the previous
+        read-ahead: pending reads this call does not list are dropped. At most ``4 * read_ahead`` reads wait
+        at once (the first ones listed), which bounds the memory of what was read but not yet taken."""
+        if not self.read_ahead:
+            return
+        columns = self._check_columns(columns)
+        key_columns = None if columns is None else tuple(columns)
+        wanted = [(index, key_columns) for index in dict.fromkeys(int(u) for u in units)
+                  if 0 <= index < len(self.units)][: 4 * self.read_ahead]
+        with self._pending_lock:
+            keep = set(wanted)
+            for key in [key for key in self._pending if key not in keep]:
+                self._pending.pop(key).cancel()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.read_ahead, thread_name_prefix="tide-cache-read")
+            for key in wanted:
+                if key not in self._pending:
+                    self._pending[key] = self._pool.submit(self._read, key[0], columns)
+
+    def unit_column(self, name: str) -> list[np.ndarray]:
+        """One column of every unit, as numpy arrays in unit order, read one shard at a time (one coalesced
+        read of the column's chunks per shard). For planning (e.g. the replica of every row, to order an epoch): it
+        reads a single column and leaves the shards' checksums to the reads of their rows."""
+        self._check_columns([name])
+
+        def shard_values(shard_index: int) -> list[np.ndarray]:
+            with self._parquet(shard_index) as parquet:
+                values = parquet.read(columns=[name]).column(0).to_numpy()  # one call: all its chunks at once
+            meta = self._metadata[shard_index]
+            bounds = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+            return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+        count = len(self.manifest.shards)
+        if self.store.is_local or count < 2:
+            per_shard = [shard_values(index) for index in range(count)]
+        else:
+            with ThreadPoolExecutor(min(_OPEN_THREADS, count), thread_name_prefix="tide-cache-scan") as pool:
+                per_shard = list(pool.map(shard_values, range(count)))
+        return [values for shard in per_shard for values in shard]
 
     def iter_batches(
         self, columns: Sequence[str] | None = None, units: Iterable[int] | None = None
     ) -> Iterator[pa.Table]:
-        """Yield one table per unit, in ``units`` order (default: all units in cache order)."""
-        order = range(len(self.units)) if units is None else units
-        for index in order:
+        """Yield one table per unit, in ``units`` order (default: all units in cache order), reading
+        ``read_ahead`` units ahead in the background."""
+        order = list(range(len(self.units)) if units is None else units)
+        for position, index in enumerate(order):
+            self.prefetch(order[position : position + 1 + self.read_ahead], columns)  # this one and the next
             yield self.read_row_group(index, columns)
 
     def iter_torch(
@@ -248,3 +381,19 @@ class CacheReader:
     def to_pandas(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The whole cache as a DataFrame (list columns hold numpy arrays per row)."""
         return self.read_all(columns).to_pandas()
+
+    def close(self) -> None:
+        """Stop the read-ahead threads (reads waiting to be taken are dropped)."""
+        with self._pending_lock:
+            pending, self._pending = list(self._pending.values()), OrderedDict()
+            pool, self._pool = self._pool, None
+        for future in pending:
+            future.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> CacheReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,16 +1,18 @@
 """The file-level checks of one listed shard, shared by the reader (which refuses the first problem) and
-``validate`` (which reports them all): presence, size, SHA-256, Parquet readability, row count, schema."""
+``validate`` (which reports them all): presence, size, SHA-256, Parquet readability (the footer), row count,
+schema. Without the SHA-256 the checks read only the file's size and its Parquet footer: what the trainer's
+start-up can afford on a cache of hundreds of GB (the reader hashes each shard when it first reads it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
-from cache_schema.files import sha256_of_file
 from cache_schema.manifest import Manifest
 from cache_schema.schemas import schemas_match
+from cache_schema.store import Store
 
 FIX = "rebuild this shard with `tide-cache build` or restore it from a good copy"
 
@@ -24,29 +26,43 @@ class ShardFileCheck:
     problems: list[str] = field(default_factory=list)
     parquet: pq.ParquetFile | None = None
     schema_matches: bool = False
+    source: Any = None  # the open file under ``parquet``
+
+    def close(self) -> None:
+        """Close the shard's file (the footer stays available as ``parquet.metadata``)."""
+        if self.source is not None:
+            self.source.close()
 
 
-def check_shard_file(root: Path, manifest: Manifest, index: int, *, verify_checksums: bool) -> ShardFileCheck:
-    """Check shard ``index`` of ``manifest`` under ``root`` against its manifest entry."""
+def checksum_problem(store: Store, manifest: Manifest, index: int) -> str | None:
+    """The SHA-256 check of shard ``index``: None when the file's hash is the manifest's, else the problem."""
     entry = manifest.shards[index]
-    path = root / entry.file
+    digest = store.sha256(entry.file)
+    return None if digest == entry.sha256 else f"sha256: expected {entry.sha256}, found {digest}; {FIX}"
+
+
+def check_shard_file(store: Store, manifest: Manifest, index: int, *, verify_checksums: bool) -> ShardFileCheck:
+    """Check shard ``index`` of ``manifest`` in the cache at ``store`` against its manifest entry."""
+    entry = manifest.shards[index]
     out = ShardFileCheck()
-    if not path.is_file():
-        out.problems.append(f"listed in the manifest but {path} does not exist; {FIX}")
+    size = store.size(entry.file)
+    if size is None:
+        out.problems.append(f"listed in the manifest but {store.display(entry.file)} does not exist; {FIX}")
         return out
-    size = path.stat().st_size
     if size != entry.bytes:
         out.problems.append(f"size: expected {entry.bytes} bytes, found {size} (truncated or overwritten); {FIX}")
     if verify_checksums:
-        digest = sha256_of_file(path)
-        if digest != entry.sha256:
-            out.problems.append(f"sha256: expected {entry.sha256}, found {digest}; {FIX}")
+        problem = checksum_problem(store, manifest, index)
+        if problem is not None:
+            out.problems.append(problem)
     try:
-        parquet = pq.ParquetFile(path)
+        out.source = store.open_input(entry.file, size=size)
+        parquet = pq.ParquetFile(out.source)
         rows = parquet.metadata.num_rows
         found_schema = parquet.schema_arrow
     except Exception as exc:  # damaged footers raise Arrow, OS and decoding errors alike
         out.problems.append(f"not a readable Parquet file ({type(exc).__name__}: {exc}); {FIX}")
+        out.close()
         return out
     if rows != entry.rows:
         out.problems.append(f"row count: manifest says {entry.rows} rows, the shard has {rows}; {FIX}")

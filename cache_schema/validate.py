@@ -4,19 +4,21 @@ Checks, in order: the manifest (format, version, fields); per shard the file che
 :mod:`cache_schema.shard_checks` (presence, size, SHA-256, Parquet readability, row count, schema) and the
 content invariants of :mod:`cache_schema.content_checks` on every row group, then the manifest's target
 counts; then the directory's other files (:mod:`cache_schema.directory`): unlisted shard files, temporary
-files left by a killed writer, the build settings and the journal records against the manifest.
+files left by a killed writer, the dataset card's data files, the build settings and the journal records
+against the manifest.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from cache_schema.card import CARD_FILE, card_data_files, is_generated
 from cache_schema.content_checks import PROBABILITY_TOLERANCE, Collector, GroupChecker, Problem
 from cache_schema.directory import CacheDirectory
-from cache_schema.errors import ManifestError
+from cache_schema.errors import ManifestError, StoreError
 from cache_schema.manifest import Manifest
-from cache_schema.shard_checks import FIX, check_shard_file
+from cache_schema.shard_checks import FIX, ShardFileCheck, check_shard_file
+from cache_schema.store import Store, open_store
 from cache_schema.target_checks import TARGET_CHECKS
 
 __all__ = ["Problem", "validate_cache", "PROBABILITY_TOLERANCE"]
@@ -28,11 +30,20 @@ __all__ = ["Problem", "validate_cache", "PROBABILITY_TOLERANCE"]
 
 
 def _validate_shard(
-    root: Path, manifest: Manifest, index: int, *, verify_checksums: bool, check_content: bool, max_rows: int
+    store: Store, manifest: Manifest, index: int, *, verify_checksums: bool, check_content: bool, max_rows: int
+) -> list[Problem]:
+    found = check_shard_file(store, manifest, index, verify_checksums=verify_checksums)
+    try:
+        return _shard_problems(found, manifest, index, check_content=check_content, max_rows=max_rows)
+    finally:
+        found.close()
+
+
+def _shard_problems(
+    found: ShardFileCheck, manifest: Manifest, index: int, *, check_content: bool, max_rows: int
 ) -> list[Problem]:
     entry = manifest.shards[index]
     out = Collector(entry.file, max_rows)
-    found = check_shard_file(root, manifest, index, verify_checksums=verify_checksums)
     for message in found.problems:
         out.add(message)
     parquet = found.parquet
@@ -63,7 +74,7 @@ def _validate_shard(
 
 
 def validate_cache(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Store,
     *,
     verify_checksums: bool = True,
     check_content: bool = True,
@@ -72,27 +83,27 @@ def validate_cache(
     """All problems found in the cache at ``path``; an empty list means the cache is intact.
 
     Args:
-        path: the cache directory.
+        path: the cache directory: a path, a URL (:mod:`cache_schema.store`) or a store.
         verify_checksums: hash every shard and compare with the manifest's SHA-256.
         check_content: read every row group and check the content invariants.
         max_rows_per_check: rows reported per (shard, field, check) before the rest are counted.
     """
-    root = Path(path)
     try:
-        manifest = Manifest.load(root)
-    except ManifestError as exc:
+        store = open_store(path)
+        manifest = Manifest.load(store)
+    except (ManifestError, StoreError) as exc:
         return [Problem(str(exc), field="manifest")]
     problems: list[Problem] = []
     for index in range(len(manifest.shards)):
         problems += _validate_shard(
-            root,
+            store,
             manifest,
             index,
             verify_checksums=verify_checksums,
             check_content=check_content,
             max_rows=max_rows_per_check,
         )
-    return problems + _directory_problems(CacheDirectory(root), manifest)
+    return problems + _directory_problems(CacheDirectory(store), manifest)
 
 
 def _directory_problems(directory: CacheDirectory, manifest: Manifest) -> list[Problem]:
@@ -100,11 +111,17 @@ def _directory_problems(directory: CacheDirectory, manifest: Manifest) -> list[P
     problems: list[Problem] = []
     listed = {s.file for s in manifest.shards}
     for stray in directory.shard_files():
-        if stray.name not in listed:
+        if stray not in listed:
             problems.append(Problem("a shard file that the manifest does not list (left by an unfinished build?)",
-                                    stray.name))
+                                    stray))
     for tmp in directory.temp_files():
-        problems.append(Problem(f"a temporary file left by a killed writer ({tmp}); delete it", tmp.name))
+        problems.append(Problem(f"a temporary file left by a killed writer ({directory.store.display(tmp)}); "
+                                "delete it", tmp))
+    if directory.store.is_file(CARD_FILE):
+        card = directory.store.read_bytes(CARD_FILE).decode("utf-8", "replace")
+        if is_generated(card) and card_data_files(card) != [s.file for s in manifest.shards]:
+            problems.append(Problem("the dataset card's data files are not the manifest's shards; rewrite it with "
+                                    "`tide-cache relayout`", CARD_FILE, field="card"))
     try:
         directory.read_build_config()  # runtime settings (paths, device) may differ between runs: only parse
     except ManifestError as exc:

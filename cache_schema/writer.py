@@ -1,14 +1,14 @@
 """Atomic shard writing (zstd Parquet) and a background writer (the directory's other files:
 :mod:`cache_schema.directory`).
 
-A shard is written under a hidden temporary name in the cache directory, flushed to disk, hashed, and only
-then renamed to its final name (and the directory entry flushed). A crash or exception at any point leaves
+A shard is written under a hidden temporary name next to its final one (or, for a remote store, in the local
+temporary directory), flushed to disk, hashed, and only then renamed to its final name (and the directory
+entry flushed) or uploaded in one piece. A crash or exception at any point leaves
 either no shard or the complete one under the final name. The manifest is written last.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache_schema.errors import SchemaError, ShardWriteError
-from cache_schema.files import HASH_BLOCK, fsync_directory, temp_path_for
-from cache_schema.manifest import ShardInfo
+from cache_schema.files import sha256_of_stream
+from cache_schema.manifest import DATA_DIR, ShardInfo, is_shard_name
 from cache_schema.schemas import num_target_items, schemas_match, table_from_rows
+from cache_schema.store import Store, open_store
 
 __all__ = [
     "DEFAULT_ROW_GROUP_ROWS",
@@ -95,7 +96,7 @@ def _conform(table: pa.Table, schema: pa.Schema, file_name: str) -> pa.Table:
 
 
 def write_shard(
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str] | Store,
     file_name: str,
     data: TableData,
     *,
@@ -107,87 +108,86 @@ def write_shard(
     """Write one zstd Parquet shard atomically and return its manifest entry.
 
     Args:
-        directory: the cache directory (created if missing).
-        file_name: the shard's final file name, e.g. :func:`shard_file_name` (no directories).
+        directory: the cache directory: a path, a URL or a :class:`~cache_schema.store.Store` (created if
+            missing).
+        file_name: the shard's name in the cache, ``data/<name>`` as a build names it
+            (:func:`cache_schema.directory.shard_entry`) or a plain file name; it becomes the entry's ``file``.
         data: one table, or an iterable of tables / record batches streamed into the shard.
         schema: the cache schema; defaults to the first table's schema. Every table must match it.
         row_group_rows: rows per Parquet row group (the reader's unit of streaming).
         compression_level: zstd level.
         overwrite: replace an existing shard of the same name instead of refusing.
 
-    If ``data`` raises, or writing fails, the temporary file is removed and no shard appears under
-    ``file_name``; the original exception propagates.
+    The shard is written to a local temporary file (next to the target on a local store, in the system's
+    temporary directory for a remote one), hashed, and then renamed or uploaded in one piece. If ``data``
+    raises, or writing fails, the temporary file is removed and no shard appears under ``file_name``; the
+    original exception propagates.
     """
-    if not file_name or "/" in file_name or os.sep in file_name or file_name.startswith("."):
-        raise ShardWriteError(f"shard file name must be a plain, non-hidden name; got {file_name!r}")
+    if not is_shard_name(file_name):
+        raise ShardWriteError(f"shard file name must be a plain, non-hidden name, or one under {DATA_DIR}/; "
+                              f"got {file_name!r}")
     if row_group_rows < 1:
         raise ShardWriteError(f"row_group_rows must be >= 1; got {row_group_rows}")
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / file_name
-    if final.exists() and not overwrite:
+    store = open_store(directory)
+    store.makedirs(file_name.rpartition("/")[0])
+    final = store.display(file_name)
+    if not overwrite and store.is_file(file_name):
         raise ShardWriteError(f"shard {final} already exists; pass overwrite=True to replace it")
 
-    tmp = temp_path_for(final)
-    writer: pq.ParquetWriter | None = None
-    rows = 0
-    num_targets = 0
-    try:
-        pending: list[pa.Table] = []
-        pending_rows = 0
+    with store.spool(file_name) as tmp:
+        writer: pq.ParquetWriter | None = None
+        rows = 0
+        num_targets = 0
+        try:
+            pending: list[pa.Table] = []
+            pending_rows = 0
 
-        def flush(force: bool) -> None:
-            nonlocal pending, pending_rows
-            if not pending or (pending_rows < row_group_rows and not force):
-                return
-            buffered = pa.concat_tables(pending)
-            full = (pending_rows // row_group_rows) * row_group_rows
-            cut = pending_rows if force else full
-            writer.write_table(buffered.slice(0, cut), row_group_size=row_group_rows)
-            rest = buffered.slice(cut)
-            pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+            def flush(force: bool) -> None:
+                nonlocal pending, pending_rows
+                if not pending or (pending_rows < row_group_rows and not force):
+                    return
+                buffered = pa.concat_tables(pending)
+                full = (pending_rows // row_group_rows) * row_group_rows
+                cut = pending_rows if force else full
+                writer.write_table(buffered.slice(0, cut), row_group_size=row_group_rows)
+                rest = buffered.slice(cut)
+                pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
 
-        for table in _as_tables(data):
-            if schema is None:
-                schema = table.schema
-            table = _conform(table, schema, file_name)
+            for table in _as_tables(data):
+                if schema is None:
+                    schema = table.schema
+                table = _conform(table, schema, file_name)
+                if writer is None:
+                    writer = _open_writer(tmp, schema, compression_level)
+                rows += table.num_rows
+                num_targets += num_target_items(table)
+                pending.append(table)
+                pending_rows += table.num_rows
+                flush(force=False)
             if writer is None:
+                if schema is None:
+                    raise ShardWriteError(
+                        f"shard {file_name}: no data and no schema; cannot write an empty shard"
+                    )
                 writer = _open_writer(tmp, schema, compression_level)
-            rows += table.num_rows
-            num_targets += num_target_items(table)
-            pending.append(table)
-            pending_rows += table.num_rows
-            flush(force=False)
-        if writer is None:
-            if schema is None:
-                raise ShardWriteError(
-                    f"shard {file_name}: no data and no schema; cannot write an empty shard"
-                )
-            writer = _open_writer(tmp, schema, compression_level)
-        flush(force=True)
-        writer.close()
-        writer = None
-        digest = hashlib.sha256()
-        with open(tmp, "rb") as handle:
-            while block := handle.read(HASH_BLOCK):
-                digest.update(block)
-            os.fsync(handle.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, final)
-    except BaseException:
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:  # the original error matters, not the one from closing a broken file
-                logger.debug(
-                    "closing the Parquet writer of %s after a failure also failed", tmp, exc_info=True
-                )
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(root)
-    info = ShardInfo(
-        file=file_name, rows=rows, bytes=size, sha256=digest.hexdigest(), num_targets=num_targets
-    )
+            flush(force=True)
+            writer.close()
+            writer = None
+            with open(tmp, "rb") as handle:
+                digest = sha256_of_stream(handle)
+                os.fsync(handle.fileno())
+            size = tmp.stat().st_size
+            store.upload(tmp, file_name)
+        except BaseException:
+            if writer is not None:
+                try:
+                    writer.close()
+                except Exception:  # the original error matters, not the one from closing a broken file
+                    logger.debug(
+                        "closing the Parquet writer of %s after a failure also failed", tmp, exc_info=True
+                    )
+            raise
+    info = ShardInfo(file=file_name, rows=rows, bytes=size, sha256=digest, num_targets=num_targets)
     logger.debug("wrote %s: %d rows, %d bytes, %d targets", final, rows, size, num_targets)
     return info
 
@@ -207,7 +207,7 @@ class AsyncShardWriter:
 
     def __init__(
         self,
-        directory: str | os.PathLike[str],
+        directory: str | os.PathLike[str] | Store,
         *,
         schema: pa.Schema | None = None,
         row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
@@ -217,7 +217,7 @@ class AsyncShardWriter:
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1; got {max_pending}")
-        self.directory = Path(directory)
+        self.directory = open_store(directory)
         self.schema = schema
         self._options: dict[str, Any] = {
             "row_group_rows": row_group_rows,

@@ -14,7 +14,7 @@ import sys
 
 from cache_schema import cli as format_cli
 
-FORMAT_COMMANDS = ("inspect", "validate")
+FORMAT_COMMANDS = ("inspect", "validate", "push", "pull", "relayout")
 
 
 def build_parser(*, build_options: bool = True) -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser(*, build_options: bool = True) -> argparse.ArgumentParser:
     declared by the build config and so import torch (its dtype choices): the format commands skip that."""
     parser = argparse.ArgumentParser(
         prog="tide-cache",
-        description="Build, inspect and validate TIDE logits caches (zstd Parquet shards + manifest.json).",
+        description="Build, inspect, validate, push and pull TIDE logits caches (zstd Parquet shards under data/ + manifest.json), on local disk or at any URL (s3://, gs://, hf://, file://).",
     )
     from stages.cache_build.cli import BUILD_HELP, register_build_command
     from stages.cli_support import add_version

@@ -73,7 +73,8 @@ def _rows(config) -> pd.DataFrame:
 
 
 def _shard_hashes(directory) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(directory).glob("shard-*.parquet"))}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(directory).glob("data/shard-*.parquet"))}
 
 
 def _prepared(config, student_tok, teacher_tok, pipeline):
@@ -105,7 +106,7 @@ def test_build_passes_validation_and_manifest_describes_it(fixture, request):
     manifest = json.loads((Path(config.output) / "manifest.json").read_text())
     rows = _rows(config)
     assert len(rows) == 12 and manifest["build"]["stats"]["rows"] == 12  # 6 samples × 2 replicas
-    assert [s["file"] for s in manifest["shards"]] == [f"shard-{i:05d}-of-00004.parquet" for i in range(4)]
+    assert [s["file"] for s in manifest["shards"]] == [f"data/shard-{i:05d}-of-00004.parquet" for i in range(4)]
     assert manifest["targets"]["passes"] == ["plain", "compdemo"]
     assert manifest["noise"] == {"seed": 7, "replicas": 2, "eps": 1e-3, "schedule": "linear", "demo_ratio": 0.5,
                                  "chunk_consistent": fixture == "cross_build", "generator": "splitmix64-v1"}
@@ -282,15 +283,15 @@ def test_interrupted_build_resumes_to_the_uninterrupted_cache(cross_build, tmp_p
     assert not (out / "manifest.json").exists()
     assert len(list((out / "progress").glob("shard-*.json"))) == 1
     # a corrupted complete shard and a stray temporary file are redone / removed on resume
-    shard_one = out / "shard-00001-of-00004.parquet"
+    shard_one = out / "data" / "shard-00001-of-00004.parquet"
     if shard_one.exists():
         shard_one.write_bytes(shard_one.read_bytes()[:100])
-    (out / ".shard-00002-of-00004.parquet.abc.tmp").write_bytes(b"partial")
+    (out / "data" / ".shard-00002-of-00004.parquet.abc.tmp").write_bytes(b"partial")
     recorded = json.loads((out / "progress" / "shard-00000.json").read_text())
     run_build(config)
     assert _shard_hashes(out) == _shard_hashes(cross_build.output)
     assert json.loads((out / "progress" / "shard-00000.json").read_text()) == recorded  # kept, not redone
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob("**/.*.tmp"))
     assert validate_cache(out) == []
 
 

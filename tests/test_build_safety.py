@@ -125,7 +125,7 @@ def test_a_stray_shard_in_an_owned_directory_is_refused(inputs, tmp_path):
     config = _config(inputs, tmp_path)
     with pytest.raises(Stop):
         run_build(config, hooks=BuildHooks(after_shard=_stop_after_first_shard))
-    stray = Path(config.output) / "shard-00007-of-00009.parquet"
+    stray = Path(config.output) / "data" / "shard-00007-of-00009.parquet"
     stray.write_bytes(b"not this build's")
     with pytest.raises(OutputOwnershipError, match="shard files that are not this build's"):
         run_build(config)
@@ -148,15 +148,15 @@ def test_killed_builds_temporary_files_are_removed_on_resume(inputs, tmp_path):
     config = _config(inputs, tmp_path)
     run_build(config)
     output = Path(config.output)
-    reference = {name: digest for name, digest in _hashes(output).items() if name.startswith("shard-")}
+    reference = {name: digest for name, digest in _hashes(output).items() if name.startswith("data/shard-")}
     (output / "manifest.json").unlink()  # killed while writing the manifest: its temp file is all there is
     leftovers = [output / ".manifest.json.0badc0de.tmp", output / "progress" / ".shard-00001.json.12345678.tmp",
-                 output / ".shard-00002-of-00003.parquet.87654321.tmp"]
+                 output / "data" / ".shard-00002-of-00003.parquet.87654321.tmp"]
     for path in leftovers:
         path.write_bytes(b"half written")
     run_build(config)
     assert not [p for p in leftovers if p.exists()] and not list(output.rglob(".*.tmp"))
-    assert {n: d for n, d in _hashes(output).items() if n.startswith("shard-")} == reference
+    assert {n: d for n, d in _hashes(output).items() if n.startswith("data/shard-")} == reference
     assert validate_cache(output) == []
 
 
@@ -191,12 +191,12 @@ def test_a_full_disk_fails_in_one_line_and_resumes_to_the_uninterrupted_cache(in
     assert tide_cache_main(_argv(config)) == 1
     _one_error(capfd, "shard-00001-of-00003.parquet", "No space left on device")
     output = Path(config.output)
-    assert sorted(p.name for p in output.glob("shard-*")) == ["shard-00000-of-00003.parquet"]
+    assert sorted(p.name for p in output.glob("data/shard-*")) == ["shard-00000-of-00003.parquet"]
     assert not list(output.rglob(".*.tmp")) and not (output / "progress" / "shard-00001.json").exists()
     monkeypatch.setattr(writer, "_open_writer", real_open)
     assert tide_cache_main(_argv(config)) == 0
-    shards = {n: d for n, d in _hashes(output).items() if n.startswith("shard-")}
-    assert shards == {n: d for n, d in _hashes(reference.output).items() if n.startswith("shard-")}
+    shards = {n: d for n, d in _hashes(output).items() if n.startswith("data/shard-")}
+    assert shards == {n: d for n, d in _hashes(reference.output).items() if n.startswith("data/shard-")}
     assert validate_cache(output) == []
 
 

@@ -379,19 +379,19 @@ def test_reader_refuses_checksum_and_row_count_mismatches(tmp_path):
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     with pytest.raises(
-        ShardError, match=rf"shard {shard.name}: sha256: expected {manifest.shards[0].sha256}, found "
+        ShardError, match=rf"shard {manifest.shards[0].file}: sha256: expected {manifest.shards[0].sha256}, found "
     ):
-        CacheReader(tmp_path)
+        CacheReader(tmp_path, checksums="open")
     shard.write_bytes(
         bytes(data[: len(data) // 2] + bytearray([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :])
     )
-    CacheReader(tmp_path)  # restored
+    CacheReader(tmp_path, checksums="open")  # restored
     manifest.shards[0].rows += 1
     manifest.save(tmp_path)
     with pytest.raises(
-        ShardError, match=rf"shard {shard.name}: row count: manifest says 7 rows, the shard has 6; rebuild this shard"
+        ShardError, match=rf"shard {manifest.shards[0].file}: row count: manifest says 7 rows, the shard has 6; rebuild"
     ):
-        CacheReader(tmp_path, verify_checksums=False)
+        CacheReader(tmp_path, checksums="off")
 
 
 def test_write_manifest_refuses_entries_that_disagree_with_the_files(tmp_path):
@@ -410,6 +410,5 @@ def test_write_manifest_refuses_entries_that_disagree_with_the_files(tmp_path):
     manifest.shards.append(type(manifest.shards[0])("shard-9.parquet", 1, 10, "0" * 64, 0))
     with pytest.raises(ShardError, match="manifest lists shard shard-9.parquet but .* does not exist"):
         write_manifest(tmp_path, manifest)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        manifest.shards[0].file
-    ]  # no manifest, no temp file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "data"]  # no manifest, no temp file
+    assert [f"data/{p.name}" for p in (tmp_path / "data").iterdir()] == [manifest.shards[0].file]

@@ -203,7 +203,7 @@ def test_inspect_command_prints_summary_and_rows(shared_cache, capsys):
     assert f"{per_target:.1f} per target item" in out
     for entry in manifest.shards:
         assert entry.file in out
-    assert "[shard-00000-of-00003.parquet row 0] synthetic:0 replica 0" in out
+    assert "[data/shard-00000-of-00003.parquet row 0] synthetic:0 replica 0" in out
     assert "plain    top ids:p [" in out and "compdemo top ids:p [" in out
 
 
@@ -232,9 +232,10 @@ def test_directory_leftovers_and_a_disagreeing_journal_are_reported(cross_cache)
 
     directory, manifest = cross_cache
     cache = CacheDirectory(directory)
-    (directory / f".{manifest.shards[0].file}.dead.tmp").write_bytes(b"partial")
+    shard = directory / manifest.shards[0].file
+    (shard.parent / f".{shard.name}.dead.tmp").write_bytes(b"partial")
     cache.write_record(1, replace(manifest.shards[1], sha256="0" * 64), {})
-    cache.build_config_path.write_text("{not json")
+    (directory / "build_config.json").write_text("{not json")
     messages = _messages(validate_cache(directory))
     assert any("temporary file left by a killed writer" in m for m in messages)
     assert any(m.startswith(f"{manifest.shards[1].file}: field journal: journal record") for m in messages)

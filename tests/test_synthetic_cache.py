@@ -56,7 +56,7 @@ def test_format_rows_write_a_valid_cache_named_as_a_build_names_it(tmp_path):
         directory = tmp_path / pipeline
         manifest = write_cache_rows(directory, rows, format_test_spec(pipeline, rows_per_shard=3))
         assert validate_cache(directory) == []
-        assert [s.file for s in manifest.shards] == [f"shard-{i:05d}-of-00003.parquet" for i in range(3)]
+        assert [s.file for s in manifest.shards] == [f"data/shard-{i:05d}-of-00003.parquet" for i in range(3)]
         assert [s.rows for s in manifest.shards] == [3, 3, 1]
         assert not any(name.startswith("_") for name in manifest.arrow_schema().names)
 

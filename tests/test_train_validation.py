@@ -61,11 +61,11 @@ def test_validation_excludes_held_out_rows_and_logs_val_terms(tmp_path, student_
     import pyarrow.parquet as pq
 
     key_of = {}
-    for shard in sorted(cache.glob("shard-*.parquet")):
+    for shard in sorted(cache.glob("data/shard-*.parquet")):
         parquet = pq.ParquetFile(shard)
         for group in range(parquet.metadata.num_row_groups):
             for row, key in enumerate(parquet.read_row_group(group, columns=["sample_key"]).column(0).to_pylist()):
-                key_of[f"{shard.name} row group {group} row {row}"] = key
+                key_of[f"data/{shard.name} row group {group} row {row}"] = key
     trained = {key_of[p] for p in seen["train"]}
     assert {key_of[p] for p in seen["val"]} == out_keys
     records = read_metrics(output / "logs" / "metrics.jsonl")

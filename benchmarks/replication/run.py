@@ -225,7 +225,7 @@ class Runner:
         settings.update(overrides)
         manifest_path = run_build(BuildConfig(**settings))
         manifest = json.loads(Path(manifest_path).read_text())
-        size = sum(f.stat().st_size for f in self.cache_dir(name).glob("shard-*"))
+        size = sum(f.stat().st_size for f in self.cache_dir(name).glob("data/shard-*"))
         return {"manifest": str(manifest_path), "rows": sum(s["rows"] for s in manifest["shards"]),
                 "bytes": size, "build_stats": manifest.get("build", {}).get("stats", manifest.get("build", {}))}
 

@@ -119,7 +119,7 @@ def _build(args: argparse.Namespace) -> int:
         print(f"tide-cache build: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if manifest is not None:
-        print(f"cache written: {manifest.parent}")
+        print(f"cache written: {config.output}")
     return 0
 
 

@@ -28,7 +28,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cache_schema.directory import CacheDirectory
@@ -76,22 +75,23 @@ def run_build(
     world_size: int | None = None,
     finalize: bool = True,
     hooks: BuildHooks | None = None,
-) -> Path | None:
+) -> str | None:
     """Build (or resume) this rank's shards; rank 0 then writes the manifest when ``finalize``.
 
     ``rank``/``world_size`` default to what accelerate reports (a single process without a launcher).
     Passing them explicitly runs one rank of a multi-process layout without any process group — the
     caller then runs the other ranks and :func:`finalize_build` itself. Returns the manifest path when
-    this call wrote it, else None.
+    this call wrote it (a path or URL), else None.
     """
     wall_start = time.perf_counter()
     config = pin_dtype(config.resolve())
     info = _rank_info(rank, world_size)
     hooks = hooks or BuildHooks()
-    directory = CacheDirectory(config.output)
+    directory = CacheDirectory(config.output)  # a path or any URL of cache_schema.store (s3://, gs://, hf://)
     claim_output(directory, overwrite=config.overwrite, may_delete=info.rank == 0)
     if config.overwrite:
         info.barrier()  # every rank starts once the first has deleted the old files
+    directory.refuse_legacy_layout()
     check_or_store_config(config, directory)
     student_tok, teacher_tok = load_tokenizers(config)
     resuming = directory.read_survey() is not None
@@ -116,8 +116,8 @@ def run_build(
     return None
 
 
-def finalize_build(config: BuildConfig) -> Path:
-    """Write ``manifest.json`` once every shard of the layout has its journal record; return its path.
+def finalize_build(config: BuildConfig) -> str:
+    """Write ``manifest.json`` once every shard of the layout has its journal record; return where it went.
 
     Raises :class:`BuildIncompleteError` naming the missing shards if the build is not complete.
     """
@@ -129,7 +129,7 @@ def finalize_build(config: BuildConfig) -> Path:
     check_or_store_config(config, directory)
     survey = directory.read_survey()
     if survey is None:
-        raise BuildIncompleteError(f"{directory.root}: no {directory.survey_path.name}; run the build before finalising it")
+        raise BuildIncompleteError(f"{directory.root}: no {directory.survey_name}; run the build before finalising it")
     layout = ShardLayout(survey["num_samples"], config.replicas, config.rows_per_shard)
     pipeline = build_pipeline(config.pipeline)
     records, missing = directory.finished_records(layout.shard_files())
@@ -140,7 +140,7 @@ def finalize_build(config: BuildConfig) -> Path:
         )
     for leftover in directory.temp_files():  # every rank is done: no writer is running any more
         logger.info("removing %s, left by a killed writer", leftover)
-        leftover.unlink(missing_ok=True)
+        directory.store.remove(leftover)
     stats = summarise(survey, records)
     manifest = Manifest(
         pipeline=config.pipeline,
@@ -230,6 +230,7 @@ def _build_shards(
 ) -> None:
     from tqdm.auto import tqdm
 
+    from cache_schema.directory import shard_entry
     from cache_schema.writer import AsyncShardWriter
 
     for shard in todo:
@@ -241,7 +242,7 @@ def _build_shards(
     submitted: list[tuple[int, ShardStats]] = []
     recorded = 0
     writer = AsyncShardWriter(
-        directory.root, schema=builder.pipeline.schema(builder.targets), row_group_rows=config.rows_per_row_group,
+        directory.store, schema=builder.pipeline.schema(builder.targets), row_group_rows=config.rows_per_row_group,
         overwrite=True, max_pending=2,
     )
 
@@ -271,7 +272,7 @@ def _build_shards(
             for shard in sorted(s for s, units in pending.items() if len(units) == expected[s]):
                 rows, stats = builder.build(pending.pop(shard), shard=layout.shard_file(shard))
                 submitted.append((shard, stats))
-                writer.submit(layout.shard_file(shard), rows)
+                writer.submit(shard_entry(layout.shard_file(shard)), rows)
                 record_written()
         if pending:
             raise RuntimeError(

@@ -62,7 +62,12 @@ _HUB = "Hugging Face Hub"
 class TrainConfig:
     """Every option of ``tide-train``; the ``help`` of each field is its ``--help`` text."""
 
-    cache: str = option("", group=_DATA, help="cache directory (manifest.json + shards); required")
+    cache: str = option("", group=_DATA, help="cache directory or URL (s3://, gs://, hf://datasets/..., file://; "
+                                              "manifest.json + data/ shards, streamed); required")
+    verify_checksums: bool = option(False, group=_DATA,
+                                    help="hash every shard of the cache before the first step (default: each shard "
+                                         "is hashed the first time this process reads it; start-up reads only sizes "
+                                         "and Parquet footers)")
     student: str = option("", group=_MODEL, help="student checkpoint directory (model + tokenizer); required")
     output: str = option("", group=_RUN, help="output directory: checkpoints, logs, final student; required")
     mode: str = option("", group=_OBJECTIVE,

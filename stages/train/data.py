@@ -99,9 +99,7 @@ class CacheStream:
         self.columns = list(columns)
         self.config = config
         self.num_replicas = reader.manifest.noise.replicas
-        self._replicas = [
-            reader.read_row_group(u, ["replica"]).column("replica").to_numpy() for u in range(reader.num_units)
-        ]
+        self._replicas = reader.unit_column("replica")  # one small column per row group; no shard hashed yet
         for unit, values in enumerate(self._replicas):
             bad = values[(values < 0) | (values >= self.num_replicas)]
             if len(bad):
@@ -176,6 +174,12 @@ class CacheStream:
             self._cache.popitem(last=False)
         return group
 
+    def _read_ahead(self, pairs: np.ndarray) -> None:
+        """Start reading the row groups of this batch and the next that are not decoded yet (the reader's
+        background threads: on a remote cache the requests overlap each other and this batch's step)."""
+        units = dict.fromkeys(int(unit) for unit in pairs[:, 0]) if len(pairs) else {}
+        self.reader.prefetch([u for u in units if u not in self._cache], self.columns)
+
     def rows(self, pairs: np.ndarray) -> list[dict[str, object]]:
         """Rows for (unit, row) pairs, in the given order."""
         return [self._row_group(int(unit)).row(int(row)) for unit, row in pairs]
@@ -210,6 +214,8 @@ class CacheStream:
                 epoch, position = epoch + 1, 0
                 continue
             mine = rank_slice(order, position, cfg.batch_size, cfg.rank, cfg.world_size)
+            upcoming = rank_slice(order, position + consumed, cfg.batch_size, cfg.rank, cfg.world_size)
+            self._read_ahead(np.concatenate([mine, upcoming]))
             batch = collate_rows(self.rows(mine), self.spec)
             batch.provenance = self.provenance(mine)
             position += consumed

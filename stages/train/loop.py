@@ -191,7 +191,7 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(logs / "tensorboard")),
     )
     set_seed(config.seed)
-    reader = CacheReader(config.cache)
+    reader = CacheReader(config.cache, checksums="open" if config.verify_checksums else "lazy")
     manifest = reader.manifest
     plan, tokenizer = prepare_run(config, reader)
     config = config.for_pipeline(manifest.pipeline)  # per-pipeline defaults: batch size, TIDAL weight

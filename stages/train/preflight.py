@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_schema.directory import BUILD_CONFIG_FILE
-from cache_schema.files import sha256_of_file
 from cache_schema.manifest import MANIFEST_FILE, Manifest
+from cache_schema.store import open_store
 from stages.train.pipelines import CrossPipeline, SharedPipeline, train_pipeline
 from tide.losses import LOSSES, parse_mode, required_targets
 
@@ -24,19 +24,23 @@ class InputPathError(ValueError):
     """``--cache`` or ``--student`` does not name what it must."""
 
 
-def check_cache_path(cache: str) -> Path:
-    """``--cache`` must be a finished cache directory; say which of the likely mistakes it is."""
-    path = Path(cache)
+def check_cache_path(cache: str) -> str:
+    """``--cache`` must be a finished cache directory (a path or a URL); say which of the likely mistakes it is."""
+    store = open_store(cache)
+    if store.is_file(MANIFEST_FILE):
+        return cache
+    if store.is_file(BUILD_CONFIG_FILE):
+        raise InputPathError(f"--cache {cache}: the build in this directory has not finished (no {MANIFEST_FILE} "
+                             "yet); rerun its tide-cache build command to complete it")
+    if not store.is_local:
+        raise InputPathError(f"--cache {cache}: no {MANIFEST_FILE} there; give the URL tide-cache build or push "
+                             "wrote the cache to (it holds manifest.json)")
+    path = store.local_path()
     if not path.exists():
         raise InputPathError(f"--cache {cache}: no such directory; give the directory tide-cache build wrote "
                              "(it holds manifest.json)")
     if not path.is_dir():
         raise InputPathError(f"--cache {cache} is a file; give the cache directory (it holds manifest.json)")
-    if (path / MANIFEST_FILE).is_file():
-        return path
-    if (path / BUILD_CONFIG_FILE).is_file():
-        raise InputPathError(f"--cache {cache}: the build in this directory has not finished (no {MANIFEST_FILE} "
-                             "yet); rerun its tide-cache build command to complete it")
     inner = sorted(p.parent.name for p in path.glob(f"*/{MANIFEST_FILE}"))
     hint = f" (it holds the caches {', '.join(inner)})" if inner else ""
     raise InputPathError(f"--cache {cache} is not a cache directory: no {MANIFEST_FILE}{hint}")
@@ -44,7 +48,7 @@ def check_cache_path(cache: str) -> Path:
 
 def cache_fingerprint(cache: str | Path) -> str:
     """The fingerprint of a cache: the SHA-256 of its manifest, which lists every shard's SHA-256."""
-    return "sha256:" + sha256_of_file(Path(cache) / MANIFEST_FILE)
+    return "sha256:" + open_store(cache).sha256(MANIFEST_FILE)
 
 
 def check_student_path(student: str) -> None:

@@ -23,7 +23,7 @@ it writes caches, and only tests and benchmarks import it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cache_schema.directory import shard_file_name, write_manifest
+from cache_schema.directory import shard_entry, shard_file_name, write_manifest
 from cache_schema.manifest import Manifest, NoiseInfo, StudentInfo, TargetsInfo, TeacherInfo
 from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, table_from_rows
 from cache_schema.writer import write_shard
@@ -100,17 +100,27 @@ class SyntheticCacheSpec:
 
 def write_cache_rows(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], spec: SyntheticCacheSpec) -> Manifest:
     """Write rows of column values (keys starting with ``_`` are left out) as shards of
-    ``spec.rows_per_shard`` rows, ``shard-IIIII-of-NNNNN.parquet``, then the manifest; returns the manifest."""
+    ``spec.rows_per_shard`` rows, ``data/shard-IIIII-of-NNNNN.parquet``, then the card and the manifest; returns
+    the manifest."""
+    clean = strip(rows)
+    groups = [clean[i : i + spec.rows_per_shard] for i in range(0, len(clean), spec.rows_per_shard)]
+    return write_cache_shards(out_dir, groups, spec, len(groups))
+
+
+def write_cache_shards(out_dir: str | os.PathLike, shards: Iterable[Sequence[Mapping[str, Any]]],
+                       spec: SyntheticCacheSpec, num_shards: int) -> Manifest:
+    """:func:`write_cache_rows` with the rows already cut into ``num_shards`` shards and made one shard at a
+    time (memory holds one shard: caches larger than memory, for benchmarks); returns the manifest."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = spec.manifest()
     schema = manifest.arrow_schema()
-    clean = strip(rows)
-    groups = [clean[i : i + spec.rows_per_shard] for i in range(0, len(clean), spec.rows_per_shard)]
-    for index, group in enumerate(groups):
-        table = table_from_rows(group, schema)
-        manifest.shards.append(write_shard(out_dir, shard_file_name(index, len(groups)), table, schema=schema,
-                                           row_group_rows=spec.row_group_rows, overwrite=True))
+    for index, group in enumerate(shards):
+        table = table_from_rows(strip(group), schema)
+        manifest.shards.append(write_shard(out_dir, shard_entry(shard_file_name(index, num_shards)), table,
+                                           schema=schema, row_group_rows=spec.row_group_rows, overwrite=True))
+    if len(manifest.shards) != num_shards:
+        raise ValueError(f"{len(manifest.shards)} shards given, {num_shards} announced")
     write_manifest(out_dir, manifest)
     return manifest
 
@@ -207,6 +217,13 @@ def write_synthetic_cache(
     if spec.pipeline not in (PIPELINE_SHARED, PIPELINE_CROSS):
         raise ValueError(f"unknown pipeline {spec.pipeline!r}")
     write_cache_rows(out_dir, [_row_columns(row, spec) for row in rows], spec)
+    return Path(out_dir)
+
+
+def write_synthetic_shards(out_dir: str | os.PathLike, shards: Iterable[Sequence[SyntheticRow]],
+                           spec: SyntheticCacheSpec, num_shards: int) -> Path:
+    """:func:`write_synthetic_cache` one shard of rows at a time (see :func:`write_cache_shards`)."""
+    write_cache_shards(out_dir, ([_row_columns(row, spec) for row in shard] for shard in shards), spec, num_shards)
     return Path(out_dir)
 
 
