@@ -2,7 +2,8 @@
 
 The survey fixes what every rank needs before any teacher runs: how many samples survive preparation
 (hence the shard layout), the skip counts and alignment statistics, the teacher's and student's ids, the
-teacher tokenizer's fingerprint and the library versions. It is a pure function of the settings and the
+teacher tokenizer's fingerprint, the library versions and, for the shared pipeline, the id table (the
+trained ids by frequency, whose ranks the targets store). It is a pure function of the settings and the
 data, so every rank that finds none makes the same one and writes it atomically; no rank waits for another.
 """
 
@@ -22,7 +23,7 @@ from stages.provenance import library_versions, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
-SURVEY_FORMAT = 1
+SURVEY_FORMAT = 2  # 2: the id table of the shared pipeline
 
 _TOKENIZERS: dict[tuple[str, float], Any] = {}
 
@@ -129,21 +130,29 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
 
     start = time.perf_counter()
     skip_counter, prep_stats = SkipCounter(), PrepStats()
-    num_samples = sum(1 for _ in iter_prepared(config, student_tok, teacher_tok, skip_counter, prep_stats))
+    id_counter = build_pipeline(config.pipeline).survey_counter()
+    num_samples = 0
+    for sample in iter_prepared(config, student_tok, teacher_tok, skip_counter, prep_stats):
+        num_samples += 1
+        if id_counter is not None:
+            id_counter.add(sample)
     logger.info(
         "data: %d samples prepared in %.1f s, %d skipped %s, alignment yield %.3f",
         num_samples, time.perf_counter() - start, skip_counter.total, skip_counter.as_dict(),
         prep_stats.alignment_yield,
     )
+    teacher = teacher_info(config)
     survey = {
         "survey_format": SURVEY_FORMAT,
         "num_samples": num_samples,
         "skipped": skip_counter.as_dict(),
         "prep": prep_stats.as_dict(),
-        "teacher": teacher_info(config),
+        "teacher": teacher,
         "student": student_info(config, student_tok),
         "teacher_tokenizer_fingerprint": tokenizer_fingerprint(teacher_tok),
         "versions": library_versions(),
     }
+    if id_counter is not None:
+        survey["id_table"] = id_counter.table(teacher["shared_vocab_size"])
     directory.write_survey(survey)
     return survey

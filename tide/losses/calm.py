@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from tide.losses.common import check_temperature, check_timesteps, masked_mean
-from tide.losses.tidal import tidal_lambda, timestep_weight
+from tide.losses.tidal import DEFAULT_SCHEDULE, TidalSchedule
 from tide.targets import log1mexp
 
 DEFAULT_CHUNK_TEMPERATURE = 5.0
@@ -87,27 +87,15 @@ def calm_terms(
     teacher_logprob: torch.Tensor,
     *,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
+    reverse: bool = False,
 ) -> torch.Tensor:
-    """CALM per chunk, (C,): −[q·log s + (1 − q)·log(1 − s)]. Inputs: (C,) chunk log-probs of active chunks."""
+    """CALM per chunk, (C,): −[q·log s + (1 − q)·log(1 − s)]; ``reverse=True`` gives reverse CALM (TIDE-Cross),
+    −[s·log q + (1 − s)·log(1 − q)]. Inputs: (C,) chunk log-probs of active chunks."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, None)
-    log_s, log_1ms = log_prob_pair(s_lp, temperature)
-    q = torch.exp(t_lp / temperature)
-    return _bernoulli_cross_entropy(q, log_s, log_1ms)
-
-
-def reverse_calm_terms(
-    student_logprob: torch.Tensor,
-    teacher_logprob: torch.Tensor,
-    *,
-    temperature: float = DEFAULT_CHUNK_TEMPERATURE,
-) -> torch.Tensor:
-    """Reverse CALM (TIDE-Cross) per chunk, (C,): −[s·log q + (1 − s)·log(1 − q)]."""
-    temperature = check_temperature(temperature)
-    s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, None)
-    log_q, log_1mq = log_prob_pair(t_lp, temperature)
-    s = torch.exp(s_lp / temperature)
-    return _bernoulli_cross_entropy(s, log_q, log_1mq)
+    scored, weighted = (t_lp, s_lp) if reverse else (s_lp, t_lp)
+    log_x, log_1mx = log_prob_pair(scored, temperature)
+    return _bernoulli_cross_entropy(torch.exp(weighted / temperature), log_x, log_1mx)
 
 
 def _mixture_logs(
@@ -132,16 +120,13 @@ def tidal_calm_terms(
     *,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
     progress: float,
+    schedule: TidalSchedule = DEFAULT_SCHEDULE,
     reverse: bool = False,
-    axis: str = "both",
-    decay: str = "cosine",
-    lambda0: float = 0.1,
-    lambda_max: float = 0.9,
 ) -> torch.Tensor:
     """TIDAL-CALM per chunk, (C,), unweighted; ``reverse=True`` gives −[s·log m + (1 − s)·log(1 − m)]."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, None)
-    lam = tidal_lambda(progress, t_vec, axis=axis, decay=decay, lambda0=lambda0, lambda_max=lambda_max)
+    lam = schedule.lam(progress, t_vec)
     log_s, log_1ms = log_prob_pair(s_lp, temperature)
     log_q, log_1mq = log_prob_pair(t_lp, temperature)
     log_m, log_1mm = _mixture_logs(log_s, log_1ms, log_q, log_1mq, lam)
@@ -160,8 +145,7 @@ def calm_loss(
 ) -> torch.Tensor:
     """Mean CALM (or reverse CALM) over active chunks. ``active``: optional bool (C,) (masked, not prompt)."""
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, active)
-    fn = reverse_calm_terms if reverse else calm_terms
-    return masked_mean(fn(s_lp, t_lp, temperature=temperature))
+    return masked_mean(calm_terms(s_lp, t_lp, temperature=temperature, reverse=reverse))
 
 
 def tidal_calm_loss(
@@ -172,28 +156,14 @@ def tidal_calm_loss(
     progress: float,
     active: torch.Tensor | None = None,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
+    schedule: TidalSchedule = DEFAULT_SCHEDULE,
     reverse: bool = False,
-    axis: str = "both",
-    decay: str = "cosine",
-    lambda0: float = 0.1,
-    lambda_max: float = 0.9,
-    weighting: str = "midrange",
 ) -> torch.Tensor:
     """Σ over active chunks of w(t)·TIDAL-CALM term / number of active chunks."""
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, active)
-    terms = tidal_calm_terms(
-        s_lp,
-        t_lp,
-        t_vec,
-        temperature=temperature,
-        progress=progress,
-        reverse=reverse,
-        axis=axis,
-        decay=decay,
-        lambda0=lambda0,
-        lambda_max=lambda_max,
-    )
-    return masked_mean(terms, weights=timestep_weight(t_vec, weighting))
+    terms = tidal_calm_terms(s_lp, t_lp, t_vec, temperature=temperature, progress=progress, schedule=schedule,
+                             reverse=reverse)
+    return masked_mean(terms, weights=schedule.weight(t_vec))
 
 
 __all__ = [
@@ -201,7 +171,6 @@ __all__ = [
     "calm_loss",
     "calm_terms",
     "log_prob_pair",
-    "reverse_calm_terms",
     "tidal_calm_loss",
     "tidal_calm_terms",
 ]
