@@ -220,8 +220,8 @@ def store_and_decode(directory: Path, family: Family, case: PolicyCase, encoding
         log_z = torch.stack([torch.logsumexp(values / temp, dim=1) for temp in TEMPERATURES], dim=1).numpy()
     else:
         schema = shared_schema(encoding=encoding, num_temperatures=len(TEMPERATURES), passes=[PASS])
-        codec = SparseCodec(encoding, id_table=id_table_from_counts(family.id_counts, ID_TABLE_SIZE),
-                            vocab_size=vocab)
+        codec = SparseCodec(encoding, num_temperatures=len(TEMPERATURES),
+                            id_table=id_table_from_counts(family.id_counts, ID_TABLE_SIZE), vocab_size=vocab)
     rows = []
     for index, start in enumerate(range(0, n, ROW_TARGETS)):
         keep = np.zeros(n, dtype=bool)

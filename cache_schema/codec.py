@@ -156,11 +156,12 @@ def log1mexp(x: np.ndarray) -> np.ndarray:
 class SparseCodec:
     """One encoding of a pass's sparse targets: its columns, the encoder of one row, the batch decoder."""
 
-    def __init__(self, encoding: str, *, id_table: Sequence[int] | None = None, vocab_size: int | None = None,
-                 value_step: float | None = None) -> None:
+    def __init__(self, encoding: str, *, num_temperatures: int, id_table: Sequence[int] | None = None,
+                 vocab_size: int | None = None, value_step: float | None = None) -> None:
         if encoding not in SPARSE_ENCODINGS:
             raise SchemaError(f"unknown sparse-target encoding {encoding!r}; expected one of {list(SPARSE_ENCODINGS)}")
         self.encoding = encoding
+        self.num_temperatures = int(num_temperatures)
         self.value_step = VALUE_STEP if value_step is None else float(value_step)
         self.ranks = None
         if encoding == ENCODING_PACKED:
@@ -193,7 +194,11 @@ class SparseCodec:
         counts = np.asarray(columns[topk_counts_column(pass_name)], dtype=np.int64)
         if self.encoding == ENCODING_PACKED:
             words = np.asarray(columns[topk_codes_column(pass_name)], dtype=np.uint32)
-            ids = self.ranks.id_of[words >> np.uint32(8)]
+            ranks = words >> np.uint32(8)
+            if ranks.size and int(ranks.max()) >= self.ranks.vocab_size:
+                raise SchemaError(f"pass {pass_name!r}: rank {int(ranks.max())} outside the "
+                                  f"{self.ranks.vocab_size}-id shared vocabulary")
+            ids = self.ranks.id_of[ranks]
             values = dequantise_values((words & np.uint32(MAX_DELTA)).astype(np.int64), counts, self.value_step)
         else:
             ids = np.asarray(columns[topk_ids_column(pass_name)], dtype=np.int64)
@@ -203,7 +208,7 @@ class SparseCodec:
                               f"{int(counts.sum())}")
         tails = np.asarray(columns[log_tails_column(pass_name)], dtype=np.float32)
         gold = np.asarray(columns[gold_logprob_column(pass_name)], dtype=np.float32)
-        return SparseArrays(counts, ids, values, tails.reshape(counts.shape[0], -1), gold)
+        return SparseArrays(counts, ids, values, tails.reshape(counts.shape[0], self.num_temperatures), gold)
 
 
 class V1Codec:
@@ -222,7 +227,7 @@ class V1Codec:
         ids = np.asarray(columns[topk_ids_column(pass_name)], dtype=np.int64).reshape(-1, self.k)
         values = np.asarray(columns[topk_values_column(pass_name)], dtype=np.float64).reshape(-1, self.k)
         n = ids.shape[0]
-        log_z = np.asarray(columns[log_partitions_column(pass_name)], dtype=np.float64).reshape(n, -1)
+        log_z = np.asarray(columns[log_partitions_column(pass_name)], dtype=np.float64).reshape(n, len(self.temperatures))
         scaled = values[:, None, :] / self.temperatures[None, :, None]
         top = scaled.max(axis=2)
         log_top = top + np.log(np.exp(scaled - top[:, :, None]).sum(axis=2)) - log_z
@@ -238,5 +243,5 @@ def codec_for(manifest: Any) -> SparseCodec | V1Codec:
     if manifest.format_version == 1:
         return V1Codec(int(targets.k), targets.temperatures)
     encoding = targets.sparse.encoding
-    return SparseCodec(encoding.name, id_table=encoding.id_table, vocab_size=manifest.teacher.shared_vocab_size,
-                       value_step=encoding.value_step)
+    return SparseCodec(encoding.name, num_temperatures=len(targets.temperatures), id_table=encoding.id_table,
+                       vocab_size=manifest.teacher.shared_vocab_size, value_step=encoding.value_step)

@@ -11,6 +11,7 @@ import numpy as np
 from cache_schema.codec import SparseArrays, codec_for
 from cache_schema.content_checks import ColumnList, GroupChecker, column_list, first_bad
 from cache_schema.schemas import (
+    ENCODING_PACKED,
     PIPELINE_CROSS,
     PIPELINE_SHARED,
     chunk_logprob_column,
@@ -92,8 +93,16 @@ def _check_sparse_pass(check: GroupChecker, pass_name: str, items: np.ndarray, g
     rows, first = first_bad(bad, row_of)
     check.out.rows(item_names[0], f"k outside the policy's [{low}, {high}]", rows, check.base,
                    lambda local: f"found {counts[first[np.searchsorted(rows, local)]]}")
+    if codec.encoding == ENCODING_PACKED:
+        codes = lists[entries[0]]
+        ranks = codes.values >> np.uint32(8)
+        rows, first = first_bad(ranks >= vocab, codes.row_of)
+        check.out.rows(entries[0], f"ranks outside [0, teacher.shared_vocab_size={vocab})", rows, check.base,
+                       lambda local: f"found {ranks[first[np.searchsorted(rows, local)]]}")
+        if rows.size:
+            return
     decoded = codec.decode({n: lists[n].values for n in names}, pass_name)
-    _check_entries(check, pass_name, entries[0], decoded, row_of, vocab)
+    _check_entries(check, entries[0], entries[-1], decoded, row_of, vocab)
     _check_tails(check, pass_name, decoded, row_of, vocab)
     gold_values = decoded.gold_logprob.astype(np.float64)
     rows, first = first_bad(gold_values > check.tol, row_of)
@@ -105,9 +114,10 @@ def _check_sparse_pass(check: GroupChecker, pass_name: str, items: np.ndarray, g
                    np.unique(row_of[unexplained]), check.base)
 
 
-def _check_entries(check: GroupChecker, pass_name: str, field: str, decoded: SparseArrays, row_of: np.ndarray,
+def _check_entries(check: GroupChecker, field: str, values_field: str, decoded: SparseArrays, row_of: np.ndarray,
                    vocab: int) -> None:
-    """Entries: ids inside the slice and distinct within an item, values descending with the first 0."""
+    """Entries: ids inside the slice and distinct within an item (``field``), values descending with the
+    first 0 (``values_field``; the same column for the packed encoding)."""
     item = np.repeat(np.arange(decoded.counts.shape[0]), decoded.counts)
     entry_row = row_of[item]
     ids, values = decoded.ids, decoded.values.astype(np.float64)
@@ -121,9 +131,9 @@ def _check_entries(check: GroupChecker, pass_name: str, field: str, decoded: Spa
     starts = decoded.starts
     rising = np.zeros(ids.shape[0], dtype=bool)
     rising[1:] = (item[1:] == item[:-1]) & ~(values[1:] <= values[:-1])
-    check.out.rows(field, "top-k values are not sorted descending", np.unique(entry_row[rising]), check.base)
+    check.out.rows(values_field, "top-k values are not sorted descending", np.unique(entry_row[rising]), check.base)
     rows, first = first_bad(~(np.abs(values[starts]) <= check.tol), row_of)
-    check.out.rows(field, "first top-k value is not 0 (values are logits minus the row max)", rows, check.base,
+    check.out.rows(values_field, "first top-k value is not 0 (values are logits minus the row max)", rows, check.base,
                    lambda local: f"found {values[starts][first[np.searchsorted(rows, local)]]}")
 
 

@@ -222,14 +222,19 @@ class SparseTargets:
         return replace(self, topk_ids=self.topk_ids.to(device), topk_values=self.topk_values.to(device),
                        counts=self.counts.to(device), log_tails=self.log_tails.to(device), gold_logprob=gold)
 
-    def at(self, temperature: float) -> TeacherAtTemperature:
-        """The stored teacher at a stored ``temperature``: exact log-probs of the stored ids and log τ_T."""
+    def at(self, temperature: float, vocab_size: int | None = None) -> TeacherAtTemperature:
+        """The stored teacher at a stored ``temperature``: exact log-probs of the stored ids and log τ_T.
+
+        With ``vocab_size``, a row that stores every id has no tail whatever its stored tail says (a v1 tail,
+        1 − Σ p, can round to 1e-7 there)."""
         temperature = _check_temperature(temperature)
         column = temperature_column(self.temperatures, temperature)
         valid = self.valid()
         scaled = torch.where(valid, self.topk_values.float() / temperature, torch.full_like(self.topk_values.float(),
                                                                                             -math.inf))
         log_tail = self.log_tails[:, column].float()
+        if vocab_size is not None:
+            log_tail = torch.where(self.counts >= vocab_size, torch.full_like(log_tail, -math.inf), log_tail)
         log_p = scaled - torch.logsumexp(scaled, dim=1, keepdim=True) + log1mexp(log_tail)[:, None]
         return TeacherAtTemperature(ids=self.topk_ids.long(), valid=valid, log_p=log_p, log_tail=log_tail,
                                     counts=self.counts.long(), temperature=temperature)

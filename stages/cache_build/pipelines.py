@@ -68,7 +68,8 @@ class TargetSettings:
     shared_vocab_size: int | None = None
 
     def codec(self) -> SparseCodec:
-        return SparseCodec(self.encoding, id_table=self.id_table, vocab_size=self.shared_vocab_size)
+        return SparseCodec(self.encoding, num_temperatures=len(self.temperatures), id_table=self.id_table,
+                           vocab_size=self.shared_vocab_size)
 
 
 class IdCounter:

@@ -46,7 +46,7 @@ def teacher_at(student_logits: torch.Tensor, teacher: SparseTargets, temperature
         raise ValueError(f"teacher targets cover {teacher.num_positions} positions, the student logits {n}")
     if n and int(teacher.counts.max()) > vocab:
         raise ValueError(f"teacher stores up to {int(teacher.counts.max())} ids per position, more than V={vocab}")
-    view = teacher.to(z.device).at(check_temperature(temperature))
+    view = teacher.to(z.device).at(check_temperature(temperature), vocab)
     if view.ids.numel() and (int(view.ids.min()) < 0 or int(view.ids.max()) >= vocab):
         raise ValueError(f"teacher ids must lie in [0, {vocab}), got range [{int(view.ids.min())}, "
                          f"{int(view.ids.max())}]")

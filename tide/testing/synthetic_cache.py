@@ -123,7 +123,8 @@ class SyntheticCacheSpec:
         return policy
 
     def codec(self) -> SparseCodec:
-        return SparseCodec(self.encoding, id_table=self.id_table, vocab_size=self.shared_vocab_size)
+        return SparseCodec(self.encoding, num_temperatures=len(self.temperatures), id_table=self.id_table,
+                           vocab_size=self.shared_vocab_size)
 
     def _targets_info(self) -> TargetsInfo:
         temperatures = [float(t) for t in self.temperatures]
