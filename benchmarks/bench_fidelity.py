@@ -137,7 +137,7 @@ def full_reference(family: Family, student: torch.Tensor, temperature: float) ->
         for name in LOSSES:
             total = terms[name].sum() / n
             (grad,) = torch.autograd.grad(total, zs, retain_graph=name != LOSSES[-1])
-            out[name][0] += float(total)
+            out[name][0] += float(total.detach())
             out[name][1][part] = grad.float()
     return {name: (value, grad) for name, (value, grad) in out.items()}
 
@@ -166,7 +166,7 @@ def compare(family: Family, student: torch.Tensor, targets: SparseTargets, tempe
             ref = reference[name][1][part].double()
             grad = grad.double()
             stats = acc[name]
-            stats["value"] += float(value)
+            stats["value"] += float(value.detach())
             stats["diff2"] += float(((grad - ref) ** 2).sum())
             stats["ref2"] += float((ref**2).sum())
             stats["mine2"] += float((grad**2).sum())

@@ -159,11 +159,10 @@ def _ranked_logits(gen: torch.Generator, log_prior: torch.Tensor, by_rank: torch
     return torch.empty_like(by_rank).scatter_(1, order, by_rank)
 
 
-def llm_calibrated_family(num_positions: int, scored: int, id_counts: np.ndarray, seed: int = 0) -> Family:
-    """The calibrated power-law family (see the module docstring); ``id_counts``: real-text id frequencies."""
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    log_prior = torch.from_numpy(np.log(id_counts.astype(np.float64) + 0.5)).float()
+def calibrated_logits(num_positions: int, log_prior: torch.Tensor, gen: torch.Generator,
+                      rng: np.random.Generator) -> torch.Tensor:
+    """(num_positions, VOCAB) teacher logits of the calibrated power-law family (see the module docstring);
+    ``log_prior``: log frequency of every id in real text."""
     log_rank = torch.log(torch.arange(1, VOCAB + 1, dtype=torch.float32))
     confident = rng.random(num_positions) < 0.4
     alpha = np.where(confident, rng.uniform(1.3, 2.2, num_positions), rng.uniform(0.8, 1.3, num_positions))
@@ -176,6 +175,19 @@ def llm_calibrated_family(num_positions: int, scored: int, id_counts: np.ndarray
         by_rank = -a * log_rank - b * log_rank**2
         by_rank[:, 0] += c[:, 0]
         teacher[part] = _ranked_logits(gen, log_prior, by_rank)
+    return teacher
+
+
+def real_text_log_prior(id_counts: np.ndarray) -> torch.Tensor:
+    """log(count + 0.5) of every id: the calibrated family's frequency prior."""
+    return torch.from_numpy(np.log(id_counts.astype(np.float64) + 0.5)).float()
+
+
+def llm_calibrated_family(num_positions: int, scored: int, id_counts: np.ndarray, seed: int = 0) -> Family:
+    """The calibrated power-law family (see the module docstring); ``id_counts``: real-text id frequencies."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    teacher = calibrated_logits(num_positions, real_text_log_prior(id_counts), gen, rng)
     gold = torch.multinomial(torch.softmax(teacher, dim=-1), 1, generator=gen)[:, 0]
     student = 0.85 * teacher[:scored] + torch.randn((scored, VOCAB), generator=gen)
     return Family(
