@@ -196,6 +196,35 @@ def render_teacher_runner(results: dict[str, dict]) -> list[str]:
     return lines + ["", *all_figures(data)]
 
 
+def render_moe(results: dict[str, dict]) -> list[str]:
+    data = results.get("moe.json")
+    if data is None:
+        return []
+    lines = ["Setup:", ""]
+    lines += key_values(data, [
+        ("hidden size", "config.hidden"), ("routed experts", "config.experts"),
+        ("expert width", "config.moe_intermediate"), ("top-k", "config.top_k"),
+        ("shared experts", "config.shared_experts"), ("tokens", "config.tokens"), ("dtype", "config.dtype"),
+        ("device", "config.device"), ("torch threads", "config.torch_threads"), ("timed runs each", "config.repeats"),
+        ("experts without tokens", "routing.empty_experts"),
+        ("largest expert load (tokens)", "routing.max_tokens_per_expert"),
+    ])
+    lines += ["", "Results:", ""]
+    lines += key_values(data, [
+        ("**grouped / loop time (medians)**", "grouped_over_loop"),
+        ("grouped median (s)", "seconds.grouped_mm.median"), ("loop median (s)", "seconds.eager.median"),
+        ("outputs max abs difference", "outputs.max_abs_diff"),
+        ("outputs allclose (rtol 1e-5, atol 1e-5)", "outputs.allclose_rtol1e-5_atol1e-5"),
+        ("grouped peak RSS increase (MiB)", "memory.peak_rss_delta_mib.grouped_mm"),
+        ("loop peak RSS increase (MiB)", "memory.peak_rss_delta_mib.eager"),
+        ("expert weights (MiB)", "memory.expert_weights_mib"),
+        ("grouped form's pair tensors (MiB)", "memory.formulation_tensors_mib.grouped_pairs_tensors"),
+        ("padded bmm at the largest load (MiB)", "memory.formulation_tensors_mib.padded_bmm_tensors"),
+        ("batched_mm gathered weights (MiB)", "memory.formulation_tensors_mib.batched_mm_gathered_weights"),
+    ])
+    return lines + ["", *all_figures(data)]
+
+
 def render_fidelity(results: dict[str, dict]) -> list[str]:
     data = results.get("fidelity_k.json")
     if data is None:
@@ -294,6 +323,7 @@ RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "fidelity_k": render_fidelity,
     "reader": render_reader,
     "teacher_runner": render_teacher_runner,
+    "moe": render_moe,
 }
 
 
@@ -325,11 +355,42 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
         rows.append(("TeacherRunner / full-logits peak memory", _ratio(runner.get("runner_peak_rss_delta_mib"),
                                                                        runner.get("full_peak_rss_delta_mib")),
                      "bench_teacher_runner"))
+    moe = results.get("moe", {}).get("moe.json")
+    if moe:
+        rows.append(("LLaDA2 MoE block, grouped / per-expert loop time (real shape, CPU)", moe.get("grouped_over_loop"),
+                     "bench_moe"))
     return rows
 
 
 def _ratio(a: Any, b: Any) -> float | None:
     return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
+
+GPU_CHECK_SCRIPT = "gpu_check.py"
+GPU_CHECK_RESULT = RESULTS / "gpu_check" / "gpu_check.json"
+
+
+def render_gpu_check() -> list[str]:
+    """The GPU check's section: how to run it and what it writes (its module docstring), then the figures
+    of its last real-shape run, if there is one. It is not part of run_all: it needs a GPU."""
+    try:
+        doc = ast.get_docstring(ast.parse((BENCH_DIR / GPU_CHECK_SCRIPT).read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError):
+        doc = ""
+    lines = ["## GPU check (`bash benchmarks/gpu_check.sh`, not part of run_all)", "", doc, ""]
+    if not GPU_CHECK_RESULT.is_file():
+        return lines + ["_No results yet: no GPU has run it._", ""]
+    data = json.loads(GPU_CHECK_RESULT.read_text(encoding="utf-8"))
+    env = data.get("environment", {})
+    lines += [f"Last run {data.get('started', '-')} on {env.get('gpu') or data.get('device')}, torch {env.get('torch')}, "
+              f"transformers {env.get('transformers')}, CUDA {env.get('cuda_version')}; {fmt(data.get('seconds'))} s "
+              f"of a {fmt(data.get('budget_s'))} s budget.", ""]
+    lines += table(("part", "status", "seconds", "limit (s)", "errors", "skipped"),
+                   [(name, part.get("status"), part.get("seconds"), part.get("limit_s"),
+                     "; ".join(f"{k}: {v}" for k, v in part.get("errors", {}).items()) or "-",
+                     ", ".join(part.get("skipped", {})) or "-") for name, part in data.get("parts", {}).items()])
+    lines += ["", *table(("figure", "value"), list(data.get("summary", {}).items())), "", *all_figures(data.get("parts", {}))]
+    return lines + [""]
 
 
 def render_document(machine: dict[str, Any], statuses: dict[str, dict[str, Any]]) -> str:
@@ -379,6 +440,7 @@ def render_document(machine: dict[str, Any], statuses: dict[str, dict[str, Any]]
             continue
         lines += RENDERERS[bench.name](results[bench.name])
         lines.append("")
+    lines += render_gpu_check()
     return "\n".join(lines).rstrip() + "\n"
 
 

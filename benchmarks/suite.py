@@ -81,6 +81,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         ("teacher_runner.json",),
         timeout_s=900,
     ),
+    Benchmark(
+        "moe", "LLaDA2 MoE block: grouped matmul over the per-expert loop", "bench_moe.py",
+        ("--tokens", "4096", "--repeats", "3", "--out", "benchmarks/results/moe.json"),
+        ("moe.json",),
+        timeout_s=1200,
+    ),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 

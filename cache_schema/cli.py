@@ -22,6 +22,10 @@ from cache_schema.validate import validate_cache
 
 _TOP_SHOWN = 5  # top-k entries printed per decoded target
 _ITEMS_SHOWN = 3  # target items printed per decoded row
+# The chunk losses' probability clamp and default temperature (tide.losses.calm: CALM_CLAMP and
+# DEFAULT_CHUNK_TEMPERATURE; cache_schema imports no model code, a test keeps the two equal).
+CALM_CLAMP = 1e-7
+CALM_TEMPERATURE = 5.0
 
 
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +35,10 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("path", type=Path, help="cache directory (holds manifest.json)")
     inspect.add_argument("--rows", type=int, default=0, metavar="N", help="decode and print the first N rows")
+    inspect.add_argument("--calm-temperature", type=float, action="append", metavar="T",
+                         help=f"chunk caches: count the active chunks whose probability exp(log-p / T) the CALM "
+                              f"clamp [{CALM_CLAMP}, 1 - {CALM_CLAMP}] changes, at T (repeatable; default "
+                              f"{CALM_TEMPERATURE})")
     inspect.set_defaults(func=run_inspect)
 
     validate = subparsers.add_parser(
@@ -230,6 +238,36 @@ def _decode_cross(row: dict, manifest: Manifest) -> list[str]:
     return lines
 
 
+def clamped_chunk_counts(manifest: Manifest, path: Path, temperature: float) -> dict[str, tuple[int, int, int]]:
+    """Per pass: (active chunks, chunks whose fp32 probability exp(ℓ/T) lies above 1 − clamp, below clamp).
+
+    Active = masked and not in a prompt (what the chunk losses read). The bounds are fp32 values, as the
+    clamp is applied to fp32 probabilities: 1 − 1e−7 rounds to 1 − 2^−23 there."""
+    high, low = np.float32(1 - CALM_CLAMP), np.float32(CALM_CLAMP)
+    counts = {name: [0, 0, 0] for name in manifest.targets.passes}
+    columns = ["chunk_masked", "chunk_in_prompt", *(chunk_logprob_column(p) for p in manifest.targets.passes)]
+    for entry in manifest.shards:
+        table = pq.read_table(path / entry.file, columns=columns)
+        active = (table.column("chunk_masked").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                  & ~table.column("chunk_in_prompt").combine_chunks().flatten().to_numpy(zero_copy_only=False))
+        for name in manifest.targets.passes:
+            logprob = table.column(chunk_logprob_column(name)).combine_chunks().flatten().to_numpy()[active]
+            scaled = logprob.astype(np.float32) / np.float32(temperature)  # ℓ/T in fp32, as the loss divides
+            probability = np.exp(scaled.astype(np.float64)).astype(np.float32)  # correctly rounded fp32 exp
+            counts[name][0] += int(active.sum())
+            counts[name][1] += int((probability > high).sum())
+            counts[name][2] += int((probability < low).sum())
+    return {name: (a, h, lo) for name, (a, h, lo) in counts.items()}
+
+
+def _print_clamped(manifest: Manifest, path: Path, temperatures: Sequence[float]) -> None:
+    for temperature in temperatures:
+        for name, (active, high, low) in clamped_chunk_counts(manifest, path, temperature).items():
+            share = f"{100 * (high + low) / active:.2f}%" if active else "-"
+            print(f"clamped    {name} at T={temperature:g}: {high + low} of {active} active chunks ({share}) in the "
+                  f"CALM clamp: {high} above 1 - {CALM_CLAMP:g}, {low} below {CALM_CLAMP:g}")
+
+
 def _print_rows(manifest: Manifest, path: Path, count: int) -> None:
     shown = 0
     for entry in manifest.shards:
@@ -279,6 +317,12 @@ def run_inspect(args: argparse.Namespace) -> int:
                   f"{_per(size, masked_total)} per masked position (its target columns)")
     except Exception as exc:  # a damaged shard: the table below still lists every shard
         print(f"  pass bytes unreadable ({type(exc).__name__}); run `validate` for details")
+    if manifest.pipeline != PIPELINE_SHARED:
+        try:
+            _print_clamped(manifest, args.path, args.calm_temperature or [CALM_TEMPERATURE])
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot count clamped chunks ({exc}); run `validate` for details", file=sys.stderr)
+            return 1
     print()
     _print_table(["shard", "rows", "size", "targets", "masked", "bytes/target"], shard_rows)
     if args.rows > 0:

@@ -8,7 +8,7 @@
 #
 # Usage:
 #   bash scripts/eval_all.sh --model /path/to/checkpoint [--output eval_results] [--limit N]
-#                            [--think-block] [--tasks t1,t2] [any other `tide-eval run` option]
+#                            [--think-block auto|never] [--tasks t1,t2] [any other `tide-eval run` option]
 # Environment: PYTHON (default .venv/bin/python when present, else python).
 # humaneval_instruct and mbpp_instruct execute generated code; this script confirms that on your behalf.
 set -euo pipefail

@@ -22,8 +22,11 @@ def build_parser(*, build_options: bool = True) -> argparse.ArgumentParser:
         prog="tide-cache",
         description="Build, inspect and validate TIDE logits caches (zstd Parquet shards + manifest.json).",
     )
-    subparsers = parser.add_subparsers(dest="command", required=True)
     from stages.cache_build.cli import BUILD_HELP, register_build_command
+    from stages.cli_support import add_version
+
+    add_version(parser)
+    subparsers = parser.add_subparsers(dest="command", required=True)
 
     if build_options:
         register_build_command(subparsers)

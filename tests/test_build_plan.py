@@ -143,8 +143,9 @@ def test_cli_reports_every_build_problem_at_once(tmp_path):
     assert "--passes: 'final' is not one of plain, compdemo" in problems
     assert "max_length=100: must be a positive multiple of block_size=32" in problems
     assert "eps=2.0: must lie in (0, 1)" in problems
-    assert sum("is required" in line for line in problems) == 3  # student_tokenizer, sources, output
-    assert len(problems) == 7
+    # student_tokenizer and output; sources defaults to the paper's mixture
+    assert sum("is required" in line for line in problems) == 2
+    assert len(problems) == 6
 
 
 def test_tide_cache_parser_has_build(tmp_path):

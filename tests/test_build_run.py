@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -351,3 +352,42 @@ def test_auto_dtype_is_recorded_as_the_dtype_it_means_here() -> None:
         dataclasses.asdict(dataclasses.replace(base, dtype="float32"))
     )
     assert any("dtype" in line for line in differences)
+
+
+# ------------------------------------------------------------------------------------ replicas, mixing
+
+
+def test_the_replica_cost_is_logged_before_the_teacher_is_loaded(models, tmp_path, monkeypatch, caplog):
+    import stages.cache_build.run as run_module
+
+    class TeacherLoaded(Exception):
+        pass
+
+    def no_teacher(*args, **kwargs):
+        raise TeacherLoaded
+
+    monkeypatch.setattr(run_module, "ShardBuilder", no_teacher)
+    with caplog.at_level(logging.INFO, logger="stages.cache_build.survey"), pytest.raises(TeacherLoaded):
+        run_build(_config(models, "wedlm", tmp_path / "cache"))
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("noise replicas")]
+    # 6 samples survive preparation; plain + the two CompDemo forwards per row
+    assert "noise replicas: 2" in line and "6 samples x 2 = 12 rows" in line and "36 teacher forwards" in line
+    assert "replicas = epochs" in line
+
+
+def test_two_sources_give_shards_that_mix_both_in_proportion(models, tmp_path):
+    from tide.testing.chat_data import synthetic_messages, write_chat_jsonl
+
+    conversations = synthetic_messages(12)
+    first = write_chat_jsonl(tmp_path / "first.jsonl", conversations[:8])
+    second = write_chat_jsonl(tmp_path / "second.jsonl", conversations[8:])
+    config = _config(models, "wedlm", tmp_path / "cache", sources=f"{first}+{second}", replicas=1,
+                     rows_per_shard=3, passes=["plain"], k=4)
+    run_build(config)
+    manifest = json.loads((Path(config.output) / "manifest.json").read_text())
+    assert manifest["build"]["stats"]["samples"] == 12
+    for shard in manifest["shards"]:
+        ids = pd.read_parquet(Path(config.output) / shard["file"], columns=["sample_id"])["sample_id"].tolist()
+        from_second = sum(i.startswith(str(second)) for i in ids)
+        # 8 : 4 = 2 : 1 — every shard holds both sources, in proportion to within one row
+        assert len(ids) == 3 and 0 < from_second < 3 and abs(from_second - 1) <= 1, (shard["file"], ids)

@@ -275,3 +275,34 @@ def test_directory_leftovers_and_a_disagreeing_journal_are_reported(cross_cache)
     assert any("build_config.json: not readable JSON" in m for m in messages)
     cache.write_record(1, manifest.shards[1], {})  # a record that agrees is fine
     assert not any("journal" in m for m in _messages(validate_cache(directory)))
+
+
+def test_inspect_counts_the_active_chunks_in_the_calm_clamp(tmp_path, capsys):
+    """Active chunks get log-probs cycling through five values; at T = 5 the clamp changes ℓ = 0 and
+    ℓ = −1e−7 (p rounds to 1 in fp32) and ℓ = −100 (p = e^−20 < 1e−7); at T = 1, ℓ = −1e−7 gives
+    p = fp32(1 − 1e−7), the bound itself (not clamped), and ℓ = −50 falls below 1e−7 as well."""
+    from cache_schema.cli import CALM_CLAMP as INSPECT_CLAMP
+    from cache_schema.cli import CALM_TEMPERATURE
+    from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE
+
+    assert (INSPECT_CLAMP, CALM_TEMPERATURE) == (CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE)
+    values = [0.0, -1e-7, -1e-5, -100.0, -50.0]
+    rows, used = cross_rows(10, seed=22), []
+    for row in rows:
+        active = np.flatnonzero(row["chunk_masked"] & ~row["chunk_in_prompt"])
+        chosen = [values[(len(used) + i) % len(values)] for i in range(len(active))]
+        used += chosen
+        for name in ("plain", "compdemo"):
+            row[f"{name}_chunk_logprob"][active] = chosen if name == "plain" else -1.0
+    directory = tmp_path / "clamp"
+    write_cache_rows(directory, rows, format_test_spec("cross", rows_per_shard=5, row_group_rows=2))
+    assert validate_cache(directory) == []
+    assert main(["inspect", str(directory), "--calm-temperature", "5", "--calm-temperature", "1"]) == 0
+    out = capsys.readouterr().out
+    n, count = len(used), used.count
+    assert n >= 10
+    high5, low5, high1, low1 = count(0.0) + count(-1e-7), count(-100.0), count(0.0), count(-100.0) + count(-50.0)
+    assert f"plain at T=5: {high5 + low5} of {n} active chunks" in out
+    assert f"CALM clamp: {high5} above 1 - 1e-07, {low5} below 1e-07" in out
+    assert f"plain at T=1: {high1 + low1} of {n} active chunks" in out and f"{high1} above" in out
+    assert f"compdemo at T=5: 0 of {n} active chunks" in out

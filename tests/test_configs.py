@@ -155,3 +155,16 @@ def test_readme_variant_table_matches_the_files():
         said = {} if sets.startswith("nothing") else yaml.safe_load("\n".join(re.findall(r"`([^`]+)`", sets)))
         assert said == (yaml.safe_load(path.read_text()) or {}), _name(path)
         assert f"distill_{path.parent.name}.sh --variant {path.stem}" in cells[5], _name(path)
+
+
+def test_every_paper_build_gives_each_training_epoch_fresh_noise():
+    """replicas = epochs: the original drew new noise every step, so no paper epoch may replay a replica."""
+    replicas = {}
+    for path in BUILD_CONFIGS:
+        config = dataclasses.replace(options_from_file(BuildConfig, path), **PATHS)
+        resolved = config.resolve(teacher_model_type=TEACHER_MODEL_TYPES[path.stem])
+        replicas[path.stem] = resolved.replicas
+    assert set(replicas.values()) == {10}
+    for path in TRAIN_CONFIGS:
+        config = options_from_file(TrainConfig, path)
+        assert config.epochs == replicas[path.parent.name] and not config.replica_cycle, _name(path)

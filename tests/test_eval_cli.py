@@ -51,8 +51,9 @@ def test_help_documents_every_setting():
         assert flag in gen_help
     _, config = config_from_args(["run", "--model", "m", "--output", "o"])
     assert (config.tasks, config.block_size, config.cfg_scale, config.think_block, config.chat_template) == (
-        "all", 32, 0.0, False, True
+        "all", 32, 0.0, "auto", True
     )
+    assert config.bootstrap_iters == 100_000  # lm-eval's default: every mean metric gets its standard error
 
 
 def test_sampling_temperature_is_its_own_flag_and_problems_come_together(tmp_path):

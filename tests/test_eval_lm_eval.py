@@ -13,9 +13,10 @@ from lm_eval.api.instance import Instance
 from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from stages.eval.lm_eval_model import TideBD3LM
-from stages.eval.protocol import THINK_BLOCK, TaskSetting
+from stages.eval.protocol import TaskSetting
 from stages.eval.provenance import PROVENANCE_FIELDS
 from stages.eval.runner import build_task_manager, run_task
+from stages.eval.think import THINK_BLOCK
 from stages.provenance import weights_fingerprint
 from tide.sampler import BlockDiffusionSampler, SamplerConfig
 
@@ -109,25 +110,26 @@ def test_simple_evaluate_on_registered_model(checkpoint, student_tokenizer, in_r
         log_samples=True,
         bootstrap_iters=0,
     )
-    expected = expected_outputs(checkpoint, student_tokenizer, chat=True, think=False)
+    # ChatML has no thinking logic: the default think-block rule appends the empty block to each prompt
+    expected = expected_outputs(checkpoint, student_tokenizer, chat=True, think=True)
     assert hand_score(expected) == pytest.approx(0.4)  # the " B" rig answers B on every document
     assert results["results"][TASK]["exact_match,extract-letter"] == pytest.approx(hand_score(expected))
     samples = sorted(results["samples"][TASK], key=lambda s: s["doc_id"])
     assert [s["resps"][0][0] for s in samples] == expected
     assert samples[0]["arguments"][0][0].startswith("<|im_start|>user\nQuestion:")
+    assert samples[0]["arguments"][0][0].endswith("<|im_start|>assistant\n" + THINK_BLOCK)
     config = results["config"]
     assert config["tide_weights_fingerprint"] == weights_fingerprint(checkpoint)
     assert config["tide_generation"]["block_size"] == 4
 
 
-def test_run_task_writes_results_with_provenance(lm, checkpoint, student_tokenizer, in_repo, tmp_path, monkeypatch):
-    monkeypatch.setattr(lm, "think_block", True)
+def test_run_task_writes_results_with_provenance(lm, checkpoint, student_tokenizer, in_repo, tmp_path):
     setting = TaskSetting(TASK, gen_length=8, steps=4, num_fewshot=0, metric="exact_match,extract-letter")
     score = run_task(
         lm, setting, tmp_path, task_manager=build_task_manager([TASK_DIR], include_defaults=False),
         apply_chat_template=False,
     )
-    expected = expected_outputs(checkpoint, student_tokenizer, chat=False, think=True)
+    expected = expected_outputs(checkpoint, student_tokenizer, chat=False, think=False)
     assert score.score == pytest.approx(hand_score(expected))
     record = json.loads((tmp_path / TASK / "results.json").read_text())
     provenance = record["tide_provenance"]
@@ -139,13 +141,19 @@ def test_run_task_writes_results_with_provenance(lm, checkpoint, student_tokeniz
     assert (provenance["block_size"], provenance["steps"], provenance["gen_length"]) == (4, 4, 8)
     assert (provenance["remasking"], provenance["temperature"], provenance["cfg_scale"]) == ("low_confidence", 0.0, 0.0)
     assert provenance["chat_template_applied"] is False
-    assert provenance["think_block_injected"] is True
+    # no chat template, so no context went through the think-block rule
+    assert provenance["think_block"] == {"mode": "auto", "enable_thinking": False, "stripped_from_answers": True,
+                                         "contexts": {"rendered_by_template": 0, "inserted": 0, "absent": 0}}
+    assert provenance["gen_kwargs"] == {}
     assert {"torch", "transformers", "lm_eval", "tide-offline"} <= set(provenance["versions"])
     assert all(provenance["versions"][name] for name in ("torch", "transformers", "lm_eval"))
-    assert record["summary"] == {"task": TASK, "metric": "exact_match,extract-letter", "score": score.score}
+    assert record["summary"] == {"task": TASK, "metric": "exact_match,extract-letter", "score": score.score,
+                                 "stderr": score.stderr, "also": {}}
+    # the default bootstrap gives the mean its closed-form standard error, sqrt(p(1 - p) / (n - 1))
+    n = len(expected)
+    assert score.stderr == pytest.approx((score.score * (1 - score.score) / (n - 1)) ** 0.5)
     lines = [json.loads(line) for line in (tmp_path / TASK / "samples.jsonl").read_text().splitlines()]
     assert sorted((s["doc_id"], s["resps"][0][0]) for s in lines) == list(enumerate(expected))
-    # lm-eval logs the context it built; the think block is appended by the model after it.
     assert all(s["arguments"][0][0].startswith("Question:") for s in lines)
 
 
@@ -155,7 +163,7 @@ def test_likelihood_requests_are_refused(lm, checkpoint):
         lm.loglikelihood([request])
     with pytest.raises(NotImplementedError, match="perplexity"):
         lm.loglikelihood_rolling([request])
-    with pytest.raises(ValueError, match="think_block='maybe' is not a boolean"):
+    with pytest.raises(ValueError, match="think_block='maybe' must be one of"):
         TideBD3LM(pretrained=str(checkpoint), think_block="maybe")
 
 
@@ -196,3 +204,55 @@ def test_run_command_prints_table(checkpoint, in_repo, tmp_path, capsys):
     assert TASK in table and "average" in table
     provenance = json.loads((tmp_path / TASK / "results.json").read_text())["tide_provenance"]
     assert (provenance["gen_length"], provenance["steps"], provenance["block_size"]) == (256, 256, 4)
+
+
+# ------------------------------------------------------------------------------------ the think-block rule
+
+USER = [{"role": "user", "content": "Complete the function."}]
+HUMANEVAL_PREFIX = "Here is the completed function:\n```python\ndef add(a, b):\n"
+MBPP_PREFIX = "\n```python\n"
+
+
+def _context(lm, prefix=None):
+    chat = USER if prefix is None else [*USER, {"role": "assistant", "content": prefix}]
+    return lm.apply_chat_template(chat, add_generation_prompt=prefix is None)
+
+
+def test_think_block_goes_where_the_template_would_put_it_never_after_a_code_prefix(lm, monkeypatch):
+    monkeypatch.setattr(lm, "think_record", type(lm.think_record)("auto"))
+    header = "<|im_start|>user\nComplete the function.<|im_end|>\n<|im_start|>assistant\n"
+    assert _context(lm) == header + THINK_BLOCK  # ChatML lacks it: appended to the generation prompt
+    # the code prefix ends the context (transformers may trim its trailing whitespace)
+    humaneval = _context(lm, HUMANEVAL_PREFIX)
+    assert humaneval.rstrip() == header + THINK_BLOCK + HUMANEVAL_PREFIX.rstrip()
+    mbpp = _context(lm, MBPP_PREFIX)
+    assert mbpp.rstrip() == header + THINK_BLOCK + "\n```python"
+    assert lm.think_record.as_dict()["contexts"] == {"rendered_by_template": 0, "inserted": 3, "absent": 0}
+
+
+def test_a_thinking_template_renders_the_block_and_nothing_is_inserted(lm, monkeypatch, qwen3_style_tokenizer):
+    monkeypatch.setattr(lm, "tokenizer", qwen3_style_tokenizer)
+    monkeypatch.setattr(lm, "think_record", type(lm.think_record)("auto"))
+    prompt = _context(lm)  # rendered with enable_thinking=False
+    assert prompt.endswith("<|im_start|>assistant\n" + THINK_BLOCK) and prompt.count("<think>") == 1
+    humaneval = _context(lm, HUMANEVAL_PREFIX)
+    assert humaneval.rstrip().endswith("<|im_start|>assistant\n" + THINK_BLOCK + HUMANEVAL_PREFIX.rstrip())
+    assert humaneval.count("<think>") == 1
+    assert lm.think_record.as_dict()["contexts"] == {"rendered_by_template": 2, "inserted": 0, "absent": 0}
+
+
+def test_think_block_never_inserts_nothing(lm, monkeypatch):
+    monkeypatch.setattr(lm, "think_block", "never")
+    monkeypatch.setattr(lm, "think_record", type(lm.think_record)("never"))
+    assert THINK_BLOCK not in _context(lm) and THINK_BLOCK not in _context(lm, HUMANEVAL_PREFIX)
+    assert lm.think_record.as_dict()["contexts"]["absent"] == 2
+
+
+def test_answers_lose_their_think_blocks_before_the_stop_strings(lm):
+    encode = lm.tokenizer.encode
+    assert lm.decode(encode("<think>\n\n</think>\n\nB"), ["</s>", "\n"]) == "B"  # stripped, then the stop
+    assert lm.decode(encode("<think>\nhmm\n</think> C. done"), ["\n"]) == "C. done"
+    assert lm.decode(encode("\nB"), ["</s>", "\n"]) == ""  # the stop string comes first here
+    assert lm.decode(encode("<think>unclosed B"), ["\n"]) == "<think>unclosed B"
+    im_end = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in lm.sampler.stop_token_ids

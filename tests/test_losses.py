@@ -584,3 +584,64 @@ def test_combine_losses():
         combine_losses(ce, {"kl": kl}, weight={"calm": 1.0})
     with pytest.raises(ValueError, match="unknown loss names"):
         combine_losses(ce, {"klx": kl})
+
+
+# --- the original's CALM clamp (the training default) against the log-space form -----------------------
+
+
+def _reverse_calm_grad(options: LossOptions) -> float:
+    """d(reverse CALM)/dℓ_S for the case of issue 13: teacher chunk log-prob 0, student −0.5, T = 5."""
+    l_s = torch.tensor([-0.5], requires_grad=True)
+    loss = LOSSES["reverse_calm"](ChunkInputs(l_s, torch.tensor([0.0]), torch.tensor([0.5])), options)
+    (grad,) = torch.autograd.grad(loss, l_s)
+    return float(grad)
+
+
+def test_reverse_calm_clamp_default_gives_the_original_gradient_and_the_option_the_log_space_one():
+    s = math.exp(-0.5 / 5)
+    # clamped: q = fp32(1 − 1e−7) = 1 − 2^−23, so dL/ds = log(1 − q) − log q = log(2^−23) + 2^−23
+    clamped = s / 5 * (math.log(2.0**-23) + 2.0**-23)
+    # log space: log(1 − q) at q = 1 is evaluated at the smallest normal fp32, 2^−126
+    log_space = s / 5 * math.log(2.0**-126)
+    assert LossOptions().calm_clamp == 1e-7
+    assert _reverse_calm_grad(LossOptions()) == pytest.approx(clamped, rel=1e-5)
+    assert _reverse_calm_grad(LossOptions()) == pytest.approx(-2.885, abs=1e-3)
+    assert _reverse_calm_grad(LossOptions(calm_clamp=None)) == pytest.approx(log_space, rel=1e-5)
+    assert _reverse_calm_grad(LossOptions(calm_clamp=None)) == pytest.approx(-15.805, abs=1e-3)
+
+
+def test_clamped_chunk_losses_match_the_original_formulas():
+    """Every chunk mode with the clamp equals the original's expressions (probabilities clamped in fp32, the
+    TIDAL mixture clamped too), values and gradients, including a clamped near-certain and a hopeless chunk."""
+    l_s = torch.tensor([-0.3, -2.0, -1e-9, -120.0], dtype=torch.float64)
+    l_t = torch.tensor([0.0, -1.5, -0.2, -0.7])
+    t = torch.tensor([0.3, 0.5, 0.7, 0.6])
+    temp, lam_train = 5.0, 0.1 + 0.8 * 0.5 * (1 - math.cos(math.pi * 0.4))
+
+    def original(kind, x):
+        s = torch.exp(x / temp).float().clamp(1e-7, 1 - 1e-7)
+        q = torch.exp(l_t / temp).clamp(1e-7, 1 - 1e-7)
+        if kind == "calm":
+            return -(q * torch.log(s) + (1 - q) * torch.log(1 - s)).mean()
+        if kind == "reverse_calm":
+            return -(s * torch.log(q) + (1 - s) * torch.log(1 - q)).mean()
+        lam = lam_train * (1 - t)
+        m = ((1 - lam) * s + lam * q).detach().clamp(1e-7, 1 - 1e-7)
+        w = torch.exp(-((t - 0.5) ** 2) / (2 * 0.15**2)) if "tidal" in kind else 1.0
+        if kind == "tidal_calm":
+            terms = -(m * torch.log(s) + (1 - m) * torch.log(1 - s))
+        else:
+            terms = -(s * torch.log(m) + (1 - s) * torch.log(1 - m))
+        return (w * terms).sum() / terms.shape[0]
+
+    options = LossOptions(temperature=temp, progress=0.4)
+    for kind in ("calm", "reverse_calm", "tidal_calm", "reverse_tidal_calm"):
+        x = l_s.clone().requires_grad_(True)
+        got = LOSSES[kind](ChunkInputs(x, l_t, t), options)
+        (grad,) = torch.autograd.grad(got, x)
+        y = l_s.clone().requires_grad_(True)
+        want = original(kind, y)
+        (want_grad,) = torch.autograd.grad(want, y)
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-6, msg=kind)
+        torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-7, msg=kind)
+        assert grad[2] == 0 and grad[3] == 0, kind  # clamped student chunks pass no gradient

@@ -23,9 +23,9 @@ from stages.options import (
 )
 from stages.train.cli import build_parser as train_parser
 from stages.train.cli import config_from_args as train_config
-from stages.train.config import TrainConfig
+from stages.train.config import MODE_REQUIRED, TrainConfig
 
-REQUIRED = ["--cache", "/c", "--student", "/s", "--output", "/o"]
+REQUIRED = ["--cache", "/c", "--student", "/s", "--output", "/o", "--mode", "ce"]
 
 
 @dataclass
@@ -155,10 +155,11 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "--batch-size: expected an integer, got '2.5'",
         "--student is required",
         "--output is required",
+        MODE_REQUIRED,
         "--lr=0.0 must be > 0",
         "--lambda0=2.0 must be in [0, 1]",
     ]
-    assert str(error.value).splitlines()[0] == "9 problems with the options:"
+    assert str(error.value).splitlines()[0] == "10 problems with the options:"
 
 
 @pytest.mark.parametrize(
@@ -206,7 +207,7 @@ def test_unsupported_field_type_is_refused_when_the_parser_is_made():
 
 def test_help_shows_each_fields_help_and_default_and_hides_underscore_aliases():
     text = " ".join(train_parser().format_help().split())  # argparse wraps lines; compare with single spaces
-    assert "--warmup-ratio X warm-up as a share of all optimizer steps (default: 0.03)" in text
+    assert "--warmup-ratio X warm-up as a share of all optimizer steps (default: 0.1)" in text
     assert "--lr X peak learning rate (AdamW) (default: 5e-05)" in text
     assert "--comp-demo, --no-comp-demo use the CompDemo teacher targets" in text
     assert "--tidal-axis {both,training_only,timestep_only} TIDAL interpolation axis (default: both)" in text

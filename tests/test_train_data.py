@@ -1,7 +1,11 @@
-"""Data order and collation over synthetic caches: deterministic (seed, epoch) shuffling through a hash,
-replica per epoch, disjoint ranks that cover every row, and exact mid-epoch resume from the cursor."""
+"""Data order and collation over synthetic caches: deterministic (seed, epoch) shuffling through a hash (a
+full permutation of the epoch's rows by default, windows of row groups as the option), replica per epoch
+and the warning when epochs replay replicas, disjoint ranks that cover every row, and exact mid-epoch
+resume from the cursor."""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ import pytest
 from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec, collate_rows
 from stages.train.data import CacheStream, StreamConfig, columns_for
-from stages.train.order import DataCursor, mix, permutation, replica_for_epoch
+from stages.train.order import DataCursor, first_replayed_epoch, mix, permutation, replica_for_epoch
 from cache_schema.codec import SparseArrays, SparseCodec, V1Codec
 from stages.train.pipelines import CrossPipeline, SharedPipeline
 from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
@@ -17,18 +21,23 @@ from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, w
 EOS, MASK, BLOCK, SEQ = 3, 95, 4, 8
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    rows = random_base_rows(num_samples=11, replicas=3, seq_len=SEQ, block_size=BLOCK, vocab_size=90,
-                            eos_token_id=EOS, prompt_len=2, seed=1)
+def _cross_cache(path, *, num_samples, replicas, seed, rows_per_shard):
+    """A chunk cache whose every token is its own chunk; row groups of 4 rows, sample-major."""
+    rows = random_base_rows(num_samples=num_samples, replicas=replicas, seq_len=SEQ, block_size=BLOCK, vocab_size=90,
+                            eos_token_id=EOS, prompt_len=2, seed=seed)
     spec = SyntheticCacheSpec(pipeline="cross", student_fingerprint="sha256:x", mask_token_id=MASK, eos_token_id=EOS,
-                              block_size=BLOCK, max_length=SEQ, student_vocab_size=96, replicas=3,
-                              teacher_vocab_size=96, row_group_rows=4, rows_per_shard=10)
+                              block_size=BLOCK, max_length=SEQ, student_vocab_size=96, replicas=replicas,
+                              teacher_vocab_size=96, row_group_rows=4, rows_per_shard=rows_per_shard)
     for row in rows:
         row.chunk_start, row.chunk_end = np.arange(SEQ), np.arange(SEQ) + 1
         row.chunk_in_prompt = np.arange(SEQ) < 2
         row.chunk_logprob = {"plain": -np.ones(SEQ)}
-    return write_synthetic_cache(tmp_path_factory.mktemp("data"), rows, spec)
+    return write_synthetic_cache(path, rows, spec)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return _cross_cache(tmp_path_factory.mktemp("data"), num_samples=11, replicas=3, seed=1, rows_per_shard=10)
 
 
 def stream(cache, **kwargs):
@@ -102,17 +111,49 @@ def test_ranks_are_disjoint_and_cover_the_epoch(cache, world_size):
     assert sorted(flat) == sorted(tuple(int(x) for x in r["input_ids"]) for r in reader_rows)
 
 
-def test_mid_epoch_cursor_resume_gives_the_same_sequence(cache):
-    s = stream(cache, seed=2, batch_size=3, shuffle_window=3)
+@pytest.mark.parametrize("window", [0, 3])  # the full permutation (default) and windows of 3 row groups
+def test_mid_epoch_cursor_resume_gives_the_same_sequence(cache, window):
+    s = stream(cache, seed=2, batch_size=3, shuffle_window=window)
     full = [(b.input_ids.tolist(), c) for b, c in s.batches(s.start_cursor(0), epochs=2)]
     cut = 2  # stop after two batches of epoch 0, resume from the saved JSON cursor
     saved = DataCursor.from_json(full[cut - 1][1].to_json())
     assert saved.epoch == 0 and saved.position == 6
-    fresh = stream(cache, seed=2, batch_size=3, shuffle_window=3)
+    fresh = stream(cache, seed=2, batch_size=3, shuffle_window=window)
     rest = [(b.input_ids.tolist(), c) for b, c in fresh.batches(saved, epochs=2)]
     assert rest == full[cut:]
     with pytest.raises(ValueError, match="seed 2 but this run uses seed 7"):
         list(stream(cache, seed=7, batch_size=3).batches(saved, epochs=1))
+
+
+def _runs(order):
+    """Maximal stretches of consecutive rows from one row group."""
+    groups = order[:, 0]
+    return 1 + int((groups[1:] != groups[:-1]).sum())
+
+
+def test_default_order_is_a_full_permutation_of_the_epoch(tmp_path):
+    """Windows of one row group visit each of the 10 row groups in one stretch; the full permutation keeps
+    coming back to row groups it visited before."""
+    path = _cross_cache(tmp_path, num_samples=40, replicas=1, seed=3, rows_per_shard=20)
+    for seed in range(3):
+        full, windowed = stream(path, seed=seed).order(0), stream(path, seed=seed, shuffle_window=1).order(0)
+        assert sorted(map(tuple, full.tolist())) == sorted(map(tuple, windowed.tolist()))  # the same 40 rows
+        assert len(full) == 40 and _runs(windowed) == 10
+        assert _runs(full) > 25, seed  # a random order of 40 rows in groups of 4 has ~31 stretches
+    orders = {tuple(map(tuple, stream(path, seed=1).order(e).tolist())) for e in (0, 1)}
+    assert len(orders) == 2  # a new permutation every epoch
+
+
+def test_replayed_replicas_are_warned_once(cache, caplog):
+    assert first_replayed_epoch(3) == 3 and first_replayed_epoch(3, (2, 0)) == 2
+    assert first_replayed_epoch(3, (1, 1, 0)) == 1
+    s = stream(cache, seed=0, batch_size=4)
+    with caplog.at_level(logging.WARNING, logger="stages.train.data"):
+        list(s.batches(s.start_cursor(0), epochs=3))  # three epochs, three replicas: fresh noise throughout
+        assert not caplog.records
+        list(s.batches(s.start_cursor(0), epochs=5))
+    [record] = caplog.records
+    assert "epoch 3 trains on replica 0 again" in record.getMessage() and "--replicas" in record.getMessage()
 
 
 def test_collate_pads_truncates_and_builds_chunk_tables():

@@ -108,7 +108,9 @@ def test_outputs_metrics_curve_and_saved_student(tmp_path, cache_dir, student_di
     train(config)
     saved = out / "train_config.json"
     assert isinstance(yaml.safe_load(saved.read_text())["adam_eps"], str)  # "1e-08": a string to PyYAML
-    assert config_from_args(["--config", str(saved)]) == config  # the run's own config reads back as it was
+    # the run's own config reads back as it ran: the pipeline's defaults (here B's TIDAL weight) filled in
+    assert config_from_args(["--config", str(saved)]) == config.for_pipeline("shared")
+    assert config_from_args(["--config", str(saved)]).tidal_weight == "midrange"
     records = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     for key in ("loss", "loss_ce", "loss_tidal", "loss_kl", "lambda_train", "lambda_mean", "tokens_per_s", "lr"):
@@ -121,6 +123,27 @@ def test_outputs_metrics_curve_and_saved_student(tmp_path, cache_dir, student_di
     reloaded = load_student(out)
     assert reloaded.config.model_type == "a2d-qwen3"
     assert (out / "tokenizer_config.json").is_file()
+
+
+def test_bf16_weights_train_without_an_fp32_master_copy(tmp_path, cache_dir, student_dir):
+    """--weights-dtype bf16, the original's precision: parameters (hence optimizer states) are bf16."""
+    out = tmp_path / "bf16"
+    train(base_config(cache_dir, student_dir, out, max_steps=1, save_every=0, weights_dtype="bf16"))
+    saved = load_file(str(out / "model.safetensors"))
+    assert {tensor.dtype for tensor in saved.values()} == {torch.bfloat16}
+    state = torch.load(out / "checkpoints" / "step-00000001" / "optimizer.bin", weights_only=False)
+    moments = [v["exp_avg"] for v in state["state"].values()]
+    assert moments and {m.dtype for m in moments} == {torch.bfloat16}
+
+
+def test_pipeline_dependent_defaults():
+    config = TrainConfig(cache="/c", student="/s", output="/o")
+    assert (config.batch_size, config.tidal_weight) == (None, None)
+    assert (config.for_pipeline("cross").batch_size, config.for_pipeline("cross").tidal_weight) == (8, "uniform")
+    assert (config.for_pipeline("shared").batch_size, config.for_pipeline("shared").tidal_weight) == (10, "midrange")
+    chosen = dataclasses.replace(config, batch_size=3, tidal_weight="midrange").for_pipeline("cross")
+    assert (chosen.batch_size, chosen.tidal_weight) == (3, "midrange")  # given values are kept
+    assert (config.warmup_ratio, config.epochs, config.calm_clamp, config.shuffle_window) == (0.1, 10, 1e-7, 0)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,14 @@
 """Which student tokens are trained: the maskable positions of a chat-templated sequence.
 
-The BD3LM objective masks and scores only *maskable* tokens (docs/design.md#block-diffusion). For a
-conversation, those are the tokens of the assistant turns' contents plus the end-of-turn token that closes
-each turn, so the student learns to stop.
+The BD3LM objective masks and scores only *maskable* tokens (docs/design.md#block-diffusion). Two rules
+(``TRAIN_TURNS``):
+
+* ``last`` (the original's rule, the default): only the final turn is trained. Its prompt is the chat
+  template of every message but the last, with the generation prompt and ``enable_thinking=False`` (the
+  original's student tokenizer passes it to every template call); everything after the prompt's token
+  count is maskable — the final content, its end-of-turn token and whatever the template writes after it
+  (ChatML's trailing newline). Earlier assistant turns are context only.
+* ``all``: the tokens of every assistant turn's content plus the end-of-turn token that closes each turn.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from tide.alignment.spans import TokenizedText
+
+TRAIN_TURNS = ("last", "all")
 
 
 def special_token_ids(tokenizer: Any) -> frozenset[int]:
@@ -42,4 +50,28 @@ def student_maskable(tokenized: TokenizedText, roles: Sequence[str], special_ids
             mask[special[0]] = True
         elif after.size:
             mask[after[0]] = True
+    return mask
+
+
+def last_turn_prompt(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+    """The prompt of the final turn: the template of ``messages[:-1]`` with the generation prompt and
+    ``enable_thinking=False`` (a template without thinking logic ignores the flag)."""
+    rendered = tokenizer.apply_chat_template(list(messages[:-1]), tokenize=False, add_generation_prompt=True,
+                                             enable_thinking=False)
+    if not isinstance(rendered, str):
+        raise ValueError(f"chat template returned {type(rendered).__name__}, expected str")
+    return rendered
+
+
+def last_turn_prompt_length(tokenizer: Any, messages: Sequence[dict[str, str]]) -> int:
+    """Tokens of :func:`last_turn_prompt` (no special tokens added: the template carries them)."""
+    return len(tokenizer(last_turn_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
+
+
+def last_turn_maskable(num_tokens: int, prompt_length: int) -> np.ndarray:
+    """bool (num_tokens,): every position at or after ``prompt_length`` (the original's label rule)."""
+    if num_tokens < 0 or prompt_length < 0:
+        raise ValueError(f"num_tokens={num_tokens} and prompt_length={prompt_length} must be non-negative")
+    mask = np.zeros(num_tokens, dtype=bool)
+    mask[min(prompt_length, num_tokens):] = True
     return mask

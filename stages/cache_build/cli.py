@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any
 
+from stages.cli_support import debug_requested, run_reporting_errors
 from stages.options import OptionsError, add_options, options_from_args
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     from stages.cache_build.config import BuildConfig
 
     add_options(parser, BuildConfig)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and align the data, count rows, masked positions, teacher forwards and tokens, "
+                             "estimate teacher FLOPs and cache bytes; load no teacher, write nothing")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback when the build fails")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -57,11 +62,53 @@ def fail_after_hook(count: int) -> Any:
 
 
 def run_build_command(args: argparse.Namespace) -> int:
+    """``build`` (or ``build --dry-run``): a mistake is one line on stderr unless ``--debug``."""
+    from cache_schema.errors import CacheError
+
+    return run_reporting_errors("tide-cache build", lambda: _build(args),
+                                debug=getattr(args, "debug", False) or debug_requested(None),
+                                expected=(ValueError, OSError, RuntimeError, CacheError))
+
+
+def check_local_sources(spec: str | None) -> None:
+    """Catch a mistyped file name before it is taken for a Hugging Face dataset name (and looked up on the
+    network): a source whose directory exists here, or whose suffix is close to a data file's, must be a file."""
+    import difflib
+    import glob
+    from pathlib import Path
+
+    from stages.cache_build.sources import LOCAL_SUFFIXES
+
+    for part in (p.strip() for p in (spec or "").split("+")):
+        if not part or part.startswith("builtin:") or part.lower().endswith(LOCAL_SUFFIXES):
+            continue
+        path = Path(part.partition(":")[0])
+        suffix = path.suffix.lower()
+        near = difflib.get_close_matches(suffix, LOCAL_SUFFIXES, n=1, cutoff=0.6) if suffix else []
+        in_local_dir = str(path.parent) not in ("", ".") and path.parent.is_dir()
+        if (near or in_local_dir) and not path.exists() and not glob.glob(part):
+            hint = f" (did you mean {path.with_suffix(near[0])}?)" if near else ""
+            raise FileNotFoundError(f"--sources {part}: no such file{hint}; local sources end in "
+                                    f"{', '.join(LOCAL_SUFFIXES)}, a Hugging Face dataset is NAME[@CONFIG][:SPLIT]")
+
+
+def _dry_run(config: Any) -> int:
+    from stages.cache_build.dry_run import dry_run
+
+    for line in dry_run(config).lines():
+        print(line)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
     from stages.cache_build.config import BuildConfigError
     from stages.cache_build.run import run_build
 
     try:
         config = config_from_args(args)
+        check_local_sources(config.sources)
+        if getattr(args, "dry_run", False):
+            return _dry_run(config)
         hooks = None
         fail_after = os.environ.get(FAIL_AFTER_ENV)
         if fail_after:

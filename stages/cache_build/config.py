@@ -21,8 +21,11 @@ from typing import Any
 from cache_schema.directory import CacheDirectory
 from cache_schema.manifest import REGIMES
 from cache_schema.schemas import ENCODING_PACKED, PASSES, PIPELINE_CROSS, PIPELINE_SHARED, PIPELINES, SPARSE_ENCODINGS
+from stages.cache_build.preparation import TEACHER_CONTEXTS
+from stages.cache_build.sources import PAPER_SOURCES
 from stages.options import OptionsError, option
 from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
+from tide.maskable import TRAIN_TURNS
 from tide.models.model_types import LLADA2_MODEL_TYPE, WEDLM_MODEL_TYPE
 from tide.runtime import DTYPE_CHOICES
 from tide.targets import K_POLICIES, KPolicy
@@ -40,7 +43,11 @@ PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
 # Settings that never change what a shard contains; every other setting must match on resume.
 RUNTIME_KEYS = frozenset({"output", "device", "batch_tokens", "batch_rows", "lm_head_chunk", "progress"})
 
-REQUIRED = ("teacher", "student_tokenizer", "sources", "output")
+REQUIRED = ("teacher", "student_tokenizer", "output")
+
+# Noise replicas of the paper builds: one per training epoch (the original drew fresh noise every step), so
+# tide-train's 10 epochs never replay a timestep or mask. Teacher compute and cache bytes grow with it.
+PAPER_REPLICAS = 10
 
 
 def _per_pipeline(key: str) -> str:
@@ -69,9 +76,11 @@ class BuildConfig:
                                                          "config.json); required")
     student_tokenizer: str | None = option(None, group=_DATA,
                                            help="student tokenizer directory (must have a mask token); required")
-    sources: str | None = option(None, group=_DATA, aliases=("--data",),
-                                 help="data sources joined with '+': builtin:humaneval[:N], file.jsonl|.json|.parquet, "
-                                      "or a Hugging Face dataset NAME[@CONFIG][:SPLIT]; required")
+    sources: str = option(PAPER_SOURCES, group=_DATA, aliases=("--data",), default_text="the paper's mixture",
+                          help="data sources joined with '+', interleaved in proportion to their sizes: "
+                               "file.jsonl|.json|.parquet or a Hugging Face dataset NAME[@CONFIG|@*][:SPLIT], each "
+                               "optionally followed by {holdout=F,seed=S,part=train|heldout,lang=WORD}; default: "
+                               f"{PAPER_SOURCES}")
     output: str | None = option(None, group=_DATA, aliases=("-o",),
                                 help="cache output directory (resumed if it exists); required")
     teacher_tokenizer: str | None = option(None, group=_DATA,
@@ -99,14 +108,28 @@ class BuildConfig:
     temperatures: list[float] | None = option(None, group=_TARGETS, metavar="T",
                                               default_text=_per_pipeline("temperatures"),
                                               help="stored temperatures, starting with 1.0, space- or comma-separated")
-    replicas: int = option(1, group=_NOISE, help="noise replicas per sample")
+    replicas: int = option(PAPER_REPLICAS, group=_NOISE,
+                           help="noise replicas per sample (epoch e of training uses replica e mod R): the paper's "
+                                "one per epoch; teacher compute and cache bytes grow linearly with R")
     seed: int = option(0, group=_NOISE, help="global noise seed")
     eps: float = option(1e-3, group=_NOISE, help="minimum timestep")
     passes: list[str] = option(default_factory=lambda: list(PASSES), group=_TARGETS, choices=PASSES,
                                separators=",+", help="teacher passes to store, comma-separated")
     demo_ratio: float = option(0.5, group=_TARGETS, help="CompDemo share of group A")
+    holdout_fraction: float = option(0.0, group=_DATA,
+                                     help="share of samples set aside for validation, chosen by sample key: "
+                                          "tide-train never trains on them and logs their losses as val/...")
     regime: str = option("paper", group=_TARGETS, choices=REGIMES, help="teacher attention regime")
     max_samples: int | None = option(None, group=_DATA, help="use at most this many prepared samples (default: all)")
+    mix_sources: bool = option(True, group=_DATA,
+                               help="interleave the sources in proportion to their sizes (else source after source)")
+    train_turns: str = option("last", group=_TARGETS, choices=TRAIN_TURNS,
+                              help="trained tokens: last = the final turn after its prompt (the original's), "
+                                   "all = every assistant turn and its end-of-turn token")
+    teacher_context: str = option("paper", group=_TARGETS, choices=TEACHER_CONTEXTS,
+                                  help="paper = cut the teacher sequence after the last aligned item (pipeline B "
+                                       "then EOS-padded to blocks), as the original did; full = keep it whole "
+                                       "(capped at --teacher-max-length)")
     batch_tokens: int = option(16384, group=_RUN, help="teacher tokens per forward batch, padding included")
     batch_rows: int | None = option(None, group=_RUN, help="at most this many sequences per teacher batch")
     rows_per_shard: int = option(1024, group=_RUN, help="cache rows per shard")
@@ -189,6 +212,9 @@ class BuildConfig:
             (0.0 < self.k_mass <= 1.0, f"k_mass={self.k_mass}: must lie in (0, 1]"),
             (self.k_mass_temperature > 0, f"k_mass_temperature={self.k_mass_temperature}: must be positive"),
             (self.k_floor >= 1, f"k_floor={self.k_floor}: must be at least 1"),
+            (self.train_turns in TRAIN_TURNS, f"train_turns={self.train_turns!r}: expected one of {TRAIN_TURNS}"),
+            (self.teacher_context in TEACHER_CONTEXTS,
+             f"teacher_context={self.teacher_context!r}: expected one of {TEACHER_CONTEXTS}"),
             (self.dtype in DTYPE_CHOICES, f"dtype={self.dtype!r}: expected one of {DTYPE_CHOICES}"),
             (self.block_size > 0, f"block_size={self.block_size}: must be positive"),
             (self.max_length > 0 and self.block_size > 0 and self.max_length % self.block_size == 0,
@@ -200,6 +226,7 @@ class BuildConfig:
             (self.seed >= 0, f"seed={self.seed}: must be non-negative"),
             (0.0 < self.eps < 1.0, f"eps={self.eps}: must lie in (0, 1)"),
             (0.0 <= self.demo_ratio <= 1.0, f"demo_ratio={self.demo_ratio}: must lie in [0, 1]"),
+            (0.0 <= self.holdout_fraction < 1.0, f"holdout_fraction={self.holdout_fraction}: must lie in [0, 1)"),
             (self.max_samples is None or self.max_samples > 0, f"max_samples={self.max_samples}: must be positive"),
             (self.batch_tokens > 0, f"batch_tokens={self.batch_tokens}: must be positive"),
             (self.batch_rows is None or self.batch_rows > 0, f"batch_rows={self.batch_rows}: must be positive"),

@@ -118,6 +118,7 @@ class SharedBuildPipeline:
     has_vocabulary_targets = True  # top entries over a shared vocabulary: the manifest records the policy
 
     chunk_consistent = False
+    pads_teacher_to_blocks = True  # the original's WeDLM collator EOS-pads the cut teacher to whole blocks
 
     def schema(self, targets: TargetSettings) -> pa.Schema:
         return schema_for(self.name, passes=targets.passes, num_temperatures=len(targets.temperatures),
@@ -146,6 +147,11 @@ class SharedBuildPipeline:
         prepared.teacher_pos = pairs.teacher_pos
         prepared.num_covered_tokens = int(prepared.maskable[pairs.student_pos].sum())
         prepared.drops = Counter(pairs.drops)
+
+    @staticmethod
+    def teacher_context_end(prepared: Any) -> int | None:
+        """Where the ``paper`` teacher context ends: after the last aligned teacher position (None: no pair)."""
+        return int(prepared.teacher_pos.max()) + 1 if len(prepared.teacher_pos) else None
 
     def forward_cost_factor(self, regime: str) -> int:
         """Sequence copies per teacher token: every WeDLM regime concatenates x0 and x_t."""
@@ -254,6 +260,7 @@ class CrossBuildPipeline:
     name = PIPELINE_CROSS
     has_vocabulary_targets = False
     chunk_consistent = True  # a masked token masks its whole chunk
+    pads_teacher_to_blocks = False  # LLaDA2's paper regime reads x_t alone, padding keys masked
 
     def schema(self, targets: TargetSettings) -> pa.Schema:
         return schema_for(self.name, passes=targets.passes)
@@ -267,12 +274,14 @@ class CrossBuildPipeline:
 
     def align(self, prepared: Any, student: Any, teacher: Any, student_tok: Any, teacher_tok: Any, *,
               student_limit: int, teacher_limit: int) -> None:
-        """Walk both tokenizations into byte-exact chunks; a chunk inside a non-assistant message is a
-        prompt chunk (never in the loss)."""
+        """Walk both tokenizations into byte-exact chunks; a chunk with a student token that is not maskable
+        (a non-assistant message, or an earlier turn when only the last is trained) is a prompt chunk, never
+        in the loss — the original's rule (a chunk with any prompt-labelled token is excluded)."""
         table = align_chunks(student, teacher, token_bytes_table(student_tok), token_bytes_table(teacher_tok),
                              student_limit=student_limit, teacher_limit=teacher_limit)
-        assistant = np.asarray([role == "assistant" for role in prepared.roles], dtype=bool)
-        in_prompt = ~assistant[table.span_index] if len(table) else np.zeros(0, dtype=bool)
+        maskable = np.asarray(prepared.maskable, dtype=bool)
+        in_prompt = np.asarray([not maskable[a:b].all() for a, b in zip(table.student_start, table.student_end,
+                                                                        strict=True)], dtype=bool)
         covered = np.zeros(prepared.length, dtype=bool)
         for start, end, prompt in zip(table.student_start, table.student_end, in_prompt, strict=True):
             if not prompt:
@@ -281,6 +290,13 @@ class CrossBuildPipeline:
         prepared.chunk_in_prompt = np.asarray(in_prompt, dtype=bool)
         prepared.num_covered_tokens = int((covered & prepared.maskable).sum())
         prepared.drops = Counter(table.drops)
+
+    @staticmethod
+    def teacher_context_end(prepared: Any) -> int | None:
+        """Where the ``paper`` teacher context ends: after the last chunk, all inside the student's truncated
+        sequence (None: no chunk, the capped sequence stays whole)."""
+        ends = prepared.chunks.teacher_end
+        return int(np.max(ends)) if len(ends) else None
 
     def forward_cost_factor(self, regime: str) -> int:
         """Sequence copies per teacher token: LLaDA2's paper regime sees x_t alone, native x_t ⊕ x0."""

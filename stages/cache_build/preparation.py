@@ -2,14 +2,20 @@
 (``maskable``) and the student↔teacher alignment (docs/design.md#pipelines).
 
 Student and teacher each render the messages with their own chat template, locate every content span,
-and tokenize with character offsets. The student's ``maskable`` mask covers the assistant turns: the
-tokens overlapping each assistant content plus the end-of-turn token after it (the first special token
-following the content before the next message, else simply the next token). The student sequence is
-truncated to ``max_length`` and padded with EOS to a multiple of ``block_size`` (padding is maskable);
-the teacher sequence is truncated to ``teacher_max_length``. Pipeline B (``"shared"``) aligns content
-tokens position to position, pipeline A (``"cross"``) by byte-exact chunks; nothing aligned points past
-either truncated sequence. A row that cannot be used raises
-:class:`~stages.cache_build.skips.SkipSample`.
+and tokenize with character offsets. Which student tokens are trained is :mod:`tide.maskable`'s rule
+(``train_turns``): by default the final turn only — every token after the prompt of the last message,
+which must be an assistant's — or, with ``all``, every assistant turn with its end-of-turn token. A row
+whose last-turn prompt fills ``max_length`` (or, with ``all``, whose first trained token lies past it) is
+skipped. The student sequence is truncated to ``max_length`` and padded with EOS to a multiple of
+``block_size`` (padding is maskable); the teacher sequence is truncated to ``teacher_max_length``.
+Pipeline B (``"shared"``) aligns content tokens position to position, pipeline A (``"cross"``) by
+byte-exact chunks; nothing aligned points past either truncated sequence.
+
+``teacher_context="paper"`` (the original's) then cuts the teacher sequence right after the last aligned
+item — pipeline A after the last chunk, pipeline B after the last aligned position, then EOS-padded to
+whole blocks as the original's WeDLM collator did — so the teacher never reads right context that the
+student's truncated sequence lacks; ``"full"`` keeps the whole (capped) teacher sequence. A row that
+cannot be used raises :class:`~stages.cache_build.skips.SkipSample`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from cache_schema.schemas import PIPELINES
 from stages.cache_build.messages import normalize_messages
 from stages.cache_build.pipelines import build_pipeline
 from stages.cache_build.skips import (
+    SKIP_LAST_NOT_ASSISTANT,
     SKIP_NO_MASKABLE,
     SKIP_PROMPT_TOO_LONG,
     SKIP_SPAN,
@@ -35,7 +42,13 @@ from stages.cache_build.skips import (
 from stages.cache_build.sources import RawSample
 from tide.alignment.chunks import ChunkTable
 from tide.alignment.spans import ContentSpanError, TokenizedText, tokenize_chat
-from tide.maskable import special_token_ids, student_maskable
+from tide.maskable import (
+    TRAIN_TURNS,
+    last_turn_maskable,
+    last_turn_prompt_length,
+    special_token_ids,
+    student_maskable,
+)
 from tide.noise import sample_key
 
 
@@ -45,14 +58,15 @@ class PreparedSample:
 
     * ``input_ids`` int32 (L,) — student ids, EOS-padded; ``maskable`` bool (L,) — trained positions
       (assistant tokens, their end-of-turn token, and the padding).
-    * ``teacher_input_ids`` int32 (L_T,) — teacher ids, truncated to ``teacher_max_length``, unpadded.
+    * ``teacher_input_ids`` int32 (L_T,) — teacher ids, truncated to ``teacher_max_length`` and, with the
+      ``paper`` teacher context, cut after the last aligned item (pipeline B: then EOS-padded to blocks).
     * ``roles`` — role per message; ``student_char_spans``/``teacher_char_spans`` int64 (M, 2) — each
       content's character range in the rendered ``student_text``/``teacher_text``.
     * pipeline ``"shared"``: ``student_pos``/``teacher_pos`` int32 (P,) aligned pairs, ascending student
       position; ``chunks``/``chunk_in_prompt`` are None.
     * pipeline ``"cross"``: ``chunks`` a :class:`ChunkTable` (int32 (C,) columns, end exclusive) and
-      ``chunk_in_prompt`` bool (C,) (chunk inside a non-assistant message); ``student_pos``/``teacher_pos``
-      are None.
+      ``chunk_in_prompt`` bool (C,) (a chunk with a student token that is not maskable: never in a loss);
+      ``student_pos``/``teacher_pos`` are None.
     * ``num_padding`` EOS tokens appended; ``num_response_tokens`` maskable tokens that are not padding;
       ``num_covered_tokens`` of those covered by a pair / a response chunk; ``drops`` dropped pairs or
       chunks by reason.
@@ -140,14 +154,20 @@ def _tokenize_side(tokenizer: Any, messages: list[dict[str, str]], side: str) ->
         raise SkipSample(SKIP_TEMPLATE, f"{side}: {type(exc).__name__}: {exc}") from exc
 
 
+TEACHER_CONTEXTS = ("paper", "full")
+
+
 @dataclass(frozen=True)
 class PreparationSettings:
-    """How rows become samples: the pipeline (which alignment), the block size and both length limits."""
+    """How rows become samples: the pipeline (which alignment), the block size, both length limits, which
+    turns are trained (``TRAIN_TURNS``) and how much teacher context is kept (``TEACHER_CONTEXTS``)."""
 
     pipeline: str
     block_size: int
     max_length: int
     teacher_max_length: int
+    train_turns: str = "last"
+    teacher_context: str = "paper"
 
     def __post_init__(self) -> None:
         if self.pipeline not in PIPELINES:
@@ -159,6 +179,48 @@ class PreparationSettings:
                 f"max_length={self.max_length}: must be a positive multiple of block_size={self.block_size}")
         if self.teacher_max_length <= 0:
             raise ValueError(f"teacher_max_length={self.teacher_max_length}: must be positive")
+        if self.train_turns not in TRAIN_TURNS:
+            raise ValueError(f"train_turns={self.train_turns!r}: expected one of {TRAIN_TURNS}")
+        if self.teacher_context not in TEACHER_CONTEXTS:
+            raise ValueError(f"teacher_context={self.teacher_context!r}: expected one of {TEACHER_CONTEXTS}")
+
+
+def _trained_positions(messages: list[dict[str, str]], student: TokenizedText, student_tok: Any,
+                       settings: PreparationSettings) -> np.ndarray:
+    """bool (N,) over the full student tokenization; raises SkipSample when nothing fits ``max_length``."""
+    max_length = settings.max_length
+    if settings.train_turns == "last":
+        if messages[-1]["role"] != "assistant":
+            raise SkipSample(SKIP_LAST_NOT_ASSISTANT, f"last message is {messages[-1]['role']!r}")
+        try:
+            prompt_length = min(last_turn_prompt_length(student_tok, messages), len(student.ids))
+        except Exception as exc:  # template engines raise their own exception types on odd conversations
+            raise SkipSample(SKIP_TEMPLATE, f"student last-turn prompt: {type(exc).__name__}: {exc}") from exc
+        if prompt_length >= max_length:
+            raise SkipSample(SKIP_PROMPT_TOO_LONG, f"last-turn prompt of {prompt_length} tokens >= {max_length}")
+        mask = last_turn_maskable(len(student.ids), prompt_length)
+        if not mask.any():
+            raise SkipSample(SKIP_NO_MASKABLE)
+        return mask
+    mask = student_maskable(student, [m["role"] for m in messages], special_token_ids(student_tok))
+    maskable_index = np.flatnonzero(mask)
+    if maskable_index.size == 0:
+        raise SkipSample(SKIP_NO_MASKABLE)
+    if maskable_index[0] >= max_length:
+        raise SkipSample(SKIP_PROMPT_TOO_LONG, f"first response token at {maskable_index[0]} >= {max_length}")
+    return mask
+
+
+def _cut_teacher(prepared: PreparedSample, pipeline: Any, block_size: int, teacher_eos: int | None) -> None:
+    """The ``paper`` teacher context: end after the last aligned item; pipeline B pads to whole blocks."""
+    end = pipeline.teacher_context_end(prepared)
+    ids = prepared.teacher_input_ids if end is None else prepared.teacher_input_ids[:end]
+    if pipeline.pads_teacher_to_blocks:
+        if teacher_eos is None:
+            raise ValueError("teacher tokenizer has no eos_token_id: it is needed to pad the teacher to blocks")
+        padded = -(-len(ids) // block_size) * block_size
+        ids = np.concatenate([ids, np.full(padded - len(ids), teacher_eos, dtype=np.int32)])
+    prepared.teacher_input_ids = np.ascontiguousarray(ids, dtype=np.int32)
 
 
 def prepare_sample(raw: RawSample, student_tok: Any, teacher_tok: Any, settings: PreparationSettings) -> PreparedSample:
@@ -173,12 +235,7 @@ def prepare_sample(raw: RawSample, student_tok: Any, teacher_tok: Any, settings:
     student = _tokenize_side(student_tok, messages, "student")
     teacher = _tokenize_side(teacher_tok, messages, "teacher")
 
-    full_mask = student_maskable(student, roles, special_token_ids(student_tok))
-    maskable_index = np.flatnonzero(full_mask)
-    if maskable_index.size == 0:
-        raise SkipSample(SKIP_NO_MASKABLE)
-    if maskable_index[0] >= max_length:
-        raise SkipSample(SKIP_PROMPT_TOO_LONG, f"first response token at {maskable_index[0]} >= {max_length}")
+    full_mask = _trained_positions(messages, student, student_tok, settings)
     kept = min(len(student.ids), max_length)
     padded = -(-kept // block_size) * block_size
     input_ids = np.full(padded, eos, dtype=np.int32)
@@ -204,11 +261,14 @@ def prepare_sample(raw: RawSample, student_tok: Any, teacher_tok: Any, settings:
         num_response_tokens=response,
         num_covered_tokens=0,
     )
+    pipeline = build_pipeline(settings.pipeline)
     try:
-        build_pipeline(settings.pipeline).align(prepared, student, teacher, student_tok, teacher_tok,
-                                       student_limit=kept, teacher_limit=teacher_kept)
+        pipeline.align(prepared, student, teacher, student_tok, teacher_tok,
+                       student_limit=kept, teacher_limit=teacher_kept)
     except ContentSpanError as exc:  # contents the two templates render too differently to align
         raise SkipSample(SKIP_SPAN, str(exc)) from exc
+    if settings.teacher_context == "paper":
+        _cut_teacher(prepared, pipeline, block_size, teacher_tok.eos_token_id)
     return prepared
 
 

@@ -26,6 +26,11 @@ SKIP_TEMPLATE = "template_error"
 SKIP_SPAN = "content_not_found"
 SKIP_PROMPT_TOO_LONG = "prompt_too_long"
 SKIP_NO_MASKABLE = "no_maskable"
+SKIP_LAST_NOT_ASSISTANT = "last_turn_not_assistant"
+SKIP_PROMPT_MISMATCH = "prompt_not_prefix"
+# Rows a source's options leave out (counted so that nothing disappears unrecorded).
+SKIP_HELD_OUT = "held_out"
+SKIP_LANGUAGE = "language_filter"
 
 
 class SkipSample(Exception):

@@ -1,6 +1,7 @@
 """The data survey of a build: one counting pass over the prepared data, stored in the cache's journal.
 
-The survey fixes what every rank needs before any teacher runs: how many samples survive preparation
+The survey fixes what every rank needs before any teacher runs, and is where the build states what its
+noise replicas cost before the teacher starts (:func:`replica_tradeoff`): how many samples survive preparation
 (hence the shard layout), the skip counts and alignment statistics, the teacher's and student's ids, the
 teacher tokenizer's fingerprint, the library versions and, for the shared pipeline, the id table (the
 trained ids by frequency, whose ranks the targets store). It is a pure function of the settings and the
@@ -51,17 +52,19 @@ def preparation_settings(config: BuildConfig) -> Any:
     from stages.cache_build.preparation import PreparationSettings
 
     return PreparationSettings(pipeline=config.pipeline, block_size=config.block_size,
-                               max_length=config.max_length, teacher_max_length=config.teacher_max_length)
+                               max_length=config.max_length, teacher_max_length=config.teacher_max_length,
+                               train_turns=config.train_turns, teacher_context=config.teacher_context)
 
 
 def iter_prepared(config: BuildConfig, student_tok: Any, teacher_tok: Any, skip_counter: Any = None,
                   stats: Any = None) -> Iterator[Any]:
-    """Prepared samples of the configured sources, in source order, at most ``max_samples``."""
+    """Prepared samples of the configured sources (interleaved unless ``mix_sources`` is off), at most
+    ``max_samples``."""
     from stages.cache_build.preparation import prepare_samples
     from stages.cache_build.sources import iter_sources
 
     prepared = prepare_samples(
-        iter_sources(config.sources, skip_counter),
+        iter_sources(config.sources, skip_counter, mix=config.mix_sources),
         student_tok,
         teacher_tok,
         preparation_settings(config),
@@ -123,6 +126,7 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
         if survey.get("survey_format") != SURVEY_FORMAT:
             raise BuildConfigError(
                 f"{directory.survey_path}: survey format {survey.get('survey_format')!r} is not {SURVEY_FORMAT}")
+        logger.info("%s", replica_tradeoff(config, survey))
         return survey
     from stages.cache_build.preparation import PrepStats
     from stages.cache_build.skips import SkipCounter
@@ -155,4 +159,37 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
     if id_counter is not None:
         survey["id_table"] = id_counter.table(teacher["shared_vocab_size"])
     directory.write_survey(survey)
+    logger.info("%s", replica_tradeoff(config, survey))
     return survey
+
+
+def replica_tradeoff(config: BuildConfig, survey: dict[str, Any]) -> str:
+    """What ``replicas`` costs, from the survey: rows, teacher forwards and tokens, and the cache's
+    uncompressed target bytes, all linear in R. The original trained online, paying one teacher pass per
+    sample per epoch, i.e. the teacher compute of R = epochs; one replica makes every epoch replay the same
+    timestep, mask and CompDemo split."""
+    samples, replicas = int(survey["num_samples"]), config.replicas
+    prep = survey["prep"]
+    rows = samples * replicas
+    per_row_forwards = ("plain" in config.passes) + 2 * ("compdemo" in config.passes)
+    pipeline = build_pipeline(config.pipeline)
+    mean_teacher = prep["teacher_tokens"] / max(prep["samples"], 1)
+    teacher_tokens = rows * per_row_forwards * mean_teacher * pipeline.forward_cost_factor(config.regime)
+    mean_t = config.eps + (1 - config.eps) / 2  # E[t]: each maskable token is masked with probability t
+    per_sample = prep["student_tokens"] / max(prep["samples"], 1)
+    base = per_sample * 5 + mean_teacher * 4 + mean_t * per_sample * 4  # ids + maskable, teacher ids, masked
+    passes = len(config.passes)
+    if pipeline.has_vocabulary_targets:  # per target: both positions, then per pass top-k, log Z_T, gold
+        value_bytes = 2 if config.value_dtype == "float16" else 4
+        per_target = 8 + passes * (config.k * (4 + value_bytes) + 4 * len(config.temperatures) + 4)
+        targets = mean_t * prep["covered_tokens"] / max(prep["samples"], 1)
+    else:  # per chunk (all are stored): four range ends, two flags, a log-prob per pass
+        per_target, targets = 18 + 4 * passes, prep["chunks"] / max(prep["samples"], 1)
+    size = rows * (base + targets * per_target)
+    return (
+        f"noise replicas: {replicas} (epoch e trains on replica e mod {replicas}; training beyond {replicas} "
+        f"epochs replays noise). Cost, linear in replicas: {samples} samples x {replicas} = {rows} rows, about "
+        f"{rows * per_row_forwards} teacher forwards over {teacher_tokens:.3g} teacher tokens, about "
+        f"{size / 2**30:.3g} GiB before compression. The original distilled online: one teacher pass per sample "
+        f"per epoch, the same teacher compute as replicas = epochs."
+    )

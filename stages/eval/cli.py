@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from stages.cli_support import EXIT_USAGE, add_version, debug_requested, run_reporting_errors
 from stages.eval.config import GenerateConfig, GenerationConfig, RunConfig
 from stages.eval.protocol import PAPER_TASKS, resolve_tasks
 from stages.options import OptionsError, add_options, options_from_args
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tide-eval",
         description="Evaluate a TIDE block-diffusion student (lm-eval model `tide_bd3lm`) or generate with it.",
     )
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
@@ -48,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add_options(run, RunConfig)
+    run.add_argument("--debug", action="store_true", help="show the full traceback when the command fails")
     run.set_defaults(func=cmd_run, options=RunConfig)
 
     for name in ("generate", "chat"):
         gen = sub.add_parser(name, help="print completions for a prompt or a file of prompts", allow_abbrev=False)
         add_options(gen, GenerateConfig)
+        gen.add_argument("--debug", action="store_true", help="show the full traceback when the command fails")
         gen.set_defaults(func=cmd_generate, options=GenerateConfig)
     return parser
 
@@ -88,8 +92,35 @@ def _read_prompts(config: GenerateConfig) -> list[str]:
     return prompts
 
 
+def check_model_path(model: str) -> None:
+    """``--model`` must be a student directory (config.json) or a LoRA adapter directory."""
+    path = Path(model)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {model}: no such directory; give a trained student's directory "
+                                "(tide-train's --output) or its adapter/ directory")
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"--model {model}: neither a model (no config.json) nor LoRA adapters "
+                                "(no adapter_config.json)")
+
+
+def check_task_names(settings: list, manager) -> None:
+    """Refuse task names lm-eval does not know, with the closest known name, before the model loads."""
+    import difflib
+
+    known = set(manager.all_tasks)
+    for setting in settings:
+        if setting.task not in known:
+            close = difflib.get_close_matches(setting.task, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else " (see `lm_eval ls tasks`, or add --include-path)"
+            raise ValueError(f"--tasks: lm-eval has no task {setting.task!r}{hint}")
+
+
 def _make_lm(config: GenerationConfig, *, gen_length: int, steps: int):
     from stages.eval.lm_eval_model import TideBD3LM
+    from tide.runtime import resolve_device
+
+    check_model_path(config.model)
+    resolve_device(config.device)  # a CUDA request on a machine without CUDA fails here, in one line
 
     return TideBD3LM(
         pretrained=config.model, block_size=config.block_size, steps=steps, gen_length=gen_length,
@@ -103,10 +134,12 @@ def cmd_run(config: RunConfig) -> int:
     from stages.eval.runner import build_task_manager, format_table, run_task, write_summary
 
     settings = resolve_tasks(config.tasks)
+    check_model_path(config.model)
     if config.confirm_run_unsafe_code:
         os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
-    lm = _make_lm(config, gen_length=settings[0].gen_length, steps=settings[0].steps)
     manager = build_task_manager(config.include_path)
+    check_task_names(settings, manager)
+    lm = _make_lm(config, gen_length=settings[0].gen_length, steps=settings[0].steps)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     scores = []
@@ -144,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         args, config = config_from_args(argv)
     except OptionsError as exc:
         print(f"tide-eval: error: {exc}", file=sys.stderr)
-        return 2
-    return int(args.func(config) or 0)
+        return EXIT_USAGE
+    return run_reporting_errors("tide-eval", lambda: int(args.func(config) or 0),
+                                debug=getattr(args, "debug", False) or debug_requested(argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Options of ``tide-eval run`` and ``tide-eval generate``: one dataclass each over the shared sampler settings.
 
 The defaults are the evaluation protocol's (``stages.eval.protocol``, docs/design.md#evaluation-protocol): block 32, CFG 0,
-low-confidence remasking, greedy decoding, chat template on.
+low-confidence remasking, greedy decoding, chat template on with the original's think-block rule, and
+lm-eval's default bootstrap iterations so every score carries a standard error.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from dataclasses import dataclass
 
 from stages.eval.protocol import (
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_BOOTSTRAP_ITERS,
     DEFAULT_CFG_SCALE,
     DEFAULT_REMASKING,
     DEFAULT_TEMPERATURE,
-    THINK_BLOCK,
     resolve_tasks,
 )
+from stages.eval.think import THINK_BLOCK, THINK_MODES
 from stages.options import OptionsError, option
 from tide.runtime import DTYPE_CHOICES
 from tide.sampler import REMASKING_STRATEGIES
@@ -39,9 +41,12 @@ class GenerationConfig:
     cfg_scale: float = option(DEFAULT_CFG_SCALE, group=_GENERATION,
                               help="classifier-free guidance scale; unconditional input = prompt masked")
     seed: int = option(1234, group=_GENERATION, help="seed of the sampler's noise and of lm-eval")
-    think_block: bool = option(False, group=_GENERATION,
-                               help=f"append an empty think block {THINK_BLOCK!r} after the (templated) prompt "
-                                    "(the paper's harness injected one)")
+    think_block: str = option("auto", group=_GENERATION, choices=THINK_MODES,
+                              help=f"auto: render chat templates with enable_thinking=False and give a context "
+                                   f"that lacks it the empty think block {THINK_BLOCK!r} where the template would "
+                                   "put it (never inside a code prefix), as the original harness; never: the "
+                                   "template's default, nothing inserted. Think blocks are always removed from "
+                                   "answers")
     batch_size: int = option(1, group=_GENERATION, help="prompts generated together")
     device: str | None = option(None, group=_GENERATION, help="cuda, cuda:N or cpu (default: cuda when available)")
     dtype: str = option("auto", group=_GENERATION, choices=DTYPE_CHOICES,
@@ -74,7 +79,9 @@ class RunConfig(GenerationConfig):
                                      help="extra directory of lm-eval task YAMLs (repeatable)")
     confirm_run_unsafe_code: bool = option(False, help="allow tasks that execute generated code "
                                                        "(humaneval_instruct, mbpp_instruct)")
-    bootstrap_iters: int = option(0, help="lm-eval bootstrap iterations for stderr")
+    bootstrap_iters: int = option(DEFAULT_BOOTSTRAP_ITERS,
+                                  help="lm-eval bootstrap iterations for standard errors (mean metrics use the "
+                                       "closed form at no cost; 0: no standard errors)")
 
     def problems(self) -> list[str]:
         found = super().problems()

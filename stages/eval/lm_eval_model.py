@@ -6,15 +6,16 @@ need them (multiple-choice and perplexity tasks); use the generative variants (e
 ``hellaswag_gen``) instead.
 
 ``--model_args``: ``pretrained=PATH`` (required), ``block_size=32``, ``steps=256``, ``gen_length=256``,
-``cfg_scale=0``, ``remasking=low_confidence|random``, ``temperature=0``, ``think_block=false``,
+``cfg_scale=0``, ``remasking=low_confidence|random``, ``temperature=0``, ``think_block=auto|never``,
 ``batch_size=1``, ``seed=1234``, ``dtype=auto|float32|bfloat16|float16``, ``device=cuda|cpu``,
 ``max_length`` (default: the model's ``max_position_embeddings``).
 
 Per request the generation length is ``min(gen_length, max_gen_toks)``; when the task's ``max_gen_toks``
-is the smaller, the steps shrink in proportion (never below one per block). The output is cut at the
-first ``until`` string (lm-eval adds the tokenizer's EOS string) and after the sampler's stop tokens (EOS
-and, when it differs, the pad token). With ``think_block=true`` the empty think block
-``<think>\\n\\n</think>\\n\\n`` is appended to every prompt after the chat template (the paper's harness did so).
+is the smaller, the steps shrink in proportion (never below one per block). Generation stops at the
+sampler's stop tokens (EOS, the pad token and ChatML's ``<|im_end|>`` where the vocabulary has them, as
+the original stopped at EOS or its end-of-turn token); the decoded answer loses its think blocks and is
+cut at the first ``until`` string (lm-eval adds the EOS string). Chat templates are rendered with
+``enable_thinking=False`` and the think-block rule of :mod:`stages.eval.think` (``think_block=auto``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from stages.eval.protocol import (
     DEFAULT_CFG_SCALE,
     DEFAULT_REMASKING,
     DEFAULT_TEMPERATURE,
-    THINK_BLOCK,
+)
+from stages.eval.think import (
+    ABSENT,
+    THINK_MODES,
+    THINK_TAGS,
+    ThinkRecord,
+    place_think_block,
+    strip_think_blocks,
 )
 from stages.provenance import weights_fingerprint
 from tide.runtime import resolve_device, resolve_dtype
@@ -45,19 +53,8 @@ from tide.sampler import BlockDiffusionSampler, SamplerConfig
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "tide_bd3lm"
+END_OF_TURN = "<|im_end|>"  # ChatML's end-of-turn token: a stop token wherever the vocabulary has it
 _LENGTH_KEYS = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no"):
-        return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"model argument {name}={value!r} is not a boolean (true/false)")
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -83,14 +80,16 @@ def load_checkpoint(
     """Load a student checkpoint directory (``save_pretrained`` layout) and its tokenizer, in eval mode.
 
     The model loads through :func:`tide.models.student.load_student` (the one student loader) with SDPA
-    attention, which takes the sampler's 4-D masks."""
+    attention, which takes the sampler's 4-D masks; a LoRA adapter directory loads as its base student with
+    the adapters merged."""
     from transformers import AutoTokenizer
 
-    from tide.models.student import load_student
+    from tide.models.student import is_adapter_directory, load_student
 
     root = Path(path)
-    if not (root / "config.json").is_file():
-        raise FileNotFoundError(f"pretrained={root}: not a checkpoint directory (no config.json)")
+    if not (root / "config.json").is_file() and not is_adapter_directory(root):
+        raise FileNotFoundError(f"pretrained={root}: not a checkpoint directory (no config.json) nor a LoRA "
+                                "adapter directory (no adapter_config.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(root))
     model = load_student(root, dtype=dtype, device=device, attn_implementation="sdpa")
     return model.eval(), tokenizer
@@ -109,7 +108,7 @@ class TideBD3LM(LM):
         cfg_scale: float = DEFAULT_CFG_SCALE,
         remasking: str = DEFAULT_REMASKING,
         temperature: float = DEFAULT_TEMPERATURE,
-        think_block: bool = False,
+        think_block: str = "auto",
         batch_size: int | str = 1,
         seed: int = 1234,
         dtype: str = "auto",
@@ -125,7 +124,10 @@ class TideBD3LM(LM):
         self.batch_size = _as_int("batch_size", batch_size)
         if self.batch_size < 1:
             raise ValueError(f"model argument batch_size={batch_size!r} must be >= 1")
-        self.think_block = _as_bool("think_block", think_block)
+        if think_block not in THINK_MODES:
+            raise ValueError(f"model argument think_block={think_block!r} must be one of {THINK_MODES}")
+        self.think_block = str(think_block)
+        self.think_record = ThinkRecord(self.think_block)
         self.checkpoint = str(pretrained)
         self._device = resolve_device(device)
         model, tokenizer = load_checkpoint(
@@ -143,6 +145,14 @@ class TideBD3LM(LM):
         stops = [tokenizer.eos_token_id]
         if tokenizer.pad_token_id is not None:
             stops.append(tokenizer.pad_token_id)
+        vocabulary = tokenizer.get_vocab()
+        end_of_turn = vocabulary.get(END_OF_TURN)
+        if end_of_turn is not None and end_of_turn not in stops:
+            stops.append(end_of_turn)
+        # special ids a decoded answer drops; the think tags stay so their blocks can be removed as text
+        # (a tokenizer may register them as special, Qwen3's does not)
+        think_ids = {vocabulary.get(tag) for tag in THINK_TAGS}
+        self._dropped_ids = frozenset(tokenizer.all_special_ids) - think_ids
         self.sampler = BlockDiffusionSampler(
             model,
             mask_token_id=tokenizer.mask_token_id,
@@ -207,13 +217,25 @@ class TideBD3LM(LM):
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
+        """The chat as a context: the generation prompt, or (lm-eval's ``gen_prefix``) a final assistant
+        message continued; with ``think_block=auto`` rendered with ``enable_thinking=False`` and given the
+        empty think block where it lacks one (:func:`stages.eval.think.place_think_block`)."""
         self.chat_template_applied = True
-        return self.tokenizer.apply_chat_template(
+        extra = {"enable_thinking": False} if self.think_block == "auto" else {}
+        rendered = self.tokenizer.apply_chat_template(
             chat_history,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
             continue_final_message=not add_generation_prompt,
+            **extra,
         )
+        if self.think_block == "auto":
+            final = None if add_generation_prompt else str(chat_history[-1]["content"])
+            rendered, outcome = place_think_block(rendered, final)
+        else:
+            outcome = ABSENT
+        self.think_record.outcomes[outcome] += 1
+        return rendered
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError(
@@ -249,9 +271,8 @@ class TideBD3LM(LM):
         return config, [stop for stop in until if stop]
 
     def encode_prompt(self, context: str, gen_length: int) -> list[int]:
-        """Token ids of a context (plus the think block when enabled), left-truncated to fit."""
-        text = context + (THINK_BLOCK if self.think_block else "")
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of a context, left-truncated to fit."""
+        ids = self.tokenizer(context, add_special_tokens=False)["input_ids"]
         room = self.max_length - gen_length
         if len(ids) > room:
             logger.warning("context of %d tokens truncated from the left to %d", len(ids), room)
@@ -259,7 +280,9 @@ class TideBD3LM(LM):
         return ids
 
     def decode(self, ids: list[int], until: list[str]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        """The answer: decoded, think blocks removed, cut at the earliest stop string (the original's order)."""
+        kept = [i for i in ids if i not in self._dropped_ids]
+        text = strip_think_blocks(self.tokenizer.decode(kept, skip_special_tokens=False))
         cut = min((i for i in (text.find(stop) for stop in until) if i >= 0), default=len(text))
         return text[:cut]
 

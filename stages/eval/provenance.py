@@ -22,7 +22,8 @@ PROVENANCE_FIELDS = (
     "cfg_scale",
     "seed",
     "chat_template_applied",
-    "think_block_injected",
+    "think_block",
+    "gen_kwargs",
     "limit",
     "versions",
 )
@@ -42,10 +43,13 @@ def provenance_record(
     cfg_scale: float,
     seed: int,
     chat_template_applied: bool,
-    think_block_injected: bool,
+    think_block: dict[str, Any],
+    gen_kwargs: dict[str, Any],
     limit: float | None,
 ) -> dict[str, Any]:
-    """The provenance block of one result file (keys: ``PROVENANCE_FIELDS``)."""
+    """The provenance block of one result file (keys: ``PROVENANCE_FIELDS``). ``think_block``: the rule's
+    mode and what it did per context (:class:`stages.eval.think.ThinkRecord`); ``gen_kwargs``: the protocol's
+    overrides of the task's generation settings."""
     record = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "weights_fingerprint": fingerprint,
@@ -59,7 +63,8 @@ def provenance_record(
         "cfg_scale": cfg_scale,
         "seed": seed,
         "chat_template_applied": chat_template_applied,
-        "think_block_injected": think_block_injected,
+        "think_block": think_block,
+        "gen_kwargs": gen_kwargs,
         "limit": limit,
         "versions": library_versions(),
     }

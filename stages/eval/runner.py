@@ -23,17 +23,22 @@ from lm_eval.utils import handle_non_serializable
 
 from stages.eval import TASKS_DIR
 from stages.eval.lm_eval_model import TideBD3LM
-from stages.eval.protocol import TaskSetting
+from stages.eval.protocol import DEFAULT_BOOTSTRAP_ITERS, TaskSetting
 from stages.eval.provenance import provenance_record
+from stages.eval.think import ThinkRecord
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TaskScore:
+    """The reported number of one task, its standard error (None without bootstrap) and the ``also`` keys."""
+
     task: str
     metric: str
     score: float
+    stderr: float | None = None
+    also: dict[str, float] | None = None
 
 
 def build_task_manager(
@@ -72,7 +77,7 @@ def run_task(
     apply_chat_template: bool = True,
     limit: float | None = None,
     confirm_run_unsafe_code: bool = False,
-    bootstrap_iters: int = 0,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
 ) -> TaskScore:
     """Evaluate one benchmark with its protocol settings and write its result directory."""
     if setting.unsafe_code and not confirm_run_unsafe_code:
@@ -81,6 +86,7 @@ def run_task(
         )
     lm.configure(gen_length=setting.gen_length, steps=setting.steps)
     lm.chat_template_applied = False
+    lm.think_record = ThinkRecord(lm.think_block)
     results = simple_evaluate(
         model=lm,
         tasks=[setting.task],
@@ -96,11 +102,15 @@ def run_task(
         numpy_random_seed=lm.settings.seed,
         torch_random_seed=lm.settings.seed,
         fewshot_random_seed=lm.settings.seed,
+        gen_kwargs=dict(setting.gen_kwargs) or None,
     )
     if results is None:
         raise RuntimeError(f"lm-eval returned no results for {setting.task} (not rank 0?)")
     samples = results.pop("samples", None) or {}
     metric, score = pick_score(results["results"], setting.task, setting.metric)
+    entry = results["results"][setting.task]
+    stderr = _stderr(entry, metric)
+    also = {key: float(entry[key]) for key in setting.also if isinstance(entry.get(key), (int, float))}
     s = lm.settings
     provenance = provenance_record(
         checkpoint=lm.checkpoint,
@@ -115,14 +125,15 @@ def run_task(
         cfg_scale=s.cfg_scale,
         seed=s.seed,
         chat_template_applied=bool(apply_chat_template and lm.chat_template_applied),
-        think_block_injected=lm.think_block,
+        think_block=lm.think_record.as_dict(),
+        gen_kwargs=dict(setting.gen_kwargs),
         limit=limit,
     )
     provenance["n_shot_by_subtask"] = results.get("n-shot", {})
     task_dir = Path(output_dir) / setting.task
     task_dir.mkdir(parents=True, exist_ok=True)
     record = {
-        "summary": {"task": setting.task, "metric": metric, "score": score},
+        "summary": {"task": setting.task, "metric": metric, "score": score, "stderr": stderr, "also": also},
         "tide_provenance": provenance,
         **results,
     }
@@ -135,12 +146,24 @@ def run_task(
                 line = {"task": subtask, **entry}
                 handle.write(json.dumps(line, default=handle_non_serializable, ensure_ascii=False) + "\n")
     logger.info("%s: %s = %.4f -> %s", setting.task, metric, score, task_dir)
-    return TaskScore(setting.task, metric, score)
+    return TaskScore(setting.task, metric, score, stderr, also)
+
+
+def _stderr(entry: dict[str, Any], metric: str) -> float | None:
+    """lm-eval's ``<metric>_stderr,<filter>`` entry as a float; None when absent or not a number ("N/A")."""
+    name, _, filter_name = metric.partition(",")
+    value = entry.get(f"{name}_stderr,{filter_name}")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def format_table(scores: list[TaskScore]) -> str:
-    """Plain-text table of (task, metric, score) with the average of the scores as the last line."""
-    rows = [(s.task, s.metric, f"{100 * s.score:.2f}") for s in scores]
+    """Plain-text table of (task, metric, score ± stderr) with the average of the scores as the last line;
+    the ``also`` keys of a task follow on lines of their own."""
+    rows = []
+    for s in scores:
+        error = f" ± {100 * s.stderr:.2f}" if s.stderr is not None else ""
+        rows.append((s.task, s.metric, f"{100 * s.score:.2f}{error}"))
+        rows += [("", f"(also) {key}", f"{100 * value:.2f}") for key, value in (s.also or {}).items()]
     rows.append(("average", "", f"{100 * average(scores):.2f}" if scores else "n/a"))
     widths = [max(len(r[i]) for r in rows + [("task", "metric", "score")]) for i in range(3)]
     lines = [
@@ -158,7 +181,8 @@ def average(scores: list[TaskScore]) -> float:
 def write_summary(scores: list[TaskScore], output_dir: str | os.PathLike) -> Path:
     path = Path(output_dir) / "summary.json"
     payload = {
-        "tasks": [{"task": s.task, "metric": s.metric, "score": s.score} for s in scores],
+        "tasks": [{"task": s.task, "metric": s.metric, "score": s.score, "stderr": s.stderr, "also": s.also or {}}
+                  for s in scores],
         "average": average(scores) if scores else None,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -20,7 +20,8 @@ from stages.train.pipelines import ChunkItems, CrossPipeline, SharedPipeline, Vo
 @dataclass
 class Batch:
     """input_ids int64 (B, L) clean x0 (EOS-padded); maskable bool (B, L); masked bool (B, L) (the stored
-    plain noise); t float32 (B,); vocab / chunks: teacher targets of the selected pass, or None."""
+    plain noise); t float32 (B,); vocab / chunks: teacher targets of the selected pass, or None;
+    provenance: where each row comes from (shard, row group, row), for messages."""
 
     input_ids: torch.Tensor
     maskable: torch.Tensor
@@ -28,6 +29,7 @@ class Batch:
     t: torch.Tensor
     vocab: VocabItems | None = None
     chunks: ChunkItems | None = None
+    provenance: tuple[str, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -51,6 +53,7 @@ class Batch:
             t=self.t.to(device),
             vocab=move(self.vocab),
             chunks=move(self.chunks),
+            provenance=self.provenance,
         )
 
 

@@ -2,11 +2,15 @@
 
 :class:`CacheStream` yields this process's micro-batches from a :class:`cache_schema.reader.CacheReader`:
 each epoch keeps the rows of one replica (``epoch mod R`` unless a cycle is configured), orders them with
-:func:`stages.train.order.epoch_order` (a pure function of seed, epoch and replica) and deals every global
-batch of ``batch_size * world_size`` rows round-robin to the ranks. Row groups are read on demand and kept
-in a small LRU cache, so memory holds a few row groups, never the cache. Every yielded batch comes with
-the :class:`DataCursor` that points just past it; saving that cursor and passing it back resumes the
-exact order mid-epoch.
+:func:`stages.train.order.epoch_order` (a pure function of seed, epoch and replica: by default a full
+permutation of the epoch's rows) and deals every global batch of ``batch_size * world_size`` rows
+round-robin to the ranks. Row groups are read on demand and kept in a small LRU cache, so memory holds a
+few row groups, never the cache; under the full permutation nearly every row comes from another row
+group, so each row costs one row-group read (small row groups, ``--rows-per-row-group`` at build time,
+keep that cheap; ``shuffle_window >= 1`` reads a few row groups at a time instead). Every yielded batch
+comes with the :class:`DataCursor` that points just past it; saving that cursor and passing it back
+resumes the exact order mid-epoch. An epoch that trains on a replica an earlier epoch used (more epochs
+than replicas) replays that noise; the stream warns once when that happens.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from stages.train.collate import Batch, CollateSpec, collate_rows
 from stages.train.order import (
     DataCursor,
     epoch_order,
+    first_replayed_epoch,
     global_batch_rows,
     rank_slice,
     replica_for_epoch,
@@ -31,6 +36,9 @@ from stages.train.order import (
 from stages.train.pipelines import BASE_COLUMNS, TrainPipeline
 
 logger = logging.getLogger(__name__)
+
+_FULL_ORDER_CACHED_GROUPS = 4  # row groups kept decoded under the full permutation (hits are rare anyway)
+
 
 def columns_for(pipeline: TrainPipeline | None, target_pass: str) -> list[str]:
     """Cache columns a training run reads: the base columns plus ``pipeline``'s target columns of
@@ -49,7 +57,7 @@ class StreamConfig:
     batch_size: int = 8
     rank: int = 0
     world_size: int = 1
-    shuffle_window: int = 4
+    shuffle_window: int = 0  # 0: a full permutation of the epoch's rows; N >= 1: windows of N row groups
     replica_cycle: tuple[int, ...] = ()
     shuffle: bool = True
 
@@ -102,8 +110,9 @@ class CacheStream:
                     f"0..{self.num_replicas - 1}"
                 )
         self._cache: OrderedDict[int, _RowGroup] = OrderedDict()
-        self._cache_size = config.shuffle_window + 1
+        self._cache_size = (config.shuffle_window or _FULL_ORDER_CACHED_GROUPS) + 1
         self._orders: dict[int, np.ndarray] = {}
+        self._warned_replay = False
 
     # --- order --------------------------------------------------------------------------------------------
 
@@ -171,12 +180,30 @@ class CacheStream:
         """Rows for (unit, row) pairs, in the given order."""
         return [self._row_group(int(unit)).row(int(row)) for unit, row in pairs]
 
+    def provenance(self, pairs: np.ndarray) -> tuple[str, ...]:
+        """``shard-….parquet row group G row R`` for (unit, row) pairs."""
+        units = self.reader.units
+        return tuple(f"{units[int(u)].shard} row group {units[int(u)].row_group} row {int(r)}" for u, r in pairs)
+
+    def warn_if_replayed(self, epoch: int) -> None:
+        """Log once when ``epoch`` trains on a replica an earlier epoch used (the same t, mask and split)."""
+        if self._warned_replay or epoch < first_replayed_epoch(self.num_replicas, self.config.replica_cycle):
+            return
+        self._warned_replay = True
+        logger.warning(
+            "epoch %d trains on replica %d again: the cache holds %d noise replica(s), so from here on every "
+            "epoch replays the timesteps, masks and CompDemo splits of an earlier one (the original drew fresh "
+            "noise every step; build with --replicas >= the number of epochs to match it)",
+            epoch, self.replica(epoch), self.num_replicas,
+        )
+
     def batches(self, cursor: DataCursor, *, epochs: int) -> Iterator[tuple[Batch, DataCursor]]:
         """Yield (this rank's batch, cursor just past it) from ``cursor`` to the end of epoch ``epochs - 1``."""
         self.check_cursor(cursor)
         epoch, position = cursor.epoch, cursor.position
         cfg = self.config
         while epoch < epochs:
+            self.warn_if_replayed(epoch)
             order = self.order(epoch)
             consumed = global_batch_rows(order, position, cfg.batch_size, cfg.world_size)
             if consumed == 0:
@@ -184,5 +211,6 @@ class CacheStream:
                 continue
             mine = rank_slice(order, position, cfg.batch_size, cfg.rank, cfg.world_size)
             batch = collate_rows(self.rows(mine), self.spec)
+            batch.provenance = self.provenance(mine)
             position += consumed
             yield batch, DataCursor(epoch=epoch, position=position, seed=cfg.seed, replica=self.replica(epoch))

@@ -7,8 +7,10 @@ JSON cursor on resume, on any machine and with any number of processes:
   ``seed + epoch``, so epoch 1 of seed 0 and epoch 0 of seed 1 are unrelated orders;
 * a permutation of ``n`` items sorts the items by ``hash(key, salt, index)``, which does not depend on
   any library's random stream;
-* row groups are shuffled first, then rows are shuffled inside windows of ``window`` consecutive row
-  groups (streaming reads stay local to a few row groups at a time);
+* by default (``window=0``) the order is a full permutation of the epoch's rows, as the original's
+  random sampler drew one (every batch mixes the whole cache); with ``window >= 1`` row groups are
+  shuffled first, then rows inside windows of ``window`` consecutive row groups (reads stay local to a
+  few row groups at a time, at the price of batches drawn from a few thousand neighbouring rows);
 * an epoch keeps the rows of one replica (``epoch mod R``, or a configured cycle);
 * a global batch of ``batch_size * world_size`` consecutive rows is dealt round-robin to the ranks, so
   ranks are disjoint and together cover the epoch.
@@ -26,6 +28,8 @@ _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 SALT_GROUPS = 0x67726F7570  # "group"
 SALT_ROWS = 0x726F7773  # "rows"
+SALT_ALL_ROWS = 0x616C6C726F7773  # "allrows"
+FULL_PERMUTATION = 0  # the ``window`` that means a full permutation of the epoch's rows
 CURSOR_VERSION = 1
 
 
@@ -80,32 +84,53 @@ def epoch_order(
     seed: int,
     epoch: int,
     replica: int,
-    window: int = 1,
+    window: int = FULL_PERMUTATION,
     shuffle: bool = True,
 ) -> np.ndarray:
     """The rows an epoch visits, in order, as an int64 array (N, 2) of (row group, row within group).
 
     ``replicas_per_group[g]`` is the ``replica`` column of row group ``g``; only rows equal to ``replica``
-    are kept. With ``shuffle=False`` the order is the storage order.
+    are kept. ``window=0``: a full permutation of those rows; ``window >= 1``: row groups permuted, then
+    rows permuted inside windows of ``window`` row groups. With ``shuffle=False`` the order is the storage
+    order.
     """
-    if window < 1:
-        raise ValueError(f"shuffle window must be >= 1 row group, got {window}")
+    if window < 0:
+        raise ValueError(f"shuffle window must be 0 (full permutation) or >= 1 row group, got {window}")
     num_groups = len(replicas_per_group)
     key = mix(seed, epoch)
+    if window == FULL_PERMUTATION:
+        rows = _replica_rows(replicas_per_group, range(num_groups), replica)
+        return rows[permutation(len(rows), mix(key, SALT_ALL_ROWS))] if shuffle else rows
     groups = permutation(num_groups, mix(key, SALT_GROUPS)) if shuffle else np.arange(num_groups)
     pieces: list[np.ndarray] = []
     for w, start in enumerate(range(0, num_groups, window)):
-        members = []
-        for g in groups[start : start + window]:
-            rows = np.flatnonzero(np.asarray(replicas_per_group[g]) == replica)
-            members.append(np.stack([np.full_like(rows, g), rows], axis=1))
-        block = np.concatenate(members, axis=0) if members else np.zeros((0, 2), dtype=np.int64)
+        block = _replica_rows(replicas_per_group, groups[start : start + window], replica)
         if shuffle and len(block):
             block = block[permutation(len(block), mix(key, SALT_ROWS, w))]
         pieces.append(block)
     if not pieces:
         return np.zeros((0, 2), dtype=np.int64)
     return np.concatenate(pieces, axis=0).astype(np.int64)
+
+
+def _replica_rows(replicas_per_group: Sequence[np.ndarray], groups: Sequence[int], replica: int) -> np.ndarray:
+    """(row group, row) int64 (N, 2) of every row of ``replica`` in ``groups``, in the given group order."""
+    members = []
+    for g in groups:
+        rows = np.flatnonzero(np.asarray(replicas_per_group[g]) == replica)
+        members.append(np.stack([np.full_like(rows, g), rows], axis=1))
+    return np.concatenate(members, axis=0).astype(np.int64) if members else np.zeros((0, 2), dtype=np.int64)
+
+
+def first_replayed_epoch(num_replicas: int, cycle: Sequence[int] | None = None) -> int:
+    """The first epoch that trains on a replica an earlier epoch already used (the same noise again)."""
+    schedule = [int(r) for r in cycle] if cycle else list(range(num_replicas))
+    seen: set[int] = set()
+    for epoch, replica in enumerate(schedule):
+        if replica in seen:
+            return epoch
+        seen.add(replica)
+    return len(schedule)
 
 
 def steps_in_epoch(num_rows: int, batch_size: int, world_size: int) -> int:

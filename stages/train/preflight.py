@@ -7,14 +7,65 @@ cache, the wrong student, or a mode / temperature the cache was not built for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from cache_schema.manifest import Manifest
+from cache_schema.directory import BUILD_CONFIG_FILE
+from cache_schema.files import sha256_of_file
+from cache_schema.manifest import MANIFEST_FILE, Manifest
 from stages.train.pipelines import CrossPipeline, SharedPipeline, train_pipeline
 from tide.losses import LOSSES, parse_mode, required_targets
 
 
 class CacheMismatchError(ValueError):
     """The cache cannot serve the requested run (mode, pass, temperature, tokenizer, layout)."""
+
+
+class InputPathError(ValueError):
+    """``--cache`` or ``--student`` does not name what it must."""
+
+
+def check_cache_path(cache: str) -> Path:
+    """``--cache`` must be a finished cache directory; say which of the likely mistakes it is."""
+    path = Path(cache)
+    if not path.exists():
+        raise InputPathError(f"--cache {cache}: no such directory; give the directory tide-cache build wrote "
+                             "(it holds manifest.json)")
+    if not path.is_dir():
+        raise InputPathError(f"--cache {cache} is a file; give the cache directory (it holds manifest.json)")
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    if (path / BUILD_CONFIG_FILE).is_file():
+        raise InputPathError(f"--cache {cache}: the build in this directory has not finished (no {MANIFEST_FILE} "
+                             "yet); rerun its tide-cache build command to complete it")
+    inner = sorted(p.parent.name for p in path.glob(f"*/{MANIFEST_FILE}"))
+    hint = f" (it holds the caches {', '.join(inner)})" if inner else ""
+    raise InputPathError(f"--cache {cache} is not a cache directory: no {MANIFEST_FILE}{hint}")
+
+
+def cache_fingerprint(cache: str | Path) -> str:
+    """The fingerprint of a cache: the SHA-256 of its manifest, which lists every shard's SHA-256."""
+    return "sha256:" + sha256_of_file(Path(cache) / MANIFEST_FILE)
+
+
+def check_student_path(student: str) -> None:
+    """``--student`` must be a checkpoint directory (config.json) or a model in the local Hub cache."""
+    path = Path(student)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputPathError(f"--student {student}: the directory has no config.json, so it is not a model "
+                                 "checkpoint; give the student's directory (config.json, weights, tokenizer)")
+        return
+    if path.exists():
+        raise InputPathError(f"--student {student} is a file; give the student's checkpoint directory")
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(student, "config.json")
+    except ValueError:  # not even a well-formed repository id
+        cached = None
+    if not isinstance(cached, str):
+        raise InputPathError(f"--student {student}: no such directory, and no model of that name in the local "
+                             "Hugging Face cache; give the student's checkpoint directory")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tide.alignment.spans import ContentSpanError, TokenizedText, common_content_span, token_byte_intervals
+from tide.alignment.spans import TokenizedText, paired_content_spans, sequence_limit, token_byte_intervals
 
 # Drop-counter names.
 DROP_BYTE_MISMATCH = "chunk_byte_mismatch"
@@ -117,21 +117,10 @@ def align_chunks(
     ``student_limit``/``teacher_limit`` are the truncated sequence lengths: a chunk reaching past either is
     dropped and counted (``chunk_truncated``). Both sides must have the same number of content spans.
     """
-    if student.content_spans.shape != teacher.content_spans.shape:
-        raise ValueError(
-            f"student has {len(student.content_spans)} content spans, teacher {len(teacher.content_spans)}"
-        )
-    s_lim = len(student.ids) if student_limit is None else min(student_limit, len(student.ids))
-    t_lim = len(teacher.ids) if teacher_limit is None else min(teacher_limit, len(teacher.ids))
+    s_lim, t_lim = sequence_limit(student, student_limit), sequence_limit(teacher, teacher_limit)
     rows: list[tuple[int, int, int, int, int]] = []
     drops: Counter = Counter()
-    for span_index, ((s_a, s_b), (t_a, t_b)) in enumerate(
-        zip(student.content_spans.tolist(), teacher.content_spans.tolist(), strict=True)
-    ):
-        try:
-            s_a, s_b, t_a, t_b = common_content_span(student.text, (s_a, s_b), teacher.text, (t_a, t_b))
-        except ContentSpanError as exc:
-            raise ContentSpanError(f"message {span_index}: {exc}") from exc
+    for span_index, s_a, s_b, t_a, t_b in paired_content_spans(student, teacher):
         content = student.text[s_a:s_b]
         s_iv = token_byte_intervals(student.text, student.offsets, student.ids, student_table, s_a, s_b)
         t_iv = token_byte_intervals(teacher.text, teacher.offsets, teacher.ids, teacher_table, t_a, t_b)

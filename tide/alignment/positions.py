@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tide.alignment.spans import ContentSpanError, TokenizedText, common_content_span, tokens_in_span
+from tide.alignment.spans import TokenizedText, paired_content_spans, sequence_limit, tokens_in_span
 
 DROP_ID_MISMATCH = "pair_id_mismatch"
 DROP_TRUNCATED = "pair_truncated"
@@ -48,21 +48,10 @@ def align_positions(
     truncated sequence lengths: a pair with a position at or past either is dropped and counted
     (``pair_truncated``).
     """
-    if student.content_spans.shape != teacher.content_spans.shape:
-        raise ValueError(
-            f"student has {len(student.content_spans)} content spans, teacher {len(teacher.content_spans)}"
-        )
-    s_lim = len(student.ids) if student_limit is None else min(student_limit, len(student.ids))
-    t_lim = len(teacher.ids) if teacher_limit is None else min(teacher_limit, len(teacher.ids))
+    s_lim, t_lim = sequence_limit(student, student_limit), sequence_limit(teacher, teacher_limit)
     pairs: list[tuple[int, int, int]] = []
     drops: Counter = Counter()
-    for span_index, ((s_a, s_b), (t_a, t_b)) in enumerate(
-        zip(student.content_spans.tolist(), teacher.content_spans.tolist(), strict=True)
-    ):
-        try:
-            s_a, s_b, t_a, t_b = common_content_span(student.text, (s_a, s_b), teacher.text, (t_a, t_b))
-        except ContentSpanError as exc:
-            raise ContentSpanError(f"message {span_index}: {exc}") from exc
+    for span_index, s_a, s_b, t_a, t_b in paired_content_spans(student, teacher):
         by_span: dict[tuple[int, int], list[int]] = defaultdict(list)
         for k in tokens_in_span(teacher.offsets, t_a, t_b):
             start, end = teacher.offsets[k]

@@ -9,7 +9,7 @@ their bytes start and end relative to the span start.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +167,29 @@ def common_content_span(
         t_a += t_content.find(s_content)
         return s_a, s_b, t_a, t_a + len(s_content)
     raise ContentSpanError("student and teacher content spans hold different text")
+
+
+def paired_content_spans(
+    student: TokenizedText, teacher: TokenizedText
+) -> Iterator[tuple[int, int, int, int, int]]:
+    """``(message, s_a, s_b, t_a, t_b)`` per message: both sides' content spans narrowed to the text they
+    share (:func:`common_content_span`). Both sides must render the same messages."""
+    if student.content_spans.shape != teacher.content_spans.shape:
+        raise ValueError(
+            f"student has {len(student.content_spans)} content spans, teacher {len(teacher.content_spans)}"
+        )
+    for index, (s_span, t_span) in enumerate(
+        zip(student.content_spans.tolist(), teacher.content_spans.tolist(), strict=True)
+    ):
+        try:
+            yield (index, *common_content_span(student.text, s_span, teacher.text, t_span))
+        except ContentSpanError as exc:
+            raise ContentSpanError(f"message {index}: {exc}") from exc
+
+
+def sequence_limit(tokenized: TokenizedText, limit: int | None) -> int:
+    """Tokens of ``tokenized`` kept by a truncation to ``limit`` (None: all)."""
+    return len(tokenized.ids) if limit is None else min(limit, len(tokenized.ids))
 
 
 def tokens_in_span(offsets: np.ndarray, start: int, end: int, limit: int | None = None) -> np.ndarray:

@@ -8,12 +8,20 @@ log-prob ℓ_T, at temperature T: s = exp(ℓ_S/T), q = exp(ℓ_T/T).
 * TIDAL-CALM:          m = stopgrad((1 − λ)·s + λ·q); −[m·log s + (1 − m)·log(1 − s)], midrange-weighted
 * reverse TIDAL-CALM:  −[s·log m + (1 − s)·log(1 − m)], midrange-weighted
 
-Everything is evaluated in log space: log s = ℓ_S/T, log(1 − s) = log1mexp(ℓ_S/T), and for the mixture
-log m = logaddexp(log(1−λ) + log s, log λ + log q), log(1 − m) = logaddexp(log(1−λ) + log(1−s),
-log λ + log(1−q)). There is no clamping of probabilities, so a very unlikely or near-certain chunk keeps
-its gradient. The one guard: a chunk log-prob of exactly 0 (probability 1 in fp32, e.g. a student whose
-softmax saturates) would give log(1 − s) = −inf and an infinite loss; log(1 − ·) is evaluated at
-x = −(smallest normal fp32) there instead, a finite value (≈ −87.3) with no gradient through that term.
+Two forms, chosen by ``clamp``:
+
+* ``clamp=ε`` (the original's, ``CALM_CLAMP`` = 1e−7 is the training default through
+  :class:`tide.losses.registry.LossOptions`): s, q and the mixture m are computed in fp32 and clamped to
+  [ε, 1 − ε] (in fp32 the upper bound rounds to 1 − 1.19e−7), so log(1 − q) ≥ −15.94 and a chunk whose
+  probability is clamped passes no gradient. A near-certain teacher chunk (q → 1) thus weighs log(1 − q)
+  at −15.94 instead of its true, much larger magnitude.
+* ``clamp=None`` (the functions' own default): everything in log space: log s = ℓ_S/T,
+  log(1 − s) = log1mexp(ℓ_S/T), and for the mixture log m = logaddexp(log(1−λ) + log s, log λ + log q),
+  log(1 − m) = logaddexp(log(1−λ) + log(1−s), log λ + log(1−q)). No probability is clamped, so a very
+  unlikely or near-certain chunk keeps its gradient. The one guard: a chunk log-prob of exactly 0
+  (probability 1 in fp32) would give log(1 − s) = −inf; log(1 − ·) is evaluated at x = −(smallest normal
+  fp32) there instead, a finite value (≈ −87.3) with no gradient through that term.
+
 Losses are averaged over active chunks (TIDAL-CALM: Σ w·term / number of active chunks).
 """
 
@@ -26,6 +34,7 @@ from tide.losses.tidal import DEFAULT_SCHEDULE, TidalSchedule
 from tide.targets import log1mexp
 
 DEFAULT_CHUNK_TEMPERATURE = 5.0
+CALM_CLAMP = 1e-7  # the original's probability clamp (distill_bd3lm.py: compute_alm_loss)
 
 _FP32_TINY = torch.finfo(torch.float32).tiny
 
@@ -70,10 +79,15 @@ def _select_active(
     return s_log, t_log, t_vec
 
 
-def log_prob_pair(chunk_logprob: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p, log(1 − p)) of p = exp(ℓ/T), in log space (see the module note on ℓ = 0)."""
+def log_prob_pair(
+    chunk_logprob: torch.Tensor, temperature: float, clamp: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p, log(1 − p)) of p = exp(ℓ/T): in log space, or of p clamped to [clamp, 1 − clamp] in fp32."""
     log_p = chunk_logprob / temperature
-    return log_p, log1mexp(torch.clamp(log_p, max=-_FP32_TINY))
+    if clamp is None:
+        return log_p, log1mexp(torch.clamp(log_p, max=-_FP32_TINY))
+    p = torch.exp(log_p.float()).clamp(clamp, 1 - clamp)
+    return torch.log(p), torch.log1p(-p)
 
 
 def _bernoulli_cross_entropy(
@@ -88,14 +102,16 @@ def calm_terms(
     *,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
     reverse: bool = False,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """CALM per chunk, (C,): −[q·log s + (1 − q)·log(1 − s)]; ``reverse=True`` gives reverse CALM (TIDE-Cross),
     −[s·log q + (1 − s)·log(1 − q)]. Inputs: (C,) chunk log-probs of active chunks."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, None)
     scored, weighted = (t_lp, s_lp) if reverse else (s_lp, t_lp)
-    log_x, log_1mx = log_prob_pair(scored, temperature)
-    return _bernoulli_cross_entropy(torch.exp(weighted / temperature), log_x, log_1mx)
+    log_x, log_1mx = log_prob_pair(scored, temperature, clamp)
+    coef = torch.exp(log_prob_pair(weighted, temperature, clamp)[0])
+    return _bernoulli_cross_entropy(coef, log_x, log_1mx)
 
 
 def _mixture_logs(
@@ -104,8 +120,12 @@ def _mixture_logs(
     log_q: torch.Tensor,
     log_1mq: torch.Tensor,
     lam: torch.Tensor,
+    clamp: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log m, log(1 − m)) of m = (1 − λ)s + λq, detached."""
+    """(log m, log(1 − m)) of m = (1 − λ)s + λq, detached (clamped to [clamp, 1 − clamp] when given)."""
+    if clamp is not None:
+        m = ((1 - lam) * log_s.detach().exp() + lam * log_q.exp()).clamp(clamp, 1 - clamp)
+        return torch.log(m), torch.log1p(-m)
     log_lam = torch.log(lam)
     log_1mlam = torch.log1p(-lam)
     log_m = torch.logaddexp(log_1mlam + log_s.detach(), log_lam + log_q)
@@ -122,14 +142,15 @@ def tidal_calm_terms(
     progress: float,
     schedule: TidalSchedule = DEFAULT_SCHEDULE,
     reverse: bool = False,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """TIDAL-CALM per chunk, (C,), unweighted; ``reverse=True`` gives −[s·log m + (1 − s)·log(1 − m)]."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, None)
     lam = schedule.lam(progress, t_vec)
-    log_s, log_1ms = log_prob_pair(s_lp, temperature)
-    log_q, log_1mq = log_prob_pair(t_lp, temperature)
-    log_m, log_1mm = _mixture_logs(log_s, log_1ms, log_q, log_1mq, lam)
+    log_s, log_1ms = log_prob_pair(s_lp, temperature, clamp)
+    log_q, log_1mq = log_prob_pair(t_lp, temperature, clamp)
+    log_m, log_1mm = _mixture_logs(log_s, log_1ms, log_q, log_1mq, lam, clamp)
     if reverse:
         return _bernoulli_cross_entropy(log_s.exp(), log_m, log_1mm)
     return _bernoulli_cross_entropy(log_m.exp(), log_s, log_1ms)
@@ -142,10 +163,11 @@ def calm_loss(
     active: torch.Tensor | None = None,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
     reverse: bool = False,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """Mean CALM (or reverse CALM) over active chunks. ``active``: optional bool (C,) (masked, not prompt)."""
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, active)
-    return masked_mean(calm_terms(s_lp, t_lp, temperature=temperature, reverse=reverse))
+    return masked_mean(calm_terms(s_lp, t_lp, temperature=temperature, reverse=reverse, clamp=clamp))
 
 
 def tidal_calm_loss(
@@ -158,15 +180,17 @@ def tidal_calm_loss(
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
     schedule: TidalSchedule = DEFAULT_SCHEDULE,
     reverse: bool = False,
+    clamp: float | None = None,
 ) -> torch.Tensor:
     """Σ over active chunks of w(t)·TIDAL-CALM term / number of active chunks."""
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, active)
     terms = tidal_calm_terms(s_lp, t_lp, t_vec, temperature=temperature, progress=progress, schedule=schedule,
-                             reverse=reverse)
+                             reverse=reverse, clamp=clamp)
     return masked_mean(terms, weights=schedule.weight(t_vec))
 
 
 __all__ = [
+    "CALM_CLAMP",
     "DEFAULT_CHUNK_TEMPERATURE",
     "calm_loss",
     "calm_terms",

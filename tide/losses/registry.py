@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from tide.losses.calm import DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
+from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
 from tide.losses.ce import ce_loss
 from tide.losses.kl import kl_loss, reverse_kl_loss
 from tide.losses.tidal import TidalSchedule, tidal_loss
@@ -76,6 +76,7 @@ class LossOptions:
     lambda0, lambda_max, weighting: the TIDAL schedule (:attr:`schedule`). tail, tail_uniform_share: how
     vocabulary modes share the teacher's unstored mass (:attr:`reconstruction`). min_tail: reverse-KL
     floor for a tail stored as exactly 0 (see tide.losses.kl.reverse_kl_terms).
+    calm_clamp: chunk modes' probability clamp (the original's 1e-7), None = the unclamped log-space form.
     """
 
     temperature: float | None = None
@@ -88,6 +89,7 @@ class LossOptions:
     min_tail: float = 1e-8
     tail: str = "student"
     tail_uniform_share: float = 0.1
+    calm_clamp: float | None = CALM_CLAMP
 
     def __post_init__(self) -> None:
         self.schedule, self.reconstruction  # noqa: B018 - refuse bad options when they are made, not mid-run
@@ -152,7 +154,8 @@ def _tidal(inputs: VocabInputs, options: LossOptions, temperature: float) -> tor
 def _calm(reverse: bool):
     def compute(inputs: ChunkInputs, options: LossOptions, temperature: float) -> torch.Tensor:
         return calm_loss(
-            inputs.student_logprob, inputs.teacher_logprob, active=inputs.active, temperature=temperature, reverse=reverse
+            inputs.student_logprob, inputs.teacher_logprob, active=inputs.active, temperature=temperature, reverse=reverse,
+            clamp=options.calm_clamp,
         )
 
     return compute
@@ -162,7 +165,7 @@ def _tidal_calm(reverse: bool):
     def compute(inputs: ChunkInputs, options: LossOptions, temperature: float) -> torch.Tensor:
         return tidal_calm_loss(inputs.student_logprob, inputs.teacher_logprob, inputs.t, progress=options.progress,
                                active=inputs.active, temperature=temperature, schedule=options.schedule,
-                               reverse=reverse)
+                               reverse=reverse, clamp=options.calm_clamp)
 
     return compute
 

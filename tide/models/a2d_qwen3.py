@@ -1,19 +1,21 @@
-"""The student's ``a2d-qwen3`` model type, registered on top of stock Qwen3 classes.
+"""The student's ``a2d-qwen3`` model type: registration with the Auto classes, the mask id, and the
+portable save.
 
-The released student (dllm-collection/Qwen3-0.6B-diffusion-bd3lm-v0.1) is Qwen3-0.6B with the same weight
-names; its ``config.json`` says ``model_type: "a2d-qwen3"`` and points ``auto_map`` at remote modeling code
-that does not run on transformers 5.x. Importing this module registers the model type, so that
-``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM`` / ``AutoModelForMaskedLM`` load it without remote
-code.
-
-Differences from stock Qwen3: attention is bidirectional by default (no mask → every token sees every
-token; a 2-D padding mask → padding-only mask), and every explicit 4-D mask (boolean for SDPA, additive for
-eager, a ``BlockMask`` for flex attention) is passed to the attention layers unchanged, which is how the
-block-diffusion mask of :mod:`tide.bd3lm` reaches them. The mask token id is not part of the config: it
-comes from the tokenizer (:func:`mask_token_id_from_tokenizer`).
+The model classes live in :mod:`tide.models.modeling_a2d_qwen3`, a file that imports only transformers.
+Importing this module (``import tide`` does) registers the model type, so that ``AutoConfig`` /
+``AutoModel`` / ``AutoModelForCausalLM`` / ``AutoModelForMaskedLM`` load a student without remote code.
+:func:`make_portable` copies that file next to a saved student and points ``auto_map`` at it, so the
+directory also loads with stock transformers and ``trust_remote_code=True`` where this project is not
+installed. The mask token id is not part of the config: it comes from the tokenizer
+(:func:`mask_token_id_from_tokenizer`).
 """
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
 
 from transformers import (
     AutoConfig,
@@ -21,58 +23,24 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     PreTrainedTokenizerBase,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    Qwen3Model,
 )
 
+from tide.models import modeling_a2d_qwen3
 from tide.models.model_types import A2D_QWEN3_MODEL_TYPE
+from tide.models.modeling_a2d_qwen3 import A2DQwen3Config, A2DQwen3LMHeadModel, A2DQwen3Model
 
+__all__ = ["A2DQwen3Config", "A2DQwen3LMHeadModel", "A2DQwen3Model", "make_portable",
+           "mask_token_id_from_tokenizer", "register_a2d_qwen3"]
 
-class A2DQwen3Config(Qwen3Config):
-    """Qwen3 configuration under the ``a2d-qwen3`` model type.
-
-    Unknown keys a checkpoint may carry (block size, mask token fields, ``auto_map``) are kept as plain
-    attributes by the base configuration; ``is_causal`` defaults to False so that masks built by
-    transformers itself (no mask or a 2-D padding mask) are bidirectional.
-    """
-
-    model_type = A2D_QWEN3_MODEL_TYPE
-
-    def __post_init__(self, **kwargs):
-        is_causal = kwargs.pop("is_causal", False)
-        super().__post_init__(**kwargs)
-        self.is_causal = bool(is_causal)
-
-
-def _make_attention_bidirectional(model: Qwen3Model) -> None:
-    """SDPA falls back to ``is_causal`` on the attention module when it receives no mask."""
-    causal = bool(getattr(model.config, "is_causal", False))
-    for layer in model.layers:
-        layer.self_attn.is_causal = causal
-
-
-class A2DQwen3Model(Qwen3Model):
-    """Qwen3 decoder stack with bidirectional default attention (see module docstring)."""
-
-    config_class = A2DQwen3Config
-
-    def __init__(self, config: A2DQwen3Config):
-        super().__init__(config)
-        _make_attention_bidirectional(self)
-
-
-class A2DQwen3LMHeadModel(Qwen3ForCausalLM):
-    """Qwen3 with an LM head; ``architectures`` of the released checkpoint names this class.
-
-    Position i of the logits predicts token i (masked diffusion, no shift).
-    """
-
-    config_class = A2DQwen3Config
-
-    def __init__(self, config: A2DQwen3Config):
-        super().__init__(config)
-        _make_attention_bidirectional(self.model)
+MODELING_FILE = Path(modeling_a2d_qwen3.__file__).name
+_MODULE = MODELING_FILE.removesuffix(".py")
+# What stock transformers needs to find each class in the copied file.
+AUTO_MAP = {
+    "AutoConfig": f"{_MODULE}.A2DQwen3Config",
+    "AutoModel": f"{_MODULE}.A2DQwen3Model",
+    "AutoModelForCausalLM": f"{_MODULE}.A2DQwen3LMHeadModel",
+    "AutoModelForMaskedLM": f"{_MODULE}.A2DQwen3LMHeadModel",
+}
 
 
 def register_a2d_qwen3() -> None:
@@ -81,6 +49,19 @@ def register_a2d_qwen3() -> None:
     AutoModel.register(A2DQwen3Config, A2DQwen3Model, exist_ok=True)
     AutoModelForCausalLM.register(A2DQwen3Config, A2DQwen3LMHeadModel, exist_ok=True)
     AutoModelForMaskedLM.register(A2DQwen3Config, A2DQwen3LMHeadModel, exist_ok=True)
+
+
+def make_portable(directory: str | os.PathLike) -> None:
+    """Copy the modeling file into a saved ``a2d-qwen3`` checkpoint and point its ``auto_map`` at it
+    (replacing the released checkpoint's map to remote code that is not there)."""
+    root = Path(directory)
+    config_file = root / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("model_type") != A2D_QWEN3_MODEL_TYPE:
+        raise ValueError(f"{root}: model_type={config.get('model_type')!r}, expected {A2D_QWEN3_MODEL_TYPE!r}")
+    shutil.copyfile(modeling_a2d_qwen3.__file__, root / MODELING_FILE)
+    config["auto_map"] = dict(AUTO_MAP)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def mask_token_id_from_tokenizer(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -12,7 +12,10 @@ Architecture (docs/design.md#llada2-moe-as-implemented):
   ``partial_rotary_factor * head_dim`` dims of each head, output projection ``dense``;
 * layers with index < ``first_k_dense_replace`` use a dense SwiGLU MLP, the others a mixture of experts:
   sigmoid router, group-limited top-k expert choice on ``scores + expert_bias``, weights from the raw
-  scores (normalised, times ``routed_scaling_factor``), plus one always-on shared expert;
+  scores (normalised, times ``routed_scaling_factor``), plus one always-on shared expert; the routed
+  experts are stacked weights run through transformers' experts interface (:class:`LLaDA2MoeExperts`:
+  one grouped matmul per projection by default, the per-expert loop as ``experts_implementation="eager"``),
+  and the checkpoint's per-expert weight names are converted on load and restored on save;
 * untied ``lm_head``; logits at position i predict token i (no shift).
 
 Attention is entirely decided by the 4-D mask the caller passes (boolean, True = attend, or additive
@@ -32,6 +35,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter
+from transformers.integrations.moe import use_experts_implementation
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput, MoeModelOutputWithPast
 from transformers.modeling_rope_utils import RopeParameters
@@ -431,16 +437,85 @@ class LLaDA2MoeGate(nn.Module):
         return ids, weights, logits
 
 
-class LLaDA2MoeSparseMoeBlock(nn.Module):
-    """Routed experts plus a shared expert. Tokens are sorted by expert; one batched call per used expert."""
+@use_experts_implementation
+class LLaDA2MoeExperts(nn.Module):
+    """The routed SwiGLU experts of one MoE layer, as stacked weights.
+
+    ``gate_up_proj`` (E, 2 * I, hidden) holds each expert's [gate_proj; up_proj] rows and ``down_proj``
+    (E, hidden, I) its down projection. The checkpoint stores them per expert
+    (``mlp.experts.{e}.gate_proj.weight`` ...); :data:`EXPERTS_CHECKPOINT_CONVERSION` stacks them on load and
+    ``save_pretrained`` splits them back, so files keep the checkpoint's names.
+
+    ``forward(x (N, hidden), expert_ids (N, k), weights fp32 (N, k))`` returns Σ_k weight_k · expert_k(x),
+    accumulated in fp32 and returned in x's dtype. Which code runs is ``config._experts_implementation``
+    (transformers' experts interface; ``from_pretrained(..., experts_implementation=...)`` or
+    ``model.set_experts_implementation``):
+
+    * ``"grouped_mm"`` (the default): the (token, expert) pairs sorted by expert, one grouped matmul per
+      projection over offsets computed on the device (``torch.nn.functional.grouped_mm``), no host sync;
+    * ``"eager"``: the reference below, one matmul per expert that received tokens, one host sync;
+    * ``"batched_mm"``: one gathered weight matrix per (token, expert) pair, N·k·2·I·hidden elements — at
+      4,096 tokens of LLaDA2.0-mini that is 275 GB in fp32, so for tiny inputs only.
+    """
 
     def __init__(self, config: LLaDA2MoeConfig):
         super().__init__()
-        self.top_k = config.num_experts_per_tok
+        self.num_experts = config.num_experts
+        width = config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(config.num_experts, 2 * width, config.hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(config.num_experts, config.hidden_size, width))
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """The ``"eager"`` reference: tokens sorted by expert, one SwiGLU per expert that received any.
+
+        ``bincount(...).tolist()`` is a host sync and the loop issues 3 matmuls per used expert (5,000+
+        per forward of LLaDA2.0-mini), which is why it is not the default."""
+        num_tokens, top_k = top_k_index.shape
+        flat_ids = top_k_index.reshape(-1)
+        order = torch.argsort(flat_ids, stable=True)
+        token_of_slot = order // top_k
+        counts = torch.bincount(flat_ids, minlength=self.num_experts).tolist()
+        pieces = []
+        start = 0
+        for expert_id, count in enumerate(counts):
+            if count == 0:
+                continue
+            tokens = hidden_states[token_of_slot[start : start + count]]
+            gate, up = F.linear(tokens, self.gate_up_proj[expert_id]).chunk(2, dim=-1)
+            pieces.append(F.linear(self.act_fn(gate) * up, self.down_proj[expert_id]))
+            start += count
+        sorted_out = torch.cat(pieces, dim=0).float()
+        slot_out = torch.empty_like(sorted_out)
+        slot_out[order] = sorted_out
+        combined = (slot_out.view(num_tokens, top_k, -1) * top_k_weights.unsqueeze(-1)).sum(dim=1)
+        return combined.to(hidden_states.dtype)
+
+
+# The checkpoint's per-expert matrices -> the stacked parameters of LLaDA2MoeExperts (reverted on save).
+EXPERTS_CHECKPOINT_CONVERSION = (
+    WeightConverter(
+        source_patterns=["mlp.experts.*.gate_proj.weight", "mlp.experts.*.up_proj.weight"],
+        target_patterns="mlp.experts.gate_up_proj",
+        operations=[MergeModulelist(dim=0), Concatenate(dim=1)],
+    ),
+    WeightConverter(
+        source_patterns="mlp.experts.*.down_proj.weight",
+        target_patterns="mlp.experts.down_proj",
+        operations=[MergeModulelist(dim=0)],
+    ),
+)
+
+
+class LLaDA2MoeSparseMoeBlock(nn.Module):
+    """Routed experts (:class:`LLaDA2MoeExperts`) plus a shared expert that every token uses."""
+
+    def __init__(self, config: LLaDA2MoeConfig):
+        super().__init__()
         self.gate = LLaDA2MoeGate(config)
-        self.experts = nn.ModuleList(
-            LLaDA2MoeMLP(config, config.moe_intermediate_size) for _ in range(config.num_experts)
-        )
+        self.experts = LLaDA2MoeExperts(config)
         self.shared_experts = (
             LLaDA2MoeMLP(config, config.moe_intermediate_size * config.num_shared_experts)
             if config.num_shared_experts > 0
@@ -458,27 +533,10 @@ class LLaDA2MoeSparseMoeBlock(nn.Module):
 
     def routed_output(self, x: torch.Tensor) -> torch.Tensor:
         """Σ_k weight_k · expert_k(x) for x (N, hidden); accumulated in fp32, returned in x's dtype."""
-        num_tokens = x.shape[0]
-        if num_tokens == 0:
+        if x.shape[0] == 0:
             return torch.zeros_like(x)
         expert_ids, weights, _ = self.gate(x)
-        flat_ids = expert_ids.reshape(-1)
-        order = torch.argsort(flat_ids, stable=True)
-        token_of_slot = order // self.top_k
-        counts = torch.bincount(flat_ids, minlength=len(self.experts)).tolist()
-        pieces = []
-        start = 0
-        for expert_id, count in enumerate(counts):
-            if count == 0:
-                continue
-            tokens = token_of_slot[start : start + count]
-            pieces.append(self.experts[expert_id](x[tokens]))
-            start += count
-        sorted_out = torch.cat(pieces, dim=0).float()
-        slot_out = torch.empty_like(sorted_out)
-        slot_out[order] = sorted_out
-        combined = (slot_out.view(num_tokens, self.top_k, -1) * weights.unsqueeze(-1)).sum(dim=1)
-        return combined.to(x.dtype)
+        return self.experts(x, expert_ids, weights)
 
 
 class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
@@ -521,12 +579,17 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = True
     _keep_in_fp32_modules_strict = ["gate.weight", "expert_bias"]
+    _input_embed_layer = "word_embeddings"  # transformers' embedding accessors find it (also via .model)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        std = self.config.initializer_range
         if isinstance(module, LLaDA2MoeGate):
-            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.expert_bias)
+        elif isinstance(module, LLaDA2MoeExperts):
+            init.normal_(module.gate_up_proj, mean=0.0, std=std)
+            init.normal_(module.down_proj, mean=0.0, std=std)
 
 
 def _reject_unsupported(kwargs: dict[str, Any]) -> None:
@@ -560,12 +623,6 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         self.norm = LLaDA2MoeRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.word_embeddings = value
 
     def forward(
         self,
@@ -654,18 +711,6 @@ class LLaDA2MoeForCausalLM(LLaDA2MoePreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.word_embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.word_embeddings = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -707,17 +752,21 @@ LLaDA2MoeModelLM = LLaDA2MoeForCausalLM
 
 
 def register_llada2_moe() -> None:
-    """Register the config and models for ``model_type="llada2_moe"`` with the Auto classes (idempotent)."""
+    """Register the config and models for ``model_type="llada2_moe"`` with the Auto classes, and the
+    per-expert checkpoint layout with transformers' weight conversion (idempotent)."""
     AutoConfig.register(MODEL_TYPE, LLaDA2MoeConfig, exist_ok=True)
     AutoModel.register(LLaDA2MoeConfig, LLaDA2MoeModel, exist_ok=True)
     AutoModelForCausalLM.register(LLaDA2MoeConfig, LLaDA2MoeForCausalLM, exist_ok=True)
+    register_checkpoint_conversion_mapping(MODEL_TYPE, list(EXPERTS_CHECKPOINT_CONVERSION), overwrite=True)
 
 
 register_llada2_moe()
 
 __all__ = [
     "MODEL_TYPE",
+    "EXPERTS_CHECKPOINT_CONVERSION",
     "LLaDA2MoeConfig",
+    "LLaDA2MoeExperts",
     "LLaDA2MoeForCausalLM",
     "LLaDA2MoeModel",
     "LLaDA2MoeModelLM",

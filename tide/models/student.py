@@ -10,8 +10,10 @@ half is read out: position i of the output predicts token i (no shift).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from tide.models.a2d_qwen3 import A2D_QWEN3_MODEL_TYPE
 from tide.models.loading import from_pretrained_kwargs, read_checkpoint_config
 
 STUDENT_MODEL_TYPES = (A2D_QWEN3_MODEL_TYPE, "qwen3")
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def load_student(
@@ -35,7 +38,12 @@ def load_student(
     """Load a student checkpoint (``a2d-qwen3``, or plain ``qwen3``) through ``AutoModelForCausalLM``.
 
     ``dtype`` defaults to :func:`tide.runtime.default_dtype` of ``device``; SDPA attention takes the
-    explicit 4-D masks of :mod:`tide.bd3lm`. Any other model type is refused before weights are read."""
+    explicit 4-D masks of :mod:`tide.bd3lm`. Any other model type is refused before weights are read.
+
+    A LoRA adapter directory (``adapter_config.json``, as ``tide-train --lora-r`` saves) loads its base
+    student and returns it with the adapters merged (needs ``peft``)."""
+    if is_adapter_directory(path):
+        return _load_with_adapters(Path(path), dtype=dtype, device=device, attn_implementation=attn_implementation)
     raw = read_checkpoint_config(path)
     if raw.get("model_type") not in STUDENT_MODEL_TYPES:
         raise ValueError(
@@ -46,6 +54,25 @@ def load_student(
         str(path), **from_pretrained_kwargs(dtype, device, attn_implementation)
     )
     return model.to(device) if device is not None else model
+
+
+def is_adapter_directory(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a LoRA adapter directory (adapters only, no model of its own)."""
+    root = Path(path)
+    return (root / ADAPTER_CONFIG).is_file() and not (root / "config.json").is_file()
+
+
+def _load_with_adapters(path: Path, **kwargs: Any) -> PreTrainedModel:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ValueError(f"{path} holds LoRA adapters; loading them needs the peft package "
+                         "(pip install 'tide-offline[lora]')") from None
+    base = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path / ADAPTER_CONFIG}: no base_model_name_or_path, so the base student is unknown")
+    model = load_student(base, **kwargs)
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""The generative MMLU task YAMLs (the original fork's two definitions) and their category hooks."""
