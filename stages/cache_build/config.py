@@ -20,7 +20,14 @@ from typing import Any
 
 from cache_schema.directory import CacheDirectory
 from cache_schema.manifest import REGIMES
-from cache_schema.schemas import ENCODING_PACKED, PASSES, PIPELINE_CROSS, PIPELINE_SHARED, PIPELINES, SPARSE_ENCODINGS
+from cache_schema.schemas import (
+    ENCODING_PACKED,
+    PASSES,
+    PIPELINE_CROSS,
+    PIPELINE_SHARED,
+    PIPELINES,
+    SPARSE_ENCODINGS,
+)
 from stages.cache_build.preparation import TEACHER_CONTEXTS
 from stages.cache_build.sources import PAPER_SOURCES
 from stages.options import OptionsError, option
