@@ -17,16 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cache_schema.codec import codec_for
 from cache_schema.errors import CacheError
 from cache_schema.manifest import Manifest, ShardInfo
-from cache_schema.schemas import (
-    PIPELINE_SHARED,
-    chunk_logprob_column,
-    gold_logprob_column,
-    log_partitions_column,
-    topk_ids_column,
-    topk_values_column,
-)
+from cache_schema.schemas import PIPELINE_SHARED, chunk_logprob_column, pass_columns
 from cache_schema.store import Store, open_store
 from cache_schema.transfer_cli import register_transfer_commands
 from cache_schema.validate import validate_cache
@@ -129,10 +123,17 @@ def _print_manifest(manifest: Manifest, path: str) -> None:
         f"student    vocab {student.vocab_size}, block {student.block_size}, max length {student.max_length}, "
         f"mask {student.mask_token_id}, eos {student.eos_token_id}"
     )
-    k = f"k={targets.k}, " if targets.k is not None else ""
-    print(
-        f"targets    passes {targets.passes}, {k}values {targets.value_dtype}, temperatures {targets.temperatures}"
-    )
+    if targets.sparse is not None:
+        policy, encoding = targets.sparse.k_policy, targets.sparse.encoding
+        k = (f"k {policy.ceiling} (fixed)" if policy.kind == "fixed" else
+             f"k {policy.floor}..{policy.ceiling} reaching mass {policy.mass} at T={policy.temperature}")
+        table = f", id table {len(encoding.id_table)} ids, value step {encoding.value_step}" if encoding.id_table is not None else ""
+        print(f"targets    passes {targets.passes}, temperatures {targets.temperatures}, {k}, "
+              f"encoding {encoding.name}{table}")
+    else:
+        k = f"k={targets.k}, " if targets.k is not None else ""
+        values = f"values {targets.value_dtype}, " if targets.value_dtype is not None else ""
+        print(f"targets    passes {targets.passes}, {k}{values}temperatures {targets.temperatures}")
     print(
         f"noise      seed {noise.seed}, {noise.replicas} replicas, eps {noise.eps}, {noise.schedule}, "
         f"demo ratio {noise.demo_ratio}, chunk consistent {noise.chunk_consistent}, {noise.generator}"
@@ -175,6 +176,24 @@ def _shard_rows(manifest: Manifest, store: Store) -> tuple[list[list[str]], int]
     return rows, masked_total
 
 
+def _pass_bytes(manifest: Manifest, store: Store) -> dict[str, int]:
+    """Compressed bytes of each teacher pass's target columns over all shards (Parquet footers only)."""
+    owner = {column: name for name in manifest.targets.passes
+             for column in pass_columns(manifest.pipeline, name, format_version=manifest.format_version,
+                                        **({"encoding": manifest.targets.sparse.encoding.name}
+                                           if manifest.targets.sparse is not None else {}))}
+    totals = dict.fromkeys(manifest.targets.passes, 0)
+    for entry in manifest.shards:
+        meta = _parquet(store, entry).metadata
+        for group in range(meta.num_row_groups):
+            for index in range(meta.num_columns):
+                column = meta.row_group(group).column(index)
+                name = owner.get(column.path_in_schema.split(".")[0])
+                if name is not None:
+                    totals[name] += int(column.total_compressed_size)
+    return totals
+
+
 def _fmt(value: float) -> str:
     return "nan" if np.isnan(value) else f"{value:.3f}"
 
@@ -183,25 +202,37 @@ def _decode_shared(row: dict, manifest: Manifest) -> list[str]:
     lines = []
     positions = row["target_positions"]
     input_ids = row["input_ids"]
+    codec = codec_for(manifest)
+    decoded = {}
+    for pass_name in manifest.targets.passes:
+        columns = {name: np.asarray(_flat(row[name])) for name in codec.columns(pass_name)}
+        decoded[pass_name] = codec.decode(columns, pass_name)
     for item in range(min(_ITEMS_SHOWN, len(positions))):
         position = int(positions[item])
         lines.append(
             f"    target {item}: student position {position}, gold id {int(input_ids[position])}, "
             f"teacher position {int(row['target_teacher_positions'][item])}"
         )
-        for pass_name in manifest.targets.passes:
-            ids = np.asarray(row[topk_ids_column(pass_name)][item])
-            values = np.asarray(row[topk_values_column(pass_name)][item], dtype=np.float64)
-            log_z = float(row[log_partitions_column(pass_name)][item][0])
-            probs = np.exp(values - log_z)
+        for pass_name, targets in decoded.items():
+            start, count = int(targets.starts[item]), int(targets.counts[item])
+            ids = targets.ids[start:start + count]
+            values = targets.values[start:start + count].astype(np.float64)
+            tail = float(np.exp(targets.log_tails[item, 0]))
+            probs = (1.0 - tail) * np.exp(values - np.log(np.exp(values - values.max()).sum()) - values.max())
             shown = ", ".join(
                 f"{int(i)}:{p:.3f}" for i, p in zip(ids[:_TOP_SHOWN], probs[:_TOP_SHOWN], strict=True)
             )
             lines.append(
-                f"      {pass_name:8s} top ids:p [{shown}], top-k mass {probs.sum():.3f}, "
-                f"gold log-p {_fmt(float(row[gold_logprob_column(pass_name)][item]))}"
+                f"      {pass_name:8s} k={count} top ids:p [{shown}], tail mass {tail:.3g}, "
+                f"gold log-p {_fmt(float(targets.gold_logprob[item]))}"
             )
     return lines
+
+
+def _flat(value: object) -> list:
+    """A row's list value with nested lists (fixed-width items) flattened."""
+    items = list(value)
+    return [x for item in items for x in item] if items and isinstance(items[0], (list, tuple)) else items
 
 
 def _decode_cross(row: dict, manifest: Manifest) -> list[str]:
@@ -304,6 +335,12 @@ def run_inspect(args: argparse.Namespace) -> int:
         f"bytes      {_per(total_bytes, total_targets)} per target item, "
         f"{_per(total_bytes, masked_total)} per masked position, {_per(total_bytes, manifest.num_rows)} per row"
     )
+    try:
+        for name, size in _pass_bytes(manifest, store).items():
+            print(f"  pass {name:9s} {_per(size, total_targets)} bytes per target item, "
+                  f"{_per(size, masked_total)} per masked position (its target columns)")
+    except Exception as exc:  # a damaged shard: the table below still lists every shard
+        print(f"  pass bytes unreadable ({type(exc).__name__}); run `validate` for details")
     if manifest.pipeline != PIPELINE_SHARED:
         try:
             _print_clamped(manifest, store, args.calm_temperature or [CALM_TEMPERATURE])

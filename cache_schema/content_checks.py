@@ -1,7 +1,8 @@
 """The content invariants of a cache's row groups, vectorised with numpy over a whole row group.
 
 Checked: ids inside the vocabularies, positions inside their sequences, chunk bounds, sorted top-k values,
-probability mass ≤ 1, timestep range, per-item list lengths and CompDemo groups. Each problem names the
+probability mass ≤ 1 (v1) or the k policy and log tails (v2), timestep range, per-item list lengths and
+CompDemo groups. Each problem names the
 shard, the row (0-based within the shard) and the field; a check that fails on many rows reports the
 first few and a count.
 """
@@ -16,8 +17,18 @@ import pyarrow as pa
 
 from cache_schema.manifest import MANIFEST_FILE, Manifest
 
-# Slack on Σ exp(v/T − log Z_T) ≤ 1 and on log-probs ≤ 0: the stored values are rounded to value_dtype.
+# Slack on Σ exp(v/T − log Z_T) ≤ 1 and on log-probs ≤ 0 (format v1, by value_dtype), and on the stored log
+# tails and gold log-probs (format v2, by encoding): the stored numbers are rounded.
 PROBABILITY_TOLERANCE = {"float16": 1e-2, "float32": 1e-3}
+ENCODING_TOLERANCE = {"rank24-delta8": 1e-2, "float32": 1e-4}
+
+
+def tolerance(manifest: Manifest) -> float:
+    """The rounding slack of a cache's stored target numbers."""
+    targets = manifest.targets
+    if targets.sparse is not None:
+        return ENCODING_TOLERANCE[targets.sparse.encoding.name]
+    return PROBABILITY_TOLERANCE[targets.value_dtype or "float32"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,7 @@ class GroupChecker:
         self.base = base
         self.out = out
         self.rows = table.num_rows
-        self.tol = PROBABILITY_TOLERANCE[manifest.targets.value_dtype]
+        self.tol = tolerance(manifest)
 
     # -- generic element checks -----------------------------------------------------------------------------
 

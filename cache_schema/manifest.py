@@ -1,8 +1,10 @@
-"""``manifest.json``: what a cache holds and how it was made (format v1).
+"""``manifest.json``: what a cache holds and how it was made (format v2; v1 is still read).
 
 The manifest is written last, after every shard is in place, so a directory with a manifest is a finished
 cache. Loading checks the format name and version before anything else and refuses versions this library
-does not know (:class:`UnknownFormatVersionError`).
+does not know (:class:`UnknownFormatVersionError`). Version 2 describes a ``shared`` cache's sparse targets
+in ``targets.sparse`` (the k policy and the encoding with its id table); version 1 had a fixed ``k`` and a
+``value_dtype`` instead.
 """
 
 from __future__ import annotations
@@ -19,12 +21,22 @@ from typing import Any
 import pyarrow as pa
 
 from cache_schema.errors import ManifestError, UnknownFormatVersionError
-from cache_schema.schemas import PASSES, PIPELINE_SHARED, PIPELINES, VALUE_DTYPES, schema_for
+from cache_schema.schemas import (
+    ENCODING_PACKED,
+    PASSES,
+    PIPELINE_SHARED,
+    PIPELINES,
+    SPARSE_ENCODINGS,
+    VALUE_DTYPES,
+    schema_for,
+    shared_schema_v1,
+)
 from cache_schema.store import Store, is_url, open_store
 
 FORMAT_NAME = "tide-cache"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
+K_POLICY_KINDS: tuple[str, ...] = ("fixed", "mass")
 MANIFEST_FILE = "manifest.json"
 # The folder of a cache's shards; a shard's manifest ``file`` is ``data/<name>``. Caches written before the
 # folder existed list plain names, relative to the cache directory, and are still read.
@@ -108,15 +120,115 @@ class StudentInfo:
 
 
 @dataclass
+class KPolicyInfo:
+    """How many top entries each target item keeps (format v2): ``fixed`` keeps ``ceiling``; ``mass`` keeps the
+    smallest k whose teacher probability at ``temperature`` reaches ``mass``, within [``floor``, ``ceiling``]."""
+
+    kind: str
+    ceiling: int
+    mass: float | None = None
+    temperature: float | None = None
+    floor: int | None = None
+
+    def check(self) -> None:
+        if self.kind not in K_POLICY_KINDS:
+            raise ManifestError(f"manifest field 'targets.sparse.k_policy.kind' must be one of {list(K_POLICY_KINDS)}; "
+                                f"got {self.kind!r}")
+        _require_int(self.ceiling, "targets.sparse.k_policy.ceiling", minimum=1)
+        extras = {"mass": self.mass, "temperature": self.temperature, "floor": self.floor}
+        if self.kind == "fixed":
+            given = [name for name, value in extras.items() if value is not None]
+            if given:
+                raise ManifestError(f"manifest field 'targets.sparse.k_policy': a fixed policy has no {given}")
+            return
+        if not _is_number(self.mass) or not 0 < self.mass <= 1:
+            raise ManifestError(f"manifest field 'targets.sparse.k_policy.mass' must lie in (0, 1]; got {self.mass!r}")
+        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ManifestError("manifest field 'targets.sparse.k_policy.temperature' must be a positive number; "
+                                f"got {self.temperature!r}")
+        _require_int(self.floor, "targets.sparse.k_policy.floor", minimum=1)
+        if self.floor > self.ceiling:
+            raise ManifestError(f"manifest field 'targets.sparse.k_policy': floor {self.floor} exceeds ceiling "
+                                f"{self.ceiling}")
+
+    def bounds(self) -> tuple[int, int]:
+        """(least, most) entries an item may keep (the least capped by the vocabulary at check time)."""
+        return (self.ceiling, self.ceiling) if self.kind == "fixed" else (int(self.floor), self.ceiling)
+
+
+@dataclass
+class EncodingInfo:
+    """The encoding of a pass's sparse-target columns (format v2, see :mod:`cache_schema.codec`):
+    ``name``; for ``rank24-delta8`` also ``value_step`` (nats per value step) and ``id_table`` (the ids that
+    take ranks 0, 1, ..., by descending frequency in the build's data; the other ids follow ascending)."""
+
+    name: str
+    value_step: float | None = None
+    id_table: list[int] | None = None
+
+    def check(self, vocab_size: int) -> None:
+        if self.name not in SPARSE_ENCODINGS:
+            raise ManifestError(f"manifest field 'targets.sparse.encoding.name' must be one of "
+                                f"{list(SPARSE_ENCODINGS)}; got {self.name!r}")
+        if self.name != ENCODING_PACKED:
+            if self.value_step is not None or self.id_table is not None:
+                raise ManifestError(f"manifest field 'targets.sparse.encoding': {self.name!r} has no value_step or "
+                                    "id_table")
+            return
+        if not _is_number(self.value_step) or not 0 < self.value_step < math.inf:
+            raise ManifestError("manifest field 'targets.sparse.encoding.value_step' must be a positive number; "
+                                f"got {self.value_step!r}")
+        table = self.id_table
+        if not isinstance(table, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in table):
+            raise ManifestError("manifest field 'targets.sparse.encoding.id_table' must be a list of integer ids")
+        if table and (min(table) < 0 or max(table) >= vocab_size):
+            raise ManifestError(f"manifest field 'targets.sparse.encoding.id_table' holds ids outside "
+                                f"[0, teacher.shared_vocab_size={vocab_size})")
+        if len(set(table)) != len(table):
+            raise ManifestError("manifest field 'targets.sparse.encoding.id_table' lists an id twice")
+
+
+@dataclass
+class SparseInfo:
+    """A ``shared`` cache's sparse targets (format v2): the k policy and the encoding."""
+
+    k_policy: KPolicyInfo
+    encoding: EncodingInfo
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SparseInfo:
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"manifest field 'targets.sparse' must be a JSON object; got {type(data).__name__}")
+        unknown = [key for key in data if key not in ("k_policy", "encoding")]
+        missing = [key for key in ("k_policy", "encoding") if key not in data]
+        if unknown or missing:
+            raise ManifestError(f"manifest field 'targets.sparse' must have exactly the keys k_policy and encoding; "
+                                f"missing {missing}, unknown {unknown}")
+        return cls(k_policy=_section(KPolicyInfo, data["k_policy"], "targets.sparse.k_policy"),
+                   encoding=_section(EncodingInfo, data["encoding"], "targets.sparse.encoding"))
+
+
+@dataclass
 class TargetsInfo:
-    """Which teacher passes are stored and at what precision; ``k`` only for pipeline ``shared``."""
+    """Which teacher passes are stored and at which temperatures.
+
+    Format v2 describes a ``shared`` cache's targets in ``sparse``; format v1 had ``value_dtype`` and a fixed
+    ``k`` (``shared`` only) instead. A ``cross`` cache has neither."""
 
     passes: list[str]
-    value_dtype: str
     temperatures: list[float]
+    sparse: SparseInfo | None = None
+    value_dtype: str | None = None
     k: int | None = None
 
-    def check(self, pipeline: str) -> None:
+    @property
+    def width(self) -> int | None:
+        """The most entries an item stores: v1's k or the v2 k policy's ceiling (None for ``cross``)."""
+        if self.sparse is not None:
+            return self.sparse.k_policy.ceiling
+        return self.k
+
+    def check(self, pipeline: str, format_version: int, shared_vocab_size: int | None) -> None:
         if not isinstance(self.passes, list) or not self.passes:
             raise ManifestError(
                 f"manifest field 'targets.passes' must be a non-empty list; got {self.passes!r}"
@@ -128,23 +240,38 @@ class TargetsInfo:
                 )
         if len(set(self.passes)) != len(self.passes):
             raise ManifestError(f"manifest field 'targets.passes' lists a pass twice: {self.passes}")
-        if self.value_dtype not in VALUE_DTYPES:
-            raise ManifestError(
-                f"manifest field 'targets.value_dtype' must be one of {list(VALUE_DTYPES)}; got {self.value_dtype!r}"
-            )
         temps = self.temperatures
         if (
             not isinstance(temps, list)
             or not temps
-            or not all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
-                for x in temps
-            )
+            or not all(_is_number(x) and math.isfinite(x) and x > 0 for x in temps)
             or float(temps[0]) != 1.0
         ):
             raise ManifestError(
                 f"manifest field 'targets.temperatures' must be a list of positive numbers starting with 1.0; "
                 f"got {temps!r}"
+            )
+        if format_version == 1:
+            self._check_v1(pipeline)
+            return
+        for name in ("value_dtype", "k"):
+            if getattr(self, name) is not None:
+                raise ManifestError(f"manifest field 'targets.{name}' belongs to format 1; format 2 describes the "
+                                    "targets in 'targets.sparse'")
+        if pipeline == PIPELINE_SHARED:
+            if self.sparse is None:
+                raise ManifestError("manifest field 'targets.sparse' is required for pipeline 'shared'")
+            self.sparse.k_policy.check()
+            self.sparse.encoding.check(int(shared_vocab_size))
+        elif self.sparse is not None:
+            raise ManifestError("manifest field 'targets.sparse' is only meaningful for pipeline 'shared'")
+
+    def _check_v1(self, pipeline: str) -> None:
+        if self.sparse is not None:
+            raise ManifestError("manifest field 'targets.sparse' belongs to format 2")
+        if self.value_dtype not in VALUE_DTYPES:
+            raise ManifestError(
+                f"manifest field 'targets.value_dtype' must be one of {list(VALUE_DTYPES)}; got {self.value_dtype!r}"
             )
         if pipeline == PIPELINE_SHARED:
             _require_int(self.k, "targets.k", minimum=1)
@@ -152,6 +279,30 @@ class TargetsInfo:
             raise ManifestError(
                 f"manifest field 'targets.k' is only meaningful for pipeline 'shared'; got {self.k!r}"
             )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"passes": self.passes, "temperatures": self.temperatures}
+        if self.sparse is not None:
+            out["sparse"] = {"k_policy": _without_none(self.sparse.k_policy),
+                             "encoding": _without_none(self.sparse.encoding)}
+        out.update({name: getattr(self, name) for name in ("value_dtype", "k") if getattr(self, name) is not None})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TargetsInfo:
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"manifest field 'targets' must be a JSON object; got {type(data).__name__}")
+        fields = dict(data)
+        sparse = SparseInfo.from_dict(fields.pop("sparse")) if "sparse" in fields else None
+        return _section(cls, {**fields, **({"sparse": sparse} if sparse is not None else {})}, "targets")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _without_none(section: Any) -> dict[str, Any]:
+    return {key: value for key, value in dataclasses.asdict(section).items() if value is not None}
 
 
 @dataclass
@@ -215,7 +366,7 @@ class ShardInfo:
 
 @dataclass
 class Manifest:
-    """The parsed ``manifest.json`` of a cache (format v1)."""
+    """The parsed ``manifest.json`` of a cache (format v2, or v1 when read from an older cache)."""
 
     pipeline: str
     teacher: TeacherInfo
@@ -243,13 +394,13 @@ class Manifest:
 
     def arrow_schema(self) -> pa.Schema:
         """The Arrow schema every shard of this cache must have."""
-        return schema_for(
-            self.pipeline,
-            passes=self.targets.passes,
-            k=self.targets.k,
-            value_dtype=self.targets.value_dtype,
-            num_temperatures=len(self.targets.temperatures),
-        )
+        targets = self.targets
+        num_temperatures = len(targets.temperatures)
+        if self.pipeline == PIPELINE_SHARED and self.format_version == 1:
+            return shared_schema_v1(k=targets.k, value_dtype=targets.value_dtype, num_temperatures=num_temperatures,
+                                    passes=targets.passes)
+        encoding = targets.sparse.encoding.name if targets.sparse is not None else ENCODING_PACKED
+        return schema_for(self.pipeline, passes=targets.passes, num_temperatures=num_temperatures, encoding=encoding)
 
     # --- checks and (de)serialisation ------------------------------------------------------------------------
 
@@ -267,7 +418,7 @@ class Manifest:
                 "manifest field 'teacher.shared_vocab_size' is required for pipeline 'shared'"
             )
         self.student.check()
-        self.targets.check(self.pipeline)
+        self.targets.check(self.pipeline, self.format_version, self.teacher.shared_vocab_size)
         self.noise.check()
         if not isinstance(self.build, dict):
             raise ManifestError(
@@ -288,7 +439,7 @@ class Manifest:
             "teacher": dataclasses.asdict(self.teacher),
             "student": dataclasses.asdict(self.student),
             "teacher_tokenizer_fingerprint": self.teacher_tokenizer_fingerprint,
-            "targets": dataclasses.asdict(self.targets),
+            "targets": self.targets.to_dict(),
             "noise": dataclasses.asdict(self.noise),
             "build": self.build,
             "shards": [dataclasses.asdict(s) for s in self.shards],
@@ -330,7 +481,7 @@ class Manifest:
                 teacher=_section(TeacherInfo, data["teacher"], "teacher"),
                 student=_section(StudentInfo, data["student"], "student"),
                 teacher_tokenizer_fingerprint=data["teacher_tokenizer_fingerprint"],
-                targets=_section(TargetsInfo, data["targets"], "targets"),
+                targets=TargetsInfo.from_dict(data["targets"]),
                 noise=_section(NoiseInfo, data["noise"], "noise"),
                 build=data.get("build", {}),
                 shards=[_section(ShardInfo, s, f"shards[{i}]") for i, s in enumerate(data["shards"])],

@@ -1,9 +1,11 @@
-"""Arrow schemas of cache format v1 and a columnar table builder.
+"""Arrow schemas of the cache formats (v2, and v1 for reading) and a columnar table builder.
 
 One row is one (sample, replica). Columns common to both pipelines come first, then the pipeline's target
 item columns, then one group of columns per stored teacher pass (``plain``, ``compdemo``). Every column is
 non-nullable; ragged columns are ``list<...>`` with 32-bit offsets, and per-item vectors of fixed width
-(top-k ids and values, log-partitions per temperature) are ``fixed_size_list`` inside the list.
+(log tails per temperature; v1's top-k ids and values and log-partitions) are ``fixed_size_list`` inside
+the list. A v2 ``shared`` pass stores its sparse targets in the columns of its encoding
+(:data:`SPARSE_ENCODINGS`, bit layout in :mod:`cache_schema.codec`): a ragged number of top entries per item.
 
 ``table_from_rows`` builds a table from per-row numpy arrays without per-element Python work: each list
 column is one ``np.concatenate`` of the rows' arrays plus a cumulative-sum offsets vector.
@@ -24,6 +26,12 @@ PIPELINE_SHARED = "shared"
 PIPELINES: tuple[str, ...] = (PIPELINE_CROSS, PIPELINE_SHARED)
 PASSES: tuple[str, ...] = ("plain", "compdemo")
 VALUE_DTYPES: dict[str, pa.DataType] = {"float16": pa.float16(), "float32": pa.float32()}
+
+# Format v2 sparse-target encodings: the default packs a frequency rank and a quantised value into one
+# uint32 word per entry; ``float32`` keeps ids and values as they are (exact, 2-3x the bytes).
+ENCODING_PACKED = "rank24-delta8"
+ENCODING_FLOAT32 = "float32"
+SPARSE_ENCODINGS: tuple[str, ...] = (ENCODING_PACKED, ENCODING_FLOAT32)
 
 # Columns present in every cache, in schema order.
 COMMON_COLUMNS: tuple[str, ...] = (
@@ -68,21 +76,41 @@ def gold_logprob_column(pass_name: str) -> str:
     return f"{_check_pass(pass_name)}_gold_logprob"
 
 
+def topk_counts_column(pass_name: str) -> str:
+    """Name of the per-item number of stored entries of a pass (format v2, pipeline ``shared``)."""
+    return f"{_check_pass(pass_name)}_topk_counts"
+
+
+def topk_codes_column(pass_name: str) -> str:
+    """Name of the packed rank|value words of a pass (format v2, encoding ``rank24-delta8``)."""
+    return f"{_check_pass(pass_name)}_topk_codes"
+
+
+def log_tails_column(pass_name: str) -> str:
+    """Name of the per-temperature log tail masses of a pass (format v2, pipeline ``shared``)."""
+    return f"{_check_pass(pass_name)}_log_tails"
+
+
 def chunk_logprob_column(pass_name: str) -> str:
     """Name of the chunk log-prob column of a pass (pipeline ``cross``)."""
     return f"{_check_pass(pass_name)}_chunk_logprob"
 
 
-def pass_columns(pipeline: str, pass_name: str) -> tuple[str, ...]:
+def pass_columns(pipeline: str, pass_name: str, *, format_version: int = 2,
+                 encoding: str = ENCODING_PACKED) -> tuple[str, ...]:
     """The columns that one teacher pass contributes to a pipeline's schema."""
-    if _check_pipeline(pipeline) == PIPELINE_SHARED:
+    if _check_pipeline(pipeline) == PIPELINE_CROSS:
+        return (chunk_logprob_column(pass_name),)
+    if format_version == 1:
         return (
             topk_ids_column(pass_name),
             topk_values_column(pass_name),
             log_partitions_column(pass_name),
             gold_logprob_column(pass_name),
         )
-    return (chunk_logprob_column(pass_name),)
+    entries = ((topk_codes_column(pass_name),) if _check_encoding(encoding) == ENCODING_PACKED
+               else (topk_ids_column(pass_name), topk_values_column(pass_name)))
+    return (topk_counts_column(pass_name), *entries, log_tails_column(pass_name), gold_logprob_column(pass_name))
 
 
 def item_columns(pipeline: str) -> tuple[str, ...]:
@@ -94,6 +122,12 @@ def _check_pass(pass_name: str) -> str:
     if pass_name not in PASSES:
         raise SchemaError(f"unknown teacher pass {pass_name!r}; expected one of {list(PASSES)}")
     return pass_name
+
+
+def _check_encoding(encoding: str) -> str:
+    if encoding not in SPARSE_ENCODINGS:
+        raise SchemaError(f"unknown sparse-target encoding {encoding!r}; expected one of {list(SPARSE_ENCODINGS)}")
+    return encoding
 
 
 def _check_pipeline(pipeline: str) -> str:
@@ -133,8 +167,39 @@ def _common_fields() -> list[pa.Field]:
     ]
 
 
-def shared_schema(*, k: int, value_dtype: str, num_temperatures: int, passes: Iterable[str]) -> pa.Schema:
-    """Arrow schema of a pipeline-B ("shared") cache.
+def _check_positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SchemaError(f"{name} must be a positive integer; got {value!r}")
+    return value
+
+
+def shared_schema(*, encoding: str = ENCODING_PACKED, num_temperatures: int, passes: Iterable[str]) -> pa.Schema:
+    """Arrow schema of a format-v2 pipeline-B ("shared") cache.
+
+    Args:
+        encoding: the sparse-target encoding, one of :data:`SPARSE_ENCODINGS`.
+        num_temperatures: number of stored temperatures n_T (>= 1, the first being 1.0).
+        passes: the teacher passes present, a non-empty subset of ``("plain", "compdemo")``.
+    """
+    _check_positive("num_temperatures", num_temperatures)
+    exact = _check_encoding(encoding) == ENCODING_FLOAT32
+    small = pa.float32() if exact else pa.float16()
+    fields = _common_fields()
+    fields += [_field(name, pa.list_(pa.int32())) for name in SHARED_ITEM_COLUMNS]
+    for name in _check_passes(passes):
+        fields.append(_field(topk_counts_column(name), pa.list_(pa.uint32())))
+        if exact:
+            fields += [_field(topk_ids_column(name), pa.list_(pa.int32())),
+                       _field(topk_values_column(name), pa.list_(pa.float32()))]
+        else:
+            fields.append(_field(topk_codes_column(name), pa.list_(pa.uint32())))
+        fields += [_field(log_tails_column(name), pa.list_(pa.list_(small, num_temperatures))),
+                   _field(gold_logprob_column(name), pa.list_(small))]
+    return pa.schema(fields, metadata={"tide_cache_pipeline": PIPELINE_SHARED})
+
+
+def shared_schema_v1(*, k: int, value_dtype: str, num_temperatures: int, passes: Iterable[str]) -> pa.Schema:
+    """Arrow schema of a format-v1 pipeline-B cache (fixed k, log-partitions), kept for reading v1 caches.
 
     Args:
         k: number of top-k entries stored per target position (>= 1).
@@ -142,12 +207,10 @@ def shared_schema(*, k: int, value_dtype: str, num_temperatures: int, passes: It
         num_temperatures: number of stored temperatures n_T (>= 1, the first being 1.0).
         passes: the teacher passes present, a non-empty subset of ``("plain", "compdemo")``.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise SchemaError(f"k must be a positive integer; got {k!r}")
+    _check_positive("k", k)
     if value_dtype not in VALUE_DTYPES:
         raise SchemaError(f"value_dtype must be one of {list(VALUE_DTYPES)}; got {value_dtype!r}")
-    if isinstance(num_temperatures, bool) or not isinstance(num_temperatures, int) or num_temperatures < 1:
-        raise SchemaError(f"num_temperatures must be a positive integer; got {num_temperatures!r}")
+    _check_positive("num_temperatures", num_temperatures)
     fields = _common_fields()
     fields += [_field(name, pa.list_(pa.int32())) for name in SHARED_ITEM_COLUMNS]
     for name in _check_passes(passes):
@@ -174,15 +237,12 @@ def schema_for(
     pipeline: str,
     *,
     passes: Iterable[str],
-    k: int | None = None,
-    value_dtype: str = "float16",
     num_temperatures: int = 1,
+    encoding: str = ENCODING_PACKED,
 ) -> pa.Schema:
-    """The schema of either pipeline; ``k`` is required for ``shared`` and ignored for ``cross``."""
+    """The format-v2 schema of either pipeline; ``encoding`` and ``num_temperatures`` matter for ``shared``."""
     if _check_pipeline(pipeline) == PIPELINE_SHARED:
-        if k is None:
-            raise SchemaError("pipeline 'shared' needs k (the number of stored top-k entries)")
-        return shared_schema(k=k, value_dtype=value_dtype, num_temperatures=num_temperatures, passes=passes)
+        return shared_schema(encoding=encoding, num_temperatures=num_temperatures, passes=passes)
     return cross_schema(passes=passes)
 
 

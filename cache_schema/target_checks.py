@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from cache_schema.codec import SparseArrays, codec_for
 from cache_schema.content_checks import ColumnList, GroupChecker, column_list, first_bad
 from cache_schema.schemas import (
+    ENCODING_PACKED,
     PIPELINE_CROSS,
     PIPELINE_SHARED,
     chunk_logprob_column,
     gold_logprob_column,
     log_partitions_column,
+    log_tails_column,
+    topk_counts_column,
     topk_ids_column,
     topk_values_column,
 )
@@ -59,11 +63,104 @@ def check_shared_targets(check: GroupChecker, cols: dict[str, ColumnList]) -> in
             check.base,
             detail,
         )
+    checker = _check_shared_pass_v1 if check.m.format_version == 1 else _check_sparse_pass
     for pass_name in check.m.targets.passes:
-        _check_shared_pass(check, pass_name, items, gold)
+        checker(check, pass_name, items, gold)
     return int(items.sum())
 
-def _check_shared_pass(check: GroupChecker, pass_name: str, items: np.ndarray, gold: np.ndarray) -> None:
+
+def _check_sparse_pass(check: GroupChecker, pass_name: str, items: np.ndarray, gold: np.ndarray) -> None:
+    """Format v2: counts within the k policy, decodable entries, distinct ids inside the slice, values
+    descending from 0, log tails ≤ 0 growing with T, −inf only where every id is stored, gold log-prob ≤ 0."""
+    manifest = check.m
+    codec = codec_for(manifest)
+    names = codec.columns(pass_name)
+    lists = {name: column_list(check.table, name) for name in names}
+    item_names = [topk_counts_column(pass_name), log_tails_column(pass_name), gold_logprob_column(pass_name)]
+    if not all(check.same_length(n, lists[n], items, "len(target_positions)").all() for n in item_names):
+        return
+    counts_col = lists[topk_counts_column(pass_name)]
+    counts = counts_col.values.astype(np.int64)
+    row_of = counts_col.row_of
+    entries = [n for n in names if n not in item_names]
+    per_row = np.bincount(row_of, weights=counts, minlength=check.rows).astype(np.int64)
+    if not all(check.same_length(n, lists[n], per_row, f"Σ {item_names[0]}").all() for n in entries):
+        return
+    vocab = int(manifest.teacher.shared_vocab_size)
+    low, high = manifest.targets.sparse.k_policy.bounds()
+    low = min(low, vocab)
+    bad = (counts < low) | (counts > high)
+    rows, first = first_bad(bad, row_of)
+    check.out.rows(item_names[0], f"k outside the policy's [{low}, {high}]", rows, check.base,
+                   lambda local: f"found {counts[first[np.searchsorted(rows, local)]]}")
+    if codec.encoding == ENCODING_PACKED:
+        codes = lists[entries[0]]
+        ranks = codes.values >> np.uint32(8)
+        rows, first = first_bad(ranks >= vocab, codes.row_of)
+        check.out.rows(entries[0], f"ranks outside [0, teacher.shared_vocab_size={vocab})", rows, check.base,
+                       lambda local: f"found {ranks[first[np.searchsorted(rows, local)]]}")
+        if rows.size:
+            return
+    decoded = codec.decode({n: lists[n].values for n in names}, pass_name)
+    _check_entries(check, entries[0], entries[-1], decoded, row_of, vocab)
+    _check_tails(check, pass_name, decoded, row_of, vocab)
+    gold_values = decoded.gold_logprob.astype(np.float64)
+    rows, first = first_bad(gold_values > check.tol, row_of)
+    check.out.rows(gold_logprob_column(pass_name), "gold log-prob is positive", rows, check.base,
+                   lambda local: f"found {gold_values[first[np.searchsorted(rows, local)]]}")
+    unexplained = np.isnan(gold_values) & (gold >= 0) & (gold < vocab)
+    check.out.rows(gold_logprob_column(pass_name),
+                   "gold log-prob is NaN although the gold id is inside the shared vocabulary",
+                   np.unique(row_of[unexplained]), check.base)
+
+
+def _check_entries(check: GroupChecker, field: str, values_field: str, decoded: SparseArrays, row_of: np.ndarray,
+                   vocab: int) -> None:
+    """Entries: ids inside the slice and distinct within an item (``field``), values descending with the
+    first 0 (``values_field``; the same column for the packed encoding)."""
+    item = np.repeat(np.arange(decoded.counts.shape[0]), decoded.counts)
+    entry_row = row_of[item]
+    ids, values = decoded.ids, decoded.values.astype(np.float64)
+    rows, first = first_bad((ids < 0) | (ids >= vocab), entry_row)
+    check.out.rows(field, f"ids outside [0, teacher.shared_vocab_size={vocab})", rows, check.base,
+                   lambda local: f"found {ids[first[np.searchsorted(rows, local)]]}")
+    order = np.lexsort((ids, item))
+    repeated = np.zeros(ids.shape[0], dtype=bool)
+    repeated[order[1:]] = (item[order[1:]] == item[order[:-1]]) & (ids[order[1:]] == ids[order[:-1]])
+    check.out.rows(field, "an item stores an id twice", np.unique(entry_row[repeated]), check.base)
+    starts = decoded.starts
+    rising = np.zeros(ids.shape[0], dtype=bool)
+    rising[1:] = (item[1:] == item[:-1]) & ~(values[1:] <= values[:-1])
+    check.out.rows(values_field, "top-k values are not sorted descending", np.unique(entry_row[rising]), check.base)
+    rows, first = first_bad(~(np.abs(values[starts]) <= check.tol), row_of)
+    check.out.rows(values_field, "first top-k value is not 0 (values are logits minus the row max)", rows, check.base,
+                   lambda local: f"found {values[starts][first[np.searchsorted(rows, local)]]}")
+
+
+def _check_tails(check: GroupChecker, pass_name: str, decoded: SparseArrays, row_of: np.ndarray, vocab: int) -> None:
+    """Log tails: ≤ 0, not NaN, −inf exactly where every id is stored, non-decreasing in T (the stored ids
+    are the top ones, whose mass tempering can only lower), and the mass policy's target reached."""
+    name = log_tails_column(pass_name)
+    tails = decoded.log_tails.astype(np.float64)
+    every = decoded.counts >= vocab
+    bad = np.isnan(tails).any(axis=1) | (tails > check.tol).any(axis=1) | (np.isneginf(tails).any(axis=1) != every)
+    check.out.rows(name, "log tails must be ≤ 0, and −inf exactly where every id of the slice is stored",
+                   np.unique(row_of[bad]), check.base)
+    temperatures = np.asarray(check.m.targets.temperatures, dtype=np.float64)
+    order = np.argsort(temperatures)
+    ordered = tails[:, order]
+    with np.errstate(invalid="ignore"):
+        falling = (ordered[:, :-1] > ordered[:, 1:] + check.tol * np.maximum(1.0, np.abs(ordered[:, 1:]))).any(axis=1)
+    check.out.rows(name, "log tail falls as the temperature rises", np.unique(row_of[falling & ~every]), check.base)
+    policy = check.m.targets.sparse.k_policy
+    if policy.kind == "mass" and float(policy.temperature) in temperatures.tolist():
+        column = temperatures.tolist().index(float(policy.temperature))
+        short = (decoded.counts < policy.ceiling) & (-np.expm1(tails[:, column]) < policy.mass - check.tol)
+        check.out.rows(name, f"an item below the k ceiling keeps less than the policy's mass {policy.mass}",
+                       np.unique(row_of[short]), check.base)
+
+
+def _check_shared_pass_v1(check: GroupChecker, pass_name: str, items: np.ndarray, gold: np.ndarray) -> None:
     names = (
         topk_ids_column(pass_name),
         topk_values_column(pass_name),

@@ -42,8 +42,8 @@ def test_two_process_launch_writes_the_one_process_cache(tmp_path: Path) -> None
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         ],
     )
-    one = sorted(p.name for p in (tmp_path / "one").glob("*.parquet"))
-    two = sorted(p.name for p in (tmp_path / "two").glob("*.parquet"))
+    one = sorted(p.name for p in (tmp_path / "one" / "data").glob("*.parquet"))
+    two = sorted(p.name for p in (tmp_path / "two" / "data").glob("*.parquet"))
     assert one == two and len(one) == 4
     for name in one:
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+        assert (tmp_path / "one" / "data" / name).read_bytes() == (tmp_path / "two" / "data" / name).read_bytes(), name

@@ -19,6 +19,8 @@ import pandas as pd
 import pytest
 import torch
 
+from cache_schema.codec import codec_for
+from cache_schema.manifest import Manifest
 from cache_schema.validate import validate_cache
 from stages.cache_build.config import BuildConfig, BuildConfigError
 from stages.cache_build.preparation import PreparationSettings, prepare_samples
@@ -55,7 +57,8 @@ def _config(models, teacher, output, **kw) -> BuildConfig:
 
 @pytest.fixture(scope="module")
 def shared_build(models, tmp_path_factory):
-    config = _config(models, "wedlm", tmp_path_factory.mktemp("shared") / "cache", k=16, value_dtype="float32")
+    # the default packed encoding with a ragged k: the fewest ids holding half the mass, 4 to 16 of them
+    config = _config(models, "wedlm", tmp_path_factory.mktemp("shared") / "cache", k=16, k_mass=0.5, k_floor=4)
     run_build(config)
     return config
 
@@ -138,9 +141,19 @@ def test_shared_rows_positions_are_consistent(shared_build):
 
 
 def test_shared_targets_equal_a_fresh_teacher_forward(shared_build, student_tokenizer, wedlm_tokenizer):
+    """Every stored target against the teacher run again on the stored noise: the k of the mass policy, the top
+    ids (through the id table of the build's own data), values within half a value step, log tails over the
+    unstored ids and gold log-probs within float16 rounding."""
     config = shared_build.resolve()
     rows = _rows(config)
     prepared = _prepared(config, student_tokenizer, wedlm_tokenizer, "shared")
+    manifest = Manifest.load(config.output)
+    counts = np.zeros(SHARED_VOCAB, dtype=np.int64)
+    for sample in prepared.values():
+        np.add.at(counts, np.asarray(sample.input_ids)[np.asarray(sample.maskable)], 1)
+    seen = np.flatnonzero(counts)
+    assert manifest.targets.sparse.encoding.id_table == seen[np.lexsort((seen, -counts[seen]))].tolist()
+    codec = codec_for(manifest)
     model, runner = _load_runner(config.teacher, config.block_size)
     mask_id = model.config.mask_token_id
     checked = 0
@@ -167,10 +180,8 @@ def test_shared_targets_equal_a_fresh_teacher_forward(shared_build, student_toke
             "compdemo": [~group_a, group_a],
         }
         for pass_name, forwards in passes.items():
-            ids = _matrix(row._asdict()[f"{pass_name}_topk_ids"], 16)
-            values = _matrix(row._asdict()[f"{pass_name}_topk_values"], 16)
-            log_z = _matrix(row._asdict()[f"{pass_name}_log_partitions"], 2)
-            gold_lp = row._asdict()[f"{pass_name}_gold_logprob"]
+            stored = codec.decode({c: np.concatenate([np.ravel(x) for x in row._asdict()[c]]) if c.endswith("tails")
+                                   else np.asarray(row._asdict()[c]) for c in codec.columns(pass_name)}, pass_name)
             for items in forwards:
                 if not items.any():
                     continue
@@ -181,14 +192,27 @@ def test_shared_targets_equal_a_fresh_teacher_forward(shared_build, student_toke
                                           torch.zeros_like(masked_teacher), masked_teacher, clean_ids=clean)
                 shared = logits[:, :SHARED_VOCAB].double()
                 centred = shared - shared.max(dim=1, keepdim=True).values
-                top = torch.topk(centred, 16, dim=1)
-                np.testing.assert_array_equal(ids[items], top.indices.numpy())
-                np.testing.assert_allclose(values[items], top.values.numpy(), atol=1e-4)
-                for column, temperature in enumerate([1.0, 2.0]):
-                    np.testing.assert_allclose(log_z[items, column],
-                                               torch.logsumexp(centred / temperature, dim=1).numpy(), atol=1e-4)
+                probs = torch.softmax(centred, dim=1)
+                order = torch.argsort(centred, dim=1, descending=True)
+                reached = probs.gather(1, order).cumsum(1) >= 0.5
+                k = ((~reached).sum(1) + 1).clamp(4, 16)
+                for item, want_k, want_order, want_centred in zip(np.flatnonzero(items).tolist(), k.tolist(), order,
+                                                                  centred, strict=True):
+                    start = int(stored.starts[item])
+                    assert int(stored.counts[item]) == want_k
+                    ids = stored.ids[start:start + want_k]
+                    np.testing.assert_array_equal(ids, want_order[:want_k].numpy())
+                    np.testing.assert_allclose(stored.values[start:start + want_k], want_centred[ids].numpy(),
+                                               atol=0.0625 + 1e-4)
+                    unstored = torch.ones(SHARED_VOCAB, dtype=torch.bool)
+                    unstored[torch.from_numpy(ids)] = False
+                    for column, temperature in enumerate([1.0, 2.0]):
+                        scaled = want_centred / temperature
+                        tail = torch.logsumexp(scaled[unstored], 0) - torch.logsumexp(scaled, 0)
+                        assert float(stored.log_tails[item, column]) == pytest.approx(float(tail), abs=2e-3,
+                                                                                      rel=1e-3)
                 expected_gold = torch.log_softmax(shared, dim=1).gather(1, gold[items, None]).squeeze(1)
-                np.testing.assert_allclose(gold_lp[items], expected_gold.numpy(), atol=1e-4)
+                np.testing.assert_allclose(stored.gold_logprob[items], expected_gold.numpy(), atol=5e-3, rtol=1e-3)
                 checked += int(items.sum())
     assert checked > 20
 
@@ -312,7 +336,7 @@ def test_cli_refuses_a_changed_setting_and_resumes_a_finished_build(shared_build
     argv = ["build", "--teacher", shared_build.teacher, "--student-tokenizer", shared_build.student_tokenizer,
             "--sources", shared_build.sources, "--output", str(output), "--max-length", "128", "--teacher-max-length", "160",
             "--replicas", "2", "--rows-per-shard", "3", "--rows-per-row-group", "2", "--seed", "7", "--k", "16",
-            "--value-dtype", "float32", "--device", "cpu", "--no-progress"]
+            "--k-mass", "0.5", "--k-floor", "4", "--device", "cpu", "--no-progress"]
     assert tide_cache_main(argv + ["--demo-ratio", "0.25"]) == 2
     error = capfd.readouterr().err
     assert error.startswith("tide-cache build: error: ") and "Traceback" not in error
@@ -352,6 +376,7 @@ def test_the_replica_cost_is_logged_before_the_teacher_is_loaded(models, tmp_pat
     # 6 samples survive preparation; plain + the two CompDemo forwards per row
     assert "noise replicas: 2" in line and "6 samples x 2 = 12 rows" in line and "36 teacher forwards" in line
     assert "replicas = epochs" in line
+    assert "before compression at most (a mass policy keeps up to k entries)" in line  # the default k policy
 
 
 def test_two_sources_give_shards_that_mix_both_in_proportion(models, tmp_path):

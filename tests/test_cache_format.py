@@ -19,6 +19,7 @@ from cache_schema import (
     ManifestError,
     Ragged,
     RowError,
+    SchemaError,
     ShardError,
     ShardWriteError,
     UnknownFormatVersionError,
@@ -29,6 +30,8 @@ from cache_schema import (
     table_to_torch,
     write_shard,
 )
+from cache_schema.codec import codec_for
+from cache_schema.schemas import shared_schema_v1
 from tide.testing.synthetic_cache import (
     TEMPERATURES,
     format_test_spec,
@@ -49,30 +52,58 @@ def _visible(directory: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_shared_schema_columns_and_types():
-    schema = shared_schema(k=64, value_dtype="float16", num_temperatures=2, passes=["compdemo", "plain"])
-    expected = {
-        "sample_id": pa.string(),
-        "sample_key": pa.int64(),
-        "replica": pa.int32(),
-        "t": pa.float64(),
-        "input_ids": pa.list_(pa.int32()),
-        "maskable": pa.list_(pa.bool_()),
-        "masked_positions": pa.list_(pa.int32()),
-        "teacher_input_ids": pa.list_(pa.int32()),
-        "compdemo_group": pa.list_(pa.uint8()),
-        "target_positions": pa.list_(pa.int32()),
-        "target_teacher_positions": pa.list_(pa.int32()),
-    }
-    for p in ("plain", "compdemo"):  # schema order follows (plain, compdemo) whatever order is given
-        expected[f"{p}_topk_ids"] = pa.list_(pa.list_(pa.int32(), 64))
-        expected[f"{p}_topk_values"] = pa.list_(pa.list_(pa.float16(), 64))
-        expected[f"{p}_log_partitions"] = pa.list_(pa.list_(pa.float32(), 2))
-        expected[f"{p}_gold_logprob"] = pa.list_(pa.float32())
+_COMMON_TYPES = {
+    "sample_id": pa.string(),
+    "sample_key": pa.int64(),
+    "replica": pa.int32(),
+    "t": pa.float64(),
+    "input_ids": pa.list_(pa.int32()),
+    "maskable": pa.list_(pa.bool_()),
+    "masked_positions": pa.list_(pa.int32()),
+    "teacher_input_ids": pa.list_(pa.int32()),
+    "compdemo_group": pa.list_(pa.uint8()),
+    "target_positions": pa.list_(pa.int32()),
+    "target_teacher_positions": pa.list_(pa.int32()),
+}
+
+
+def _check_schema(schema: pa.Schema, expected: dict[str, pa.DataType]) -> None:
     assert schema.names == list(expected)
     for name, type_ in expected.items():
         assert schema.field(name).type.equals(type_), name
         assert not schema.field(name).nullable
+
+
+def test_shared_schema_columns_and_types():
+    expected = dict(_COMMON_TYPES)
+    exact = dict(_COMMON_TYPES)
+    for p in ("plain", "compdemo"):  # schema order follows (plain, compdemo) whatever order is given
+        expected[f"{p}_topk_counts"] = pa.list_(pa.uint32())
+        expected[f"{p}_topk_codes"] = pa.list_(pa.uint32())
+        expected[f"{p}_log_tails"] = pa.list_(pa.list_(pa.float16(), 2))
+        expected[f"{p}_gold_logprob"] = pa.list_(pa.float16())
+        exact[f"{p}_topk_counts"] = pa.list_(pa.uint32())
+        exact[f"{p}_topk_ids"] = pa.list_(pa.int32())
+        exact[f"{p}_topk_values"] = pa.list_(pa.float32())
+        exact[f"{p}_log_tails"] = pa.list_(pa.list_(pa.float32(), 2))
+        exact[f"{p}_gold_logprob"] = pa.list_(pa.float32())
+    _check_schema(shared_schema(num_temperatures=2, passes=["compdemo", "plain"]), expected)
+    _check_schema(shared_schema(encoding="float32", num_temperatures=2, passes=["compdemo", "plain"]), exact)
+    with pytest.raises(SchemaError, match="unknown sparse-target encoding 'int8'"):
+        shared_schema(encoding="int8", num_temperatures=2, passes=["plain"])
+
+
+def test_v1_shared_schema_is_kept_for_reading():
+    expected = dict(_COMMON_TYPES)
+    for p in ("plain", "compdemo"):
+        expected[f"{p}_topk_ids"] = pa.list_(pa.list_(pa.int32(), 64))
+        expected[f"{p}_topk_values"] = pa.list_(pa.list_(pa.float16(), 64))
+        expected[f"{p}_log_partitions"] = pa.list_(pa.list_(pa.float32(), 2))
+        expected[f"{p}_gold_logprob"] = pa.list_(pa.float32())
+    _check_schema(shared_schema_v1(k=64, value_dtype="float16", num_temperatures=2, passes=["compdemo", "plain"]),
+                  expected)
+    assert format_test_spec("shared", format_version=1).manifest().arrow_schema().equals(
+        shared_schema_v1(k=8, value_dtype="float16", num_temperatures=2, passes=["plain", "compdemo"]))
 
 
 def test_cross_schema_columns_and_types():
@@ -91,23 +122,25 @@ def test_cross_schema_columns_and_types():
 
 
 def test_table_from_rows_matches_python_lists():
-    rows = strip(shared_rows(5, seed=1, k=4))
-    schema = shared_schema(k=4, value_dtype="float16", num_temperatures=2, passes=["plain", "compdemo"])
+    spec = format_test_spec("shared", k=4)
+    rows = strip(shared_rows(5, seed=1, spec=spec))
+    schema = spec.manifest().arrow_schema()
     table = table_from_rows(rows, schema)
     assert table.schema.equals(schema)
     # Independent expectation: pyarrow's own conversion of nested Python lists.
-    for name in ("input_ids", "maskable", "plain_topk_ids", "compdemo_log_partitions", "sample_id", "t"):
+    for name in ("input_ids", "maskable", "plain_topk_codes", "compdemo_log_tails", "sample_id", "t"):
         python = [r[name].tolist() if isinstance(r[name], np.ndarray) else r[name] for r in rows]
         reference = pa.array(python, type=schema.field(name).type)
         assert table.column(name).combine_chunks().equals(reference), name
 
 
 def test_table_from_rows_rejects_bad_rows():
-    schema = shared_schema(k=4, value_dtype="float32", num_temperatures=2, passes=["plain"])
-    rows = strip(shared_rows(2, seed=2, k=4, value_dtype="float32", passes=("plain",)))
+    spec = format_test_spec("shared", k=4, passes=("plain",))
+    schema = spec.manifest().arrow_schema()
+    rows = strip(shared_rows(2, seed=2, spec=spec))
     wrong_width = [dict(rows[0]), rows[1]]
-    wrong_width[0]["plain_topk_ids"] = np.zeros((3, 5), np.int32)
-    with pytest.raises(RowError, match=r"row 0: column 'plain_topk_ids' needs a 2-D array of shape \(n, 4\)"):
+    wrong_width[0]["plain_log_tails"] = np.zeros((3, 5), np.float16)
+    with pytest.raises(RowError, match=r"row 0: column 'plain_log_tails' needs a 2-D array of shape \(n, 2\)"):
         table_from_rows(wrong_width, schema)
     missing = [{k: v for k, v in rows[0].items() if k != "t"}]
     with pytest.raises(RowError, match=r"row 0: keys do not match the schema: missing \['t'\]"):
@@ -133,10 +166,22 @@ def _check_ragged(ragged: Ragged, expected: list[np.ndarray]) -> None:
         np.testing.assert_array_equal(ragged.row(i).numpy(), np.asarray(value))
 
 
-@pytest.mark.parametrize("value_dtype", ["float16", "float32"])
-def test_shared_round_trip_through_torch_reader(tmp_path, value_dtype):
-    rows = shared_rows(14, seed=11, value_dtype=value_dtype)
-    write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=6, row_group_rows=4, value_dtype=value_dtype))
+SPECS = {
+    "rank24-delta8": {"encoding": "rank24-delta8"},
+    "float32": {"encoding": "float32"},
+    "v1 float16": {"format_version": 1, "value_dtype": "float16"},
+    "v1 float32": {"format_version": 1, "value_dtype": "float32"},
+}
+# Largest error of a decoded probability: the 1/8-nat value step (≤ 1/16 nat on a logit at T = 1) and the
+# float16 log tail; exact storage and v1 float32 round only in fp32; v1 float16 values round to 2^-11.
+PROBABILITY_TOLERANCE = {"rank24-delta8": 0.04, "float32": 1e-5, "v1 float16": 5e-3, "v1 float32": 1e-5}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_shared_round_trip_through_torch_reader(tmp_path, name):
+    spec = format_test_spec("shared", rows_per_shard=6, row_group_rows=4, **SPECS[name])
+    rows = shared_rows(14, seed=11, spec=spec)
+    write_cache_rows(tmp_path, rows, spec)
     reader = CacheReader(tmp_path)
     assert reader.num_rows == 14 and len(reader) == 14
     # 3 shards of 6, 6, 2 rows; row groups of at most 4 rows.
@@ -147,6 +192,7 @@ def test_shared_round_trip_through_torch_reader(tmp_path, value_dtype):
         (1, 1, 2, 10),
         (2, 0, 2, 12),
     ]
+    codec = codec_for(reader.manifest)
     seen = 0
     for unit, batch in zip(reader.units, reader.iter_torch(), strict=True):
         part = rows[unit.first_row : unit.first_row + unit.rows]
@@ -154,36 +200,25 @@ def test_shared_round_trip_through_torch_reader(tmp_path, value_dtype):
         assert batch["t"].dtype == torch.float64
         np.testing.assert_array_equal(batch["t"].numpy(), [r["t"] for r in part])
         np.testing.assert_array_equal(batch["sample_key"].numpy(), [r["sample_key"] for r in part])
-        for name in ("input_ids", "maskable", "masked_positions", "target_positions", "compdemo_group"):
-            _check_ragged(batch[name], [r[name] for r in part])
+        for column in ("input_ids", "maskable", "masked_positions", "target_positions", "compdemo_group",
+                       *codec.columns("plain"), *codec.columns("compdemo")):
+            _check_ragged(batch[column], [r[column] for r in part])
         assert batch["maskable"].values.dtype == torch.bool
-        values = batch["plain_topk_values"]
-        assert values.values.dtype == getattr(torch, value_dtype)
-        assert values.values.shape[1] == 8  # fixed-size lists arrive as 2-D (n, k)
-        for name in (
-            "plain_topk_ids",
-            "plain_topk_values",
-            "compdemo_log_partitions",
-            "compdemo_gold_logprob",
-        ):
-            _check_ragged(batch[name], [r[name] for r in part])
         seen += unit.rows
     assert seen == 14
 
     # Decoded probabilities equal an independent softmax of the full logits at the stored ids.
-    table = reader.read_row_group(0, columns=["plain_topk_ids", "plain_topk_values", "plain_log_partitions"])
-    tensors = table_to_torch(table)
-    for i in range(table.num_rows):
-        ids = tensors["plain_topk_ids"].row(i).numpy()
-        values = tensors["plain_topk_values"].row(i).double()
-        log_z = tensors["plain_log_partitions"].row(i).double()
+    table = reader.read_row_group(0, columns=codec.columns("plain"))
+    for i, stored in enumerate(table.to_pylist()):
+        decoded = codec.decode({c: np.asarray(stored[c]).reshape(-1) for c in codec.columns("plain")}, "plain")
         logits = rows[i]["_logits_plain"]
         for j, temperature in enumerate(TEMPERATURES):
-            decoded = torch.exp(values / temperature - log_z[:, j : j + 1]).numpy()
             expected = np.exp(logits / temperature - logsumexp(logits / temperature)[:, None])
-            expected = np.take_along_axis(expected, ids.astype(np.int64), axis=1)
-            tolerance = 5e-3 if value_dtype == "float16" else 1e-5
-            np.testing.assert_allclose(decoded, expected, atol=tolerance)
+            item = np.repeat(np.arange(decoded.counts.shape[0]), decoded.counts)
+            scaled = decoded.values.astype(np.float64) / temperature
+            within = np.exp(scaled - np.log(np.bincount(item, weights=np.exp(scaled)))[item])
+            probs = -np.expm1(decoded.log_tails[item, j].astype(np.float64)) * within
+            np.testing.assert_allclose(probs, expected[item, decoded.ids], atol=PROBABILITY_TOLERANCE[name])
 
 
 def test_cross_round_trip_through_torch_reader(tmp_path):
@@ -212,23 +247,35 @@ def test_cross_round_trip_through_torch_reader(tmp_path):
     assert [int(x.sum()) for x in frame["chunk_masked"]] == [int(r["chunk_masked"].sum()) for r in rows]
 
 
-def test_pandas_reads_a_shard_and_decodes_probabilities(tmp_path):
-    rows = shared_rows(6, seed=8, k=8)
-    manifest = write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=6))
+def test_pandas_reads_a_shard_and_decodes_it_as_documented(tmp_path):
+    """The numpy decoding of docs/cache-format.md (words → ranks → ids, 8-bit value steps, tails) applied to a
+    pandas frame gives the teacher's probabilities of the full logits at the stored ids."""
+    spec = format_test_spec("shared", rows_per_shard=6)
+    rows = shared_rows(6, seed=8, spec=spec)
+    manifest = write_cache_rows(tmp_path, rows, spec)
     frame = pd.read_parquet(tmp_path / manifest.shards[0].file)
     assert list(frame.columns) == manifest.arrow_schema().names
     assert list(frame["sample_id"]) == [r["sample_id"] for r in rows]
+    encoding = manifest.targets.sparse.encoding
+    listed = np.array(encoding.id_table, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(manifest.teacher.shared_vocab_size), listed)
+    id_of_rank = np.concatenate([listed, rest])
     for i, row in enumerate(rows):
         np.testing.assert_array_equal(frame["input_ids"][i], row["input_ids"])
-        ids = np.stack(frame["plain_topk_ids"][i])  # (n_targets, k)
-        values = np.stack(frame["plain_topk_values"][i]).astype(np.float64)
-        log_z = np.stack(frame["plain_log_partitions"][i])[:, 0:1]
-        probs = np.exp(values - log_z)
+        counts = frame["plain_topk_counts"][i].astype(np.int64)
+        words = frame["plain_topk_codes"][i].astype(np.uint32)
+        ids = id_of_rank[words >> 8]
+        steps = (words & 0xFF).astype(np.int64)
+        starts = np.cumsum(counts) - counts
+        running = np.cumsum(steps)
+        values = -encoding.value_step * (running - np.repeat(running[starts] - steps[starts], counts))
+        tails = np.stack(frame["plain_log_tails"][i]).astype(np.float64)  # (n_targets, n_T)
+        item = np.repeat(np.arange(len(counts)), counts)
+        within = np.exp(values) / np.bincount(item, weights=np.exp(values))[item]
+        probs = (1 - np.exp(tails[item, 0])) * within  # T = 1
         logits = row["_logits_plain"]
         reference = np.exp(logits - logsumexp(logits)[:, None])
-        np.testing.assert_allclose(
-            probs, np.take_along_axis(reference, ids.astype(np.int64), axis=1), atol=5e-3
-        )
+        np.testing.assert_allclose(probs, reference[item, ids], atol=0.04)
 
 
 def test_pad_ragged_matches_a_python_loop():
@@ -254,12 +301,13 @@ def test_pad_ragged_matches_a_python_loop():
 
 
 def test_table_to_torch_respects_sliced_tables(tmp_path):
-    rows = strip(shared_rows(5, seed=9, k=4))
-    schema = shared_schema(k=4, value_dtype="float16", num_temperatures=2, passes=["plain", "compdemo"])
-    table = table_from_rows(rows, schema).slice(2, 2)
-    tensors = table_to_torch(table, columns=["input_ids", "plain_topk_ids"])
+    spec = format_test_spec("shared", k=4)
+    rows = strip(shared_rows(5, seed=9, spec=spec))
+    table = table_from_rows(rows, spec.manifest().arrow_schema()).slice(2, 2)
+    tensors = table_to_torch(table, columns=["input_ids", "plain_topk_codes", "plain_log_tails"])
     _check_ragged(tensors["input_ids"], [rows[2]["input_ids"], rows[3]["input_ids"]])
-    _check_ragged(tensors["plain_topk_ids"], [rows[2]["plain_topk_ids"], rows[3]["plain_topk_ids"]])
+    _check_ragged(tensors["plain_topk_codes"], [rows[2]["plain_topk_codes"], rows[3]["plain_topk_codes"]])
+    _check_ragged(tensors["plain_log_tails"], [rows[2]["plain_log_tails"], rows[3]["plain_log_tails"]])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,22 +401,52 @@ def test_manifest_round_trip_and_unknown_version(tmp_path):
     manifest = format_test_spec("shared", k=16).manifest()
     manifest.save(tmp_path)
     text = json.loads((tmp_path / "manifest.json").read_text())
-    assert text["format"] == "tide-cache" and text["format_version"] == 1
+    assert text["format"] == "tide-cache" and text["format_version"] == 2
     assert text["targets"] == {
         "passes": ["plain", "compdemo"],
-        "value_dtype": "float16",
         "temperatures": [1.0, 2.0],
-        "k": 16,
+        "sparse": {"k_policy": {"kind": "mass", "ceiling": 16, "mass": 0.9, "temperature": 1.0, "floor": 2},
+                   "encoding": {"name": "rank24-delta8", "value_step": 0.125, "id_table": [7, 3, 250, 11, 0]}},
     }
     assert Manifest.load(tmp_path) == manifest
     text["format_version"] = 7
     (tmp_path / "manifest.json").write_text(json.dumps(text))
-    with pytest.raises(UnknownFormatVersionError, match=r"format_version 7 is not supported .*supported: 1"):
+    with pytest.raises(UnknownFormatVersionError, match=r"format_version 7 is not supported .*supported: 1, 2"):
         Manifest.load(tmp_path)
-    text["format_version"] = 1
+    text["format_version"] = 2
     del text["noise"]["seed"]
     (tmp_path / "manifest.json").write_text(json.dumps(text))
     with pytest.raises(ManifestError, match=r"'noise' lacks required keys \['seed'\]"):
+        Manifest.load(tmp_path)
+
+
+def test_v1_manifest_still_loads(tmp_path):
+    manifest = format_test_spec("shared", k=16, format_version=1).manifest()
+    manifest.save(tmp_path)
+    text = json.loads((tmp_path / "manifest.json").read_text())
+    assert text["format_version"] == 1
+    assert text["targets"] == {"passes": ["plain", "compdemo"], "temperatures": [1.0, 2.0], "value_dtype": "float16",
+                               "k": 16}
+    loaded = Manifest.load(tmp_path)
+    assert loaded == manifest and loaded.targets.width == 16
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t["sparse"]["k_policy"].update(floor=40), "floor 40 exceeds ceiling 16"),
+    (lambda t: t["sparse"]["k_policy"].update(kind="fixed"), "a fixed policy has no"),
+    (lambda t: t["sparse"]["k_policy"].update(mass=1.5), r"k_policy.mass' must lie in \(0, 1\]"),
+    (lambda t: t["sparse"]["encoding"].update(name="int4"), "encoding.name' must be one of"),
+    (lambda t: t["sparse"]["encoding"].update(id_table=[1, 1]), "lists an id twice"),
+    (lambda t: t["sparse"]["encoding"].update(id_table=[280]), "holds ids outside"),
+    (lambda t: t.update(k=16), "belongs to format 1"),
+    (lambda t: t.pop("sparse"), "'targets.sparse' is required for pipeline 'shared'"),
+])
+def test_manifest_refuses_bad_sparse_sections(tmp_path, change, message):
+    format_test_spec("shared", k=16).manifest().save(tmp_path)
+    text = json.loads((tmp_path / "manifest.json").read_text())
+    change(text["targets"])
+    (tmp_path / "manifest.json").write_text(json.dumps(text))
+    with pytest.raises(ManifestError, match=message):
         Manifest.load(tmp_path)
 
 

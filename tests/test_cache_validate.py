@@ -100,19 +100,19 @@ def test_unknown_format_version_is_reported(cross_cache):
     directory, _ = cross_cache
     path = directory / "manifest.json"
     data = json.loads(path.read_text())
-    data["format_version"] = 2
+    data["format_version"] = 3
     path.write_text(json.dumps(data))
     problems = validate_cache(directory)
     assert len(problems) == 1
-    assert "format_version 2 is not supported by this library (supported: 1)" in str(problems[0])
+    assert "format_version 3 is not supported by this library (supported: 1, 2)" in str(problems[0])
 
 
 def test_out_of_vocabulary_id_is_reported_with_shard_row_and_field(tmp_path):
     rows = shared_rows(8, seed=5)
     rows[6]["input_ids"] = rows[6]["input_ids"].copy()
     rows[6]["input_ids"][2] = STUDENT_VOCAB + 7
-    rows[3]["plain_topk_ids"] = rows[3]["plain_topk_ids"].copy()
-    rows[3]["plain_topk_ids"][0, 5] = SHARED_VOCAB
+    rows[3]["plain_topk_codes"] = rows[3]["plain_topk_codes"].copy()
+    rows[3]["plain_topk_codes"][1] = (SHARED_VOCAB << 8) | (rows[3]["plain_topk_codes"][1] & 0xFF)
     manifest = write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=4))
     messages = _messages(validate_cache(tmp_path))
     assert (
@@ -120,30 +120,62 @@ def test_out_of_vocabulary_id_is_reported_with_shard_row_and_field(tmp_path):
         f"(item 2 holds {STUDENT_VOCAB + 7}, student.vocab_size is {STUDENT_VOCAB})"
     ) in messages
     assert (
-        f"{manifest.shards[0].file}: row 3: field plain_topk_ids: values outside [0, teacher.shared_vocab_size) "
-        f"(item 0 holds {SHARED_VOCAB}, teacher.shared_vocab_size is {SHARED_VOCAB})"
+        f"{manifest.shards[0].file}: row 3: field plain_topk_codes: ranks outside [0, teacher.shared_vocab_size="
+        f"{SHARED_VOCAB}) (found {SHARED_VOCAB})"
     ) in messages
     assert len(messages) == 2
 
 
 def test_content_invariants_shared(tmp_path):
-    rows = shared_rows(6, seed=6)
-    # Row 0: a target position beyond the sequence. Row 1: unsorted top-k values.
-    # Row 2: top-k values raised so the mass exceeds 1. Row 3: t = 0. Row 4: maskable one short.
+    rows = shared_rows(7, seed=6)
+    # Row 0: a target position beyond the sequence. Row 1: a first value step that is not 0. Row 2: one entry
+    # more than the k ceiling. Row 3: t = 0. Row 4: maskable one short. Row 5: a log tail that falls with T.
+    # Row 6: below the ceiling, yet the stored mass misses the policy's 0.9.
     rows[0]["target_positions"] = rows[0]["target_positions"].copy()
     rows[0]["target_positions"][-1] = len(rows[0]["input_ids"]) + 3
-    rows[1]["plain_topk_values"] = rows[1]["plain_topk_values"][:, ::-1].copy()
-    rows[2]["compdemo_topk_values"] = np.zeros_like(rows[2]["compdemo_topk_values"])
+    rows[1]["plain_topk_codes"] = rows[1]["plain_topk_codes"].copy()
+    rows[1]["plain_topk_codes"][0] |= 3
+    counts, codes = rows[2]["compdemo_topk_counts"].copy(), rows[2]["compdemo_topk_codes"]
+    extra = 8 + 1 - int(counts[0])
+    counts[0] += extra
+    rows[2]["compdemo_topk_counts"] = counts
+    rows[2]["compdemo_topk_codes"] = np.concatenate([codes[:1], np.full(extra, codes[0] | 1, np.uint32), codes[1:]])
     rows[3]["t"] = 0.0
     rows[4]["maskable"] = rows[4]["maskable"][:-1]
-    write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=6))
+    rows[5]["plain_log_tails"] = rows[5]["plain_log_tails"][:, ::-1].copy()
+    short = int(np.flatnonzero(rows[6]["plain_topk_counts"] < 8)[0])
+    rows[6]["plain_log_tails"] = rows[6]["plain_log_tails"].copy()
+    rows[6]["plain_log_tails"][short] = [np.log(0.5), np.log(0.6)]
+    write_cache_rows(tmp_path, rows, format_test_spec("shared", rows_per_shard=7))
     found = {(p.row, p.field) for p in validate_cache(tmp_path)}
     assert (0, "target_positions") in found
-    assert (1, "plain_topk_values") in found
-    assert (2, "compdemo_log_partitions") in found  # the probability-mass check
+    assert (1, "plain_topk_codes") in found
+    assert (2, "compdemo_topk_counts") in found
     assert (3, "t") in found
     assert (4, "maskable") in found
-    assert {row for row, _ in found} == {0, 1, 2, 3, 4}
+    assert (5, "plain_log_tails") in found
+    assert (6, "plain_log_tails") in found
+    assert {row for row, _ in found} == {0, 1, 2, 3, 4, 5, 6}
+
+
+def test_content_invariants_of_exact_and_v1_caches(tmp_path):
+    """Unsorted values are caught in the float32 encoding and in v1 (whose mass check stays)."""
+    for name, spec in (("float32", format_test_spec("shared", encoding="float32", rows_per_shard=3)),
+                       ("v1", format_test_spec("shared", format_version=1, rows_per_shard=3))):
+        rows = shared_rows(3, seed=9, spec=spec)
+        if name == "float32":
+            rows[1]["plain_topk_values"] = rows[1]["plain_topk_values"][::-1].copy()
+            rows[2]["plain_topk_ids"] = rows[2]["plain_topk_ids"].copy()
+            rows[2]["plain_topk_ids"][1] = rows[2]["plain_topk_ids"][0]
+            expected = {(1, "plain_topk_values"), (2, "plain_topk_ids")}
+        else:
+            rows[1]["plain_topk_values"] = rows[1]["plain_topk_values"][:, ::-1].copy()
+            rows[2]["compdemo_topk_values"] = np.zeros_like(rows[2]["compdemo_topk_values"])
+            expected = {(1, "plain_topk_values"), (2, "compdemo_log_partitions")}
+        write_cache_rows(tmp_path / name, rows, spec)
+        found = {(p.row, p.field) for p in validate_cache(tmp_path / name)}
+        assert expected <= found, name
+        assert {row for row, _ in found} == {1, 2}, name
 
 
 def test_content_invariants_cross(tmp_path):
@@ -204,7 +236,9 @@ def test_inspect_command_prints_summary_and_rows(shared_cache, capsys):
     for entry in manifest.shards:
         assert entry.file in out
     assert "[data/shard-00000-of-00003.parquet row 0] synthetic:0 replica 0" in out
-    assert "plain    top ids:p [" in out and "compdemo top ids:p [" in out
+    assert "plain    k=" in out and "compdemo k=" in out and "top ids:p [" in out
+    assert "encoding rank24-delta8, id table 5 ids, value step 0.125" in out
+    assert "pass plain" in out and "bytes per target item" in out
 
 
 def test_module_entry_point_runs_without_torch(cross_cache):

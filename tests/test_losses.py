@@ -13,6 +13,7 @@ from tide.losses import (
     CEInputs,
     ChunkInputs,
     LossOptions,
+    TidalSchedule,
     VocabInputs,
     calm_loss,
     calm_terms,
@@ -24,13 +25,11 @@ from tide.losses import (
     midrange_weight,
     parse_mode,
     required_targets,
-    reverse_calm_terms,
     reverse_kl_loss,
     tidal_calm_loss,
-    tidal_lambda,
     tidal_loss,
 )
-from tide.targets import reconstruct_log_probs, sparse_targets
+from tide.targets import KPolicy, SparseTargets, TailReconstruction, sparse_targets
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +42,13 @@ def _rand(*shape: int, seed: int, scale: float = 3.0) -> torch.Tensor:
     return torch.randn(*shape, generator=g) * scale
 
 
-def _teacher(teacher_logits: torch.Tensor, k: int):
+TAILS = ("student", "uniform", "mixture")
+
+
+def _teacher(teacher_logits: torch.Tensor, k: int, policy: KPolicy | None = None) -> SparseTargets:
     n, vocab = teacher_logits.shape
-    return sparse_targets(teacher_logits, torch.zeros(n, dtype=torch.long), k=k, shared_vocab_size=vocab, temperatures=TEMPS)
+    return sparse_targets(teacher_logits, torch.zeros(n, dtype=torch.long), k=k, shared_vocab_size=vocab,
+                          temperatures=TEMPS, policy=policy)
 
 
 def _value_and_grad(fn, logits: torch.Tensor, dtype: torch.dtype):
@@ -126,38 +129,32 @@ def test_ce_rejects_bad_inputs():
         ce_terms(torch.zeros(5), torch.tensor([0]), 0.5)
 
 
-# --- vocabulary losses at k = V --------------------------------------------------------------------------------
+# --- vocabulary losses at k = V: every reconstruction is the full-vocabulary formula -------------------------
 
 
+@pytest.mark.parametrize("tail", TAILS)
 @pytest.mark.parametrize("temp", [1.0, 2.0])
-def test_kl_and_reverse_kl_full_k(temp):
+def test_kl_and_reverse_kl_full_k(temp, tail):
     z_s, z_t = _rand(6, 40, seed=2), _rand(6, 40, seed=3)
     st = _teacher(z_t, k=40)
-    lp = st.log_partition_at(temp)
-    _check(
-        lambda z: kl_loss(z, st.topk_ids, st.topk_values, lp, temperature=temp),
-        lambda z: ref_kl(z, z_t, temp),
-        z_s,
-    )
-    _check(
-        lambda z: reverse_kl_loss(z, st.topk_ids, st.topk_values, lp, temperature=temp),
-        lambda z: ref_reverse_kl(z, z_t, temp),
-        z_s,
-    )
+    reconstruction = TailReconstruction(tail)
+    _check(lambda z: kl_loss(z, st, temperature=temp, tail=reconstruction), lambda z: ref_kl(z, z_t, temp), z_s)
+    _check(lambda z: reverse_kl_loss(z, st, temperature=temp, tail=reconstruction),
+           lambda z: ref_reverse_kl(z, z_t, temp), z_s)
 
 
+@pytest.mark.parametrize("tail", TAILS)
 @pytest.mark.parametrize("axis", ["both", "training_only", "timestep_only"])
 @pytest.mark.parametrize("weighting", ["midrange", "uniform"])
-def test_tidal_full_k(axis, weighting):
+def test_tidal_full_k(axis, weighting, tail):
     z_s, z_t = _rand(6, 40, seed=4), _rand(6, 40, seed=5)
     t = torch.tensor([0.05, 0.3, 0.45, 0.5, 0.7, 0.99])
     st = _teacher(z_t, k=40)
     temp, progress = 2.0, 0.3
+    schedule = TidalSchedule(axis=axis, weighting=weighting)
     _check(
-        lambda z: tidal_loss(
-            z, st.topk_ids, st.topk_values, st.log_partition_at(temp), t,
-            temperature=temp, progress=progress, axis=axis, weighting=weighting,
-        ),
+        lambda z: tidal_loss(z, st, t, temperature=temp, progress=progress, schedule=schedule,
+                             tail=TailReconstruction(tail)),
         lambda z: ref_tidal(z, z_t, t, temp, progress, axis=axis, weighting=weighting),
         z_s,
     )
@@ -165,23 +162,44 @@ def test_tidal_full_k(axis, weighting):
 
 def test_tidal_with_lambda_zero_is_zero_and_lambda_one_is_kl():
     z_s, z_t = _rand(4, 20, seed=6), _rand(4, 20, seed=7)
-    st = _teacher(z_t, k=20)
-    lp = st.log_partition_at(2.0)
     t = torch.full((4,), 0.5)
-    zero = tidal_loss(z_s, st.topk_ids, st.topk_values, lp, t, temperature=2.0, progress=0.0, lambda0=0.0,
-                      lambda_max=0.0, axis="training_only")
-    assert float(zero) == pytest.approx(0.0, abs=1e-6)
-    full = tidal_loss(z_s, st.topk_ids, st.topk_values, lp, t, temperature=2.0, progress=1.0, lambda_max=1.0,
-                      axis="training_only", weighting="uniform")
-    torch.testing.assert_close(full, kl_loss(z_s, st.topk_ids, st.topk_values, lp, temperature=2.0), **TOL)
+    for st in (_teacher(z_t, k=20), _teacher(z_t, k=5)):
+        zero = tidal_loss(z_s, st, t, temperature=2.0, progress=0.0,
+                          schedule=TidalSchedule(lambda0=0.0, lambda_max=0.0, axis="training_only"))
+        assert float(zero) == pytest.approx(0.0, abs=1e-6)
+        full = tidal_loss(z_s, st, t, temperature=2.0, progress=1.0,
+                          schedule=TidalSchedule(lambda_max=1.0, axis="training_only", weighting="uniform"))
+        torch.testing.assert_close(full, kl_loss(z_s, st, temperature=2.0), **TOL)
 
 
-# --- vocabulary losses at k < V: same reconstructed teacher, written as a full (N, V) vector -----------------
+# --- vocabulary losses at k < V: the same reconstructed teacher, written as a full (N, V) vector -----------------
 
 
-def _reconstructed_refs(z_s, st, k_vocab, temp, t, progress):
-    log_p = reconstruct_log_probs(st.topk_ids, st.topk_values, st.log_partition_at(temp), temp, k_vocab).double()
-    p = log_p.exp()
+def _reconstruction(z_s: torch.Tensor, st: SparseTargets, temp: float, tail: str, share: float = 0.1) -> torch.Tensor:
+    """The reconstructed teacher (N, V), fp64, written from its definition: exact stored probabilities, τ shared
+    off the stored ids like the (constant) student, uniformly, or both; the student treated as a constant."""
+    q = torch.softmax(z_s.detach().double() / temp, -1)
+    column = st.temperatures.index(temp)
+    valid = st.valid()
+    scaled = torch.where(valid, st.topk_values.double() / temp, torch.full_like(st.topk_values.double(), -math.inf))
+    tau = st.log_tails[:, column].double().exp()
+    stored = (1 - tau)[:, None] * torch.softmax(scaled, -1)
+    off = torch.ones_like(q, dtype=torch.bool)
+    for i in range(q.shape[0]):
+        off[i, st.topk_ids[i, : int(st.counts[i])].long()] = False
+    shaped = q * off / (q * off).sum(-1, keepdim=True)
+    flat = off / off.sum(-1, keepdim=True)
+    share_of = {"student": 0.0, "uniform": 1.0, "mixture": share}[tail]
+    p = tau[:, None] * ((1 - share_of) * shaped + share_of * flat)
+    for i in range(q.shape[0]):
+        count = int(st.counts[i])
+        p[i, st.topk_ids[i, :count].long()] = stored[i, :count]
+    return p
+
+
+def _reconstructed_refs(z_s, st, temp, t, progress, tail):
+    p = _reconstruction(z_s, st, temp, tail)
+    log_p = p.log()
     log_q = torch.log_softmax(z_s / temp, -1)
     q = log_q.exp()
     kl = temp**2 * (torch.where(p > 0, p * (log_p - log_q), 0)).sum(-1).mean()
@@ -193,30 +211,51 @@ def _reconstructed_refs(z_s, st, k_vocab, temp, t, progress):
     return {"kl": kl, "reverse_kl": rkl, "tidal": tidal}
 
 
-def test_partial_k_equals_explicit_reconstruction_and_reports_error():
-    vocab, k, temp, progress = 60, 8, 2.0, 0.4
+@pytest.mark.parametrize("tail", TAILS)
+def test_ragged_k_equals_the_explicit_reconstruction(tail):
+    """Every loss under every tail, ragged k from a mass policy, against the formulas on the full reconstructed
+    teacher (values and gradients); the student-shaped forms' gradients are those of a constant target."""
+    vocab, temp, progress = 60, 2.0, 0.4
     z_s, z_t = _rand(5, vocab, seed=8), _rand(5, vocab, seed=9)
     t = torch.tensor([0.1, 0.4, 0.5, 0.6, 0.95])
-    st = _teacher(z_t, k=k)
-    inputs = VocabInputs(z_s, st.topk_ids, st.topk_values, st.log_partitions, st.temperatures, t)
-    options = LossOptions(temperature=temp, progress=progress)
+    st = _teacher(z_t, k=12, policy=KPolicy(kind="mass", ceiling=12, mass=0.6, temperature=1.0, floor=2))
+    assert len(set(st.counts.tolist())) > 1
+    options = LossOptions(temperature=temp, progress=progress, tail=tail)
     for name in ("kl", "reverse_kl", "tidal"):
-        _check(
-            lambda z, name=name: LOSSES[name](VocabInputs(z, *[getattr(inputs, f) for f in (
-                "teacher_ids", "teacher_values", "teacher_log_partitions", "temperatures", "t")]), options),
-            lambda z, name=name: _reconstructed_refs(z, st, vocab, temp, t, progress)[name],
-            z_s,
-        )
+        _check(lambda z, name=name: LOSSES[name](VocabInputs(z, st, t), options),
+               lambda z, name=name: _reconstructed_refs(z, st, temp, t, progress, tail)[name], z_s)
         exact = {"kl": ref_kl, "reverse_kl": ref_reverse_kl}.get(name)
         exact_value = exact(z_s.double(), z_t, temp) if exact else ref_tidal(z_s.double(), z_t, t, temp, progress)
-        approx = LOSSES[name](inputs, options)
-        logger.info("k=%d of V=%d, %s: top-k loss %.6f, exact %.6f, abs error %.2e", k, vocab, name,
-                    float(approx), float(exact_value), abs(float(approx) - float(exact_value)))
+        approx = LOSSES[name](VocabInputs(z_s, st, t), options)
+        logger.info("ragged k (mean %.1f) of V=%d, %s tail, %s: cache loss %.6f, exact %.6f", st.counts.float().mean(),
+                    vocab, tail, name, float(approx), float(exact_value))
+
+
+@pytest.mark.parametrize("tail", TAILS)
+def test_ragged_k_gives_the_same_losses_as_each_position_alone(tail):
+    """Rows of different k padded together give what each row gives with its own width (value and gradient)."""
+    vocab, temp = 50, 2.0
+    z_s, z_t = _rand(6, vocab, seed=20), _rand(6, vocab, seed=21)
+    t = torch.tensor([0.2, 0.35, 0.5, 0.6, 0.7, 0.9])
+    st = _teacher(z_t, k=10, policy=KPolicy(kind="mass", ceiling=10, mass=0.7, temperature=1.0, floor=1))
+    assert len(set(st.counts.tolist())) > 2
+    options = LossOptions(temperature=temp, progress=0.5, tail=tail)
+    for name in ("kl", "reverse_kl", "tidal"):
+        def per_row(z, name=name):
+            parts = [LOSSES[name](VocabInputs(z[i:i + 1], _teacher(z_t[i:i + 1], k=int(st.counts[i])), t[i:i + 1]),
+                                  options) for i in range(6)]
+            return torch.stack(parts).mean()
+
+        v_padded, g_padded = _value_and_grad(lambda z, name=name: LOSSES[name](VocabInputs(z, st, t), options), z_s,
+                                             torch.float32)
+        v_rows, g_rows = _value_and_grad(per_row, z_s, torch.float32)
+        torch.testing.assert_close(v_padded, v_rows, **TOL)
+        torch.testing.assert_close(g_padded, g_rows, **TOL)
 
 
 @pytest.mark.slow
 def test_partial_k_error_at_full_shared_vocabulary(caplog):
-    """Measured, not asserted: top-k error against the exact loss at the real shared width (N = 2)."""
+    """Measured, not asserted: sparse-target error against the exact loss at the real shared width (N = 2)."""
     vocab, temp = 151_646, 2.0
     # A peaked teacher (bulk N(0, 1.5²), a few tokens far above it) and a student close to it.
     z_t = _rand(2, vocab, seed=11, scale=1.5)
@@ -230,48 +269,64 @@ def test_partial_k_error_at_full_shared_vocabulary(caplog):
         "reverse_kl": float(ref_reverse_kl(z_s.double(), z_t, temp)),
         "tidal": float(ref_tidal(z_s.double(), z_t, t, temp, 0.5)),
     }
-    options = LossOptions(temperature=temp, progress=0.5)
     with caplog.at_level(logging.INFO):
         for k in (16, 256, 4096):
             st = _teacher(z_t, k=k)
-            inputs = VocabInputs(z_s, st.topk_ids, st.topk_values, st.log_partitions, st.temperatures, t)
-            tail = float(torch.exp(torch.logsumexp(st.topk_values / temp, -1) - st.log_partition_at(temp)).mean())
-            for name, value in exact.items():
-                approx = float(LOSSES[name](inputs, options))
-                assert math.isfinite(approx)
-                logger.info("V=%d k=%d (teacher top-k mass at T=%g: %.4f) %s: top-k %.6f exact %.6f rel error %.2e",
-                            vocab, k, temp, tail, name, approx, value, abs(approx - value) / abs(value))
+            tail = float(st.log_tails[:, 1].exp().mean())
+            for kind in TAILS:
+                options = LossOptions(temperature=temp, progress=0.5, tail=kind)
+                for name, value in exact.items():
+                    approx = float(LOSSES[name](VocabInputs(z_s, st, t), options))
+                    assert math.isfinite(approx)
+                    logger.info("V=%d k=%d (teacher tail at T=%g: %.4f) %s tail %s: cache %.6f exact %.6f "
+                                "rel error %.2e", vocab, k, temp, tail, kind, name, approx, value,
+                                abs(approx - value) / abs(value))
 
 
-def test_vocab_losses_survive_a_zero_tail():
-    ids = torch.tensor([[0, 1]])
-    values = torch.tensor([[0.0, -1.0]])
-    lp = torch.logsumexp(values, -1)  # teacher tail rounds to exactly 0 with k < V
-    z = _rand(1, 6, seed=12).requires_grad_(True)
-    for loss in (
-        kl_loss(z, ids, values, lp, temperature=1.0),
-        reverse_kl_loss(z, ids, values, lp, temperature=1.0),
-        tidal_loss(z, ids, values, lp, 0.5, temperature=1.0, progress=0.5),
-    ):
-        (grad,) = torch.autograd.grad(loss, z)
-        assert torch.isfinite(loss) and torch.isfinite(grad).all()
+def test_vocab_losses_survive_a_zero_tail_and_a_confident_student():
+    st = SparseTargets(topk_ids=torch.tensor([[0, 1]]), topk_values=torch.tensor([[0.0, -1.0]]),
+                       counts=torch.tensor([2]), log_tails=torch.tensor([[-math.inf]]), temperatures=(1.0,))
+    confident = torch.tensor([[60.0, 0.0, -50.0, -50.0, -60.0, -70.0]])  # student mass off the ids ≈ 1e-48
+    for z0 in (_rand(1, 6, seed=12), confident):
+        z = z0.clone().requires_grad_(True)
+        for tail in TAILS:
+            reconstruction = TailReconstruction(tail)
+            for loss in (
+                kl_loss(z, st, temperature=1.0, tail=reconstruction),
+                reverse_kl_loss(z, st, temperature=1.0, tail=reconstruction),
+                tidal_loss(z, st, 0.5, temperature=1.0, progress=0.5, tail=reconstruction),
+            ):
+                (grad,) = torch.autograd.grad(loss, z)
+                assert torch.isfinite(loss) and torch.isfinite(grad).all()
+
+
+def test_forward_kl_stays_finite_where_the_student_is_sure_of_the_stored_ids():
+    """τ = e^-60 stored exactly and a student with 1e-40 off the stored ids: forward KL's τ log(τ/Q) is finite."""
+    st = sparse_targets(torch.tensor([[0.0, -60.0, -61.0]]), torch.zeros(1, dtype=torch.long), k=1,
+                        shared_vocab_size=3, temperatures=[1.0])
+    z = torch.tensor([[0.0, -92.0, -93.0]], requires_grad=True)
+    loss = kl_loss(z, st, temperature=1.0)
+    (grad,) = torch.autograd.grad(loss, z)
+    expected = ref_kl(z.detach().double(), torch.tensor([[0.0, -60.0, -61.0]]), 1.0)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_vocab_losses_reject_bad_inputs():
     z = _rand(3, 10, seed=13)
     st = _teacher(_rand(3, 10, seed=14), k=4)
-    lp = st.log_partition_at(1.0)
-    with pytest.raises(ValueError, match="teacher_ids must lie"):
-        kl_loss(z[:, :5], st.topk_ids + 6, st.topk_values, lp, temperature=1.0)
-    with pytest.raises(ValueError, match=r"\(N=2, k\)"):
-        kl_loss(z[:2], st.topk_ids, st.topk_values, lp, temperature=1.0)
-    with pytest.raises(ValueError, match="teacher_log_partition must have shape"):
-        kl_loss(z, st.topk_ids, st.topk_values, st.log_partitions, temperature=1.0)
+    with pytest.raises(ValueError, match="teacher ids must lie"):
+        kl_loss(z[:, :5], st, temperature=1.0)
+    with pytest.raises(ValueError, match="cover 3 positions, the student logits 2"):
+        kl_loss(z[:2], st, temperature=1.0)
+    with pytest.raises(ValueError, match="teacher must be SparseTargets"):
+        kl_loss(z, st.topk_ids, temperature=1.0)
     with pytest.raises(ValueError, match="temperature must be finite and positive"):
-        reverse_kl_loss(z, st.topk_ids, st.topk_values, lp, temperature=0.0)
+        reverse_kl_loss(z, st, temperature=0.0)
     with pytest.raises(ValueError, match="temperature 3.0 is not stored"):
-        LOSSES["kl"](VocabInputs(z, st.topk_ids, st.topk_values, st.log_partitions, TEMPS, torch.full((3,), 0.5)),
-                     LossOptions(temperature=3.0))
+        LOSSES["kl"](VocabInputs(z, st, torch.full((3,), 0.5)), LossOptions(temperature=3.0))
+    with pytest.raises(ValueError, match="tail reconstruction must be one of"):
+        LossOptions(tail="flat")
 
 
 # --- TIDAL schedule and weight ------------------------------------------------------------------------------
@@ -292,15 +347,14 @@ def test_vocab_losses_reject_bad_inputs():
 )
 def test_tidal_lambda_hand_values(decay, progress, lam_train):
     t = 0.3
-    assert tidal_lambda(progress, t, axis="both", decay=decay) == pytest.approx(lam_train * 0.7)
-    assert tidal_lambda(progress, t, axis="training_only", decay=decay) == pytest.approx(lam_train)
-    assert tidal_lambda(progress, t, axis="timestep_only", decay=decay) == pytest.approx(0.9 * 0.7)
+    both, training, timestep = (TidalSchedule(axis=a, decay=decay) for a in ("both", "training_only", "timestep_only"))
+    assert both.lam(progress, t) == pytest.approx(lam_train * 0.7)
+    assert training.lam(progress, t) == pytest.approx(lam_train)
+    assert timestep.lam(progress, t) == pytest.approx(0.9 * 0.7)
+    assert both.lambda_train(progress) == pytest.approx(lam_train)
     t_vec = torch.tensor([0.0, 0.3, 1.0])
-    torch.testing.assert_close(
-        tidal_lambda(progress, t_vec, axis="both", decay=decay), torch.tensor([lam_train, lam_train * 0.7, 0.0])
-    )
-    torch.testing.assert_close(tidal_lambda(progress, t_vec, axis="training_only", decay=decay),
-                               torch.full((3,), lam_train))
+    torch.testing.assert_close(both.lam(progress, t_vec), torch.tensor([lam_train, lam_train * 0.7, 0.0]))
+    torch.testing.assert_close(training.lam(progress, t_vec), torch.full((3,), lam_train))
 
 
 @pytest.mark.parametrize(
@@ -314,9 +368,11 @@ def test_tidal_lambda_hand_values(decay, progress, lam_train):
 )
 def test_tidal_lambda_rejects_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        tidal_lambda(0.5, 0.5, **kwargs)
+        TidalSchedule(**kwargs)
     with pytest.raises(ValueError, match="progress"):
-        tidal_lambda(1.2, 0.5)
+        TidalSchedule().lam(1.2, 0.5)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        TidalSchedule(weighting="flat")
 
 
 def test_midrange_weight_values():
@@ -406,7 +462,7 @@ def test_chunk_logprob_of_exactly_zero_stays_finite():
     l_t = torch.tensor([0.0, -1.0])
     for loss in (
         calm_terms(l_s, l_t).sum(),
-        reverse_calm_terms(l_s, l_t).sum(),
+        calm_terms(l_s, l_t, reverse=True).sum(),
         tidal_calm_loss(l_s, l_t, torch.tensor([0.5, 0.5]), progress=0.5),
         tidal_calm_loss(l_s, l_t, torch.tensor([0.5, 0.5]), progress=0.5, reverse=True),
     ):
@@ -438,8 +494,6 @@ def test_chunk_losses_reject_bad_inputs():
         calm_terms(torch.tensor([-1.0, -2.0]), torch.tensor([-1.0]))
     with pytest.raises(ValueError, match="active must be bool"):
         calm_loss(torch.tensor([-1.0]), torch.tensor([-1.0]), active=torch.tensor([1]))
-    with pytest.raises(ValueError, match="weighting must be one of"):
-        tidal_calm_loss(torch.tensor([-1.0]), torch.tensor([-1.0]), 0.5, progress=0.1, weighting="flat")
 
 
 # --- normaliser, registry, composition ----------------------------------------------------------------------
@@ -484,9 +538,7 @@ def test_registry_with_full_k_equals_full_vocabulary_formulas():
         if entry.targets != "vocab":
             continue
         _check(
-            lambda z, entry=entry: entry(
-                VocabInputs(z, st.topk_ids, st.topk_values, st.log_partitions, st.temperatures, t), options
-            ),
+            lambda z, entry=entry: entry(VocabInputs(z, st, t), options),
             refs[name],
             z_s,
         )

@@ -1,4 +1,5 @@
-"""Sparse teacher targets: compression, exact reconstruction at k = V, tail bookkeeping, validation."""
+"""Sparse teacher targets: compression, k policies, log tails over the unstored ids, the teacher at T, the tail
+reconstructions, exactness at k = V, validation."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ import pytest
 import torch
 
 from tide.targets import (
+    KPolicy,
     SparseTargets,
+    TailReconstruction,
     log1mexp,
-    log_tail_mass,
     normalize_temperatures,
+    off_stored_log_mass,
     reconstruct_log_probs,
-    reconstruct_probs,
     sparse_targets,
-    tail_mass,
     temperature_column,
-    topk_probs,
 )
 
 TEMPS = (1.0, 2.0, 5.0, 0.5)
@@ -28,6 +28,10 @@ def _logits(n: int = 6, vocab: int = 50, seed: int = 0, scale: float = 4.0) -> t
     return torch.randn(n, vocab, generator=g) * scale
 
 
+def _zeros(n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.long)
+
+
 def test_sparse_targets_fields_and_dtypes():
     logits = _logits(vocab=60)
     gold = torch.tensor([0, 5, 39, 40, 59, 3])
@@ -35,22 +39,30 @@ def test_sparse_targets_fields_and_dtypes():
     assert isinstance(st, SparseTargets)
     assert st.topk_ids.dtype == torch.int32 and st.topk_ids.shape == (6, 7)
     assert st.topk_values.dtype == torch.float32 and st.topk_values.shape == (6, 7)
-    assert st.log_partitions.dtype == torch.float32 and st.log_partitions.shape == (6, 4)
-    assert st.gold_logprob.shape == (6,)
-    assert st.temperatures == TEMPS and st.vocab_size == 40
+    assert st.log_tails.dtype == torch.float32 and st.log_tails.shape == (6, 4)
+    assert torch.equal(st.counts, torch.full((6,), 7, dtype=torch.int32))
+    assert st.gold_logprob.shape == (6,) and st.temperatures == TEMPS
     assert torch.all(st.topk_values[:, 0] == 0)
     assert torch.all(st.topk_values[:, :-1] >= st.topk_values[:, 1:])
-    assert int(st.topk_ids.max()) < 40
     # Top-k of the slice, computed independently by sorting.
     sliced = logits[:, :40]
     ref_sorted, ref_idx = sliced.sort(dim=-1, descending=True)
     torch.testing.assert_close(st.topk_values, ref_sorted[:, :7] - ref_sorted[:, :1])
     assert torch.equal(st.topk_ids.long(), ref_idx[:, :7])
+    # The log tail is log of the softmax mass of the ids below the top 7, at every temperature.
     for j, temp in enumerate(TEMPS):
-        shifted = sliced - sliced.max(dim=-1, keepdim=True).values
-        expected = torch.log(torch.exp(shifted / temp).sum(-1))
-        torch.testing.assert_close(st.log_partitions[:, j], expected, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(st.log_partition_at(5.0), st.log_partitions[:, 2])
+        probs = torch.softmax(sliced.double() / temp, dim=-1)
+        expected = torch.log(probs.gather(1, ref_idx[:, 7:]).sum(-1))
+        torch.testing.assert_close(st.log_tails[:, j].double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_log_tail_of_a_confident_position_does_not_underflow():
+    """A tail of e^-60 ≈ 1e-26 is below what 1 − Σ p can resolve in fp32 (it rounds to 0 there); the stored
+    log tail is the direct log-sum-exp over the unstored ids."""
+    logits = torch.tensor([[0.0, -60.0, -61.0, -62.0]])
+    st = sparse_targets(logits, _zeros(1), k=1, shared_vocab_size=4, temperatures=[1.0])
+    expected = math.log(math.exp(-60.0) + math.exp(-61.0) + math.exp(-62.0))
+    assert float(st.log_tails[0, 0]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_gold_logprob_equals_log_softmax_and_nan_outside_slice():
@@ -65,60 +77,80 @@ def test_gold_logprob_equals_log_softmax_and_nan_outside_slice():
             assert math.isnan(st.gold_logprob[i].item())
 
 
-@pytest.mark.parametrize("temp", TEMPS)
-def test_full_k_reconstruction_equals_softmax(temp):
+def test_mass_policy_keeps_the_fewest_ids_reaching_the_mass_within_floor_and_ceiling():
+    logits = _logits(n=40, vocab=60, seed=5, scale=6.0)
+    policy = KPolicy(kind="mass", ceiling=12, mass=0.8, temperature=2.0, floor=3)
+    st = sparse_targets(logits, _zeros(40), k=12, shared_vocab_size=60, temperatures=[1.0, 2.0], policy=policy)
+    probs = torch.softmax(logits.double() / 2.0, dim=-1).sort(dim=-1, descending=True).values
+    cumulative = probs.cumsum(-1)
+    for i in range(40):
+        smallest = int((cumulative[i] < 0.8).sum()) + 1  # direct: first prefix reaching 0.8
+        assert int(st.counts[i]) == min(max(smallest, 3), 12)
+    counts = st.counts.long()
+    assert len(set(counts.tolist())) > 2  # ragged
+    valid = st.valid()
+    assert torch.equal(valid.sum(1), counts)
+    assert torch.isneginf(st.topk_values[~valid]).all()
+    assert torch.equal(st.topk_ids[~valid].long(), st.topk_ids[:, :1].expand_as(st.topk_ids)[~valid].long())
+    # The tail excludes exactly the stored ids.
+    full = torch.softmax(logits.double(), dim=-1)
+    stored = torch.zeros_like(full).scatter(1, st.topk_ids.long(), 1.0) > 0
+    torch.testing.assert_close(st.log_tails[:, 0].double(), torch.log((full * ~stored).sum(-1)), rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_at_temperature_is_exact_on_the_stored_ids():
+    logits = _logits(n=5, vocab=30, seed=6, scale=2.0)
+    policy = KPolicy(kind="mass", ceiling=9, mass=0.7, temperature=1.0, floor=2)
+    st = sparse_targets(logits, _zeros(5), k=9, shared_vocab_size=30, temperatures=TEMPS, policy=policy)
+    for temp in TEMPS:
+        view = st.at(temp)
+        exact = torch.log_softmax(logits.double() / temp, dim=-1).gather(1, view.ids)
+        torch.testing.assert_close(view.log_p[view.valid].double(), exact[view.valid], rtol=1e-5, atol=1e-5)
+        assert torch.isneginf(view.log_p[~view.valid]).all()
+    with pytest.raises(ValueError, match="not stored"):
+        st.at(3.0)
+
+
+@pytest.mark.parametrize("kind", ["student", "uniform", "mixture"])
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+def test_every_reconstruction_is_the_teacher_at_full_k(kind, temp):
     logits = _logits(n=5, vocab=64, seed=1)
-    st = sparse_targets(logits, torch.zeros(5, dtype=torch.long), k=64, shared_vocab_size=64, temperatures=TEMPS)
-    lp = st.log_partition_at(temp)
-    probs = reconstruct_probs(st.topk_ids, st.topk_values, lp, temp, 64)
-    expected = torch.softmax(logits.double() / temp, dim=-1).float()
-    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-6)
-    log_probs = reconstruct_log_probs(st.topk_ids, st.topk_values, lp, temp, 64)
-    assert torch.isfinite(log_probs).all()
+    st = sparse_targets(logits, _zeros(5), k=64, shared_vocab_size=64, temperatures=TEMPS)
+    assert torch.isneginf(st.log_tails).all()
+    student = torch.log_softmax(_logits(n=5, vocab=64, seed=9) / temp, dim=-1)
+    log_probs = reconstruct_log_probs(st.at(temp), 64, TailReconstruction(kind), student)
     torch.testing.assert_close(log_probs, torch.log_softmax(logits.double() / temp, -1).float(), rtol=0, atol=1e-5)
-    assert float(tail_mass(st.topk_values, lp, temp).max()) < 1e-6
 
 
-@pytest.mark.parametrize("temp", TEMPS)
-def test_partial_k_tail_and_normalisation(temp):
-    vocab, k = 80, 10
-    logits = _logits(n=7, vocab=vocab, seed=2, scale=2.0)
-    st = sparse_targets(logits, torch.zeros(7, dtype=torch.long), k=k, shared_vocab_size=vocab, temperatures=TEMPS)
-    lp = st.log_partition_at(temp)
-    top = topk_probs(st.topk_values, lp, temp)
+def test_partial_reconstructions_match_their_definitions():
+    vocab, k, temp = 40, 6, 2.0
+    logits = _logits(n=4, vocab=vocab, seed=2, scale=2.0)
+    st = sparse_targets(logits, _zeros(4), k=k, shared_vocab_size=vocab, temperatures=TEMPS)
+    view = st.at(temp)
+    q = torch.softmax(_logits(n=4, vocab=vocab, seed=8).double() / temp, dim=-1)
     exact = torch.softmax(logits.double() / temp, dim=-1)
-    torch.testing.assert_close(top.double(), exact.gather(1, st.topk_ids.long()), rtol=1e-5, atol=1e-7)
-    tail = tail_mass(st.topk_values, lp, temp)
-    torch.testing.assert_close(tail, 1 - top.sum(-1), rtol=0, atol=1e-6)
-    torch.testing.assert_close(tail.double(), 1 - exact.gather(1, st.topk_ids.long()).sum(-1), rtol=1e-4, atol=1e-6)
-    probs = reconstruct_probs(st.topk_ids, st.topk_values, lp, temp, vocab)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(7), rtol=0, atol=1e-6)
-    outside = torch.ones(7, vocab, dtype=torch.bool).scatter_(1, st.topk_ids.long(), False)
-    for i in range(7):
-        row = probs[i][outside[i]]
-        torch.testing.assert_close(row, torch.full_like(row, tail[i].item() / (vocab - k)))
+    off = torch.ones(4, vocab, dtype=torch.bool).scatter_(1, view.ids, False)
+    tau = (exact * off).sum(-1, keepdim=True)
+    q_off = (q * off).sum(-1, keepdim=True)
+    expected = {"student": tau * q / q_off, "uniform": tau / (vocab - k) * torch.ones_like(q),
+                "mixture": tau * (0.75 * q / q_off + 0.25 / (vocab - k))}
+    for kind, shape in expected.items():
+        probs = reconstruct_log_probs(view, vocab, TailReconstruction(kind, 0.25), q.log().float()).exp().double()
+        torch.testing.assert_close(probs[off], shape[off], rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(probs[~off], exact[~off], rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-5)
 
 
-def test_fp16_values_are_cast_to_fp32():
-    logits = _logits(n=4, vocab=32, seed=4)
-    st = sparse_targets(logits, torch.zeros(4, dtype=torch.long), k=32, shared_vocab_size=32, temperatures=[1.0, 2.0])
-    half = st.topk_values.half()
-    lp = st.log_partition_at(2.0)
-    probs = reconstruct_probs(st.topk_ids, half, lp, 2.0, 32)
-    assert probs.dtype == torch.float32
-    expected = torch.softmax(logits / 2.0, -1)
-    torch.testing.assert_close(probs, expected, rtol=0, atol=5e-3)  # fp16 storage rounding of the values
-    assert topk_probs(half, lp, 2.0).dtype == torch.float32
-
-
-def test_tail_of_zero_with_k_below_vocab_gives_minus_inf_not_nan():
-    ids = torch.tensor([[0, 1]])
-    values = torch.tensor([[0.0, -1.0]])
-    lp = torch.logsumexp(values, dim=-1)  # all mass in the top-k: tail = 0
-    log_probs = reconstruct_log_probs(ids, values, lp, 1.0, 5)
-    assert not torch.isnan(log_probs).any()
-    assert torch.isinf(log_probs[0, 2:]).all() and (log_probs[0, 2:] < 0).all()
-    assert float(tail_mass(values, lp, 1.0)) == 0.0
+def test_off_stored_mass_is_a_log_sum_exp_over_the_unstored_ids():
+    log_q = torch.log_softmax(torch.tensor([[30.0, 0.0, -1.0, 5.0]]), dim=-1)  # off mass ≈ 1e-13
+    st = SparseTargets(topk_ids=torch.tensor([[0, 3]]), topk_values=torch.tensor([[0.0, -1.0]]),
+                       counts=torch.tensor([2]), log_tails=torch.tensor([[-3.0]]), temperatures=(1.0,))
+    expected = math.log(math.exp(0.0) + math.exp(-1.0)) - math.log(
+        math.exp(30.0) + 1 + math.exp(-1.0) + math.exp(5.0))
+    assert float(off_stored_log_mass(log_q, st.at(1.0))[0]) == pytest.approx(expected, abs=1e-4)
+    every = SparseTargets(topk_ids=torch.tensor([[0, 1, 2, 3]]), topk_values=torch.zeros(1, 4),
+                          counts=torch.tensor([4]), log_tails=torch.tensor([[-math.inf]]), temperatures=(1.0,))
+    assert float(off_stored_log_mass(log_q, every.at(1.0))[0]) == -math.inf
 
 
 def test_log1mexp_matches_direct_formula_and_is_stable():
@@ -131,15 +163,7 @@ def test_log1mexp_matches_direct_formula_and_is_stable():
     y.sum().backward()
     assert torch.isfinite(x32.grad).all()
     assert float(log1mexp(torch.tensor(0.0))) == -math.inf
-
-
-def test_log_tail_mass_small_tail_in_log_space():
-    # Tail e^-8 / (1 + e^-3 + e^-8) ≈ 3e-4; the fp32 log-partition resolves tails down to ~1e-7 only.
-    values = torch.tensor([[0.0, -3.0]])
-    lp = torch.logsumexp(torch.tensor([[0.0, -3.0, -8.0]]), dim=-1)
-    expected = -8.0 - math.log(1 + math.exp(-3.0) + math.exp(-8.0))
-    assert float(log_tail_mass(values, lp, 1.0)) == pytest.approx(expected, abs=1e-3)
-    assert float(tail_mass(values, lp, 1.0)) == pytest.approx(math.exp(expected), rel=1e-3)
+    assert float(log1mexp(torch.tensor(-math.inf))) == 0.0
 
 
 def test_normalize_temperatures_and_lookup():
@@ -161,20 +185,21 @@ def test_normalize_temperatures_and_lookup():
         ({"temperatures": [1.0, -2.0]}, "finite and positive"),
         ({"temperatures": [1.0, 2.0, 2.0]}, "must not repeat"),
         ({"temperatures": 1.0}, "sequence"),
+        ({"policy": KPolicy.fixed(5)}, "must equal the k policy's ceiling 5"),
     ],
 )
 def test_sparse_targets_rejects_bad_arguments(kwargs, match):
     args = {"k": 4, "shared_vocab_size": 40, "temperatures": [1.0]}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        sparse_targets(_logits(vocab=60), torch.zeros(6, dtype=torch.long), **args)
+        sparse_targets(_logits(vocab=60), _zeros(6), **args)
 
 
 def test_sparse_targets_rejects_bad_inputs():
     with pytest.raises(ValueError, match=r"logits must be \(N, V\)"):
-        sparse_targets(torch.zeros(3), torch.zeros(3, dtype=torch.long), k=1, shared_vocab_size=3, temperatures=[1.0])
+        sparse_targets(torch.zeros(3), _zeros(3), k=1, shared_vocab_size=3, temperatures=[1.0])
     with pytest.raises(ValueError, match="gold_ids must have shape"):
-        sparse_targets(_logits(), torch.zeros(5, dtype=torch.long), k=1, shared_vocab_size=10, temperatures=[1.0])
+        sparse_targets(_logits(), _zeros(5), k=1, shared_vocab_size=10, temperatures=[1.0])
     with pytest.raises(ValueError, match="non-negative"):
         sparse_targets(_logits(), torch.full((6,), -100), k=1, shared_vocab_size=10, temperatures=[1.0])
     with pytest.raises(ValueError, match="integer"):
@@ -182,20 +207,22 @@ def test_sparse_targets_rejects_bad_inputs():
     bad = _logits()
     bad[0, 0] = math.inf
     with pytest.raises(ValueError, match="finite"):
-        sparse_targets(bad, torch.zeros(6, dtype=torch.long), k=1, shared_vocab_size=10, temperatures=[1.0])
+        sparse_targets(bad, _zeros(6), k=1, shared_vocab_size=10, temperatures=[1.0])
 
 
-def test_reconstruction_rejects_bad_arguments():
-    ids = torch.tensor([[0, 1]])
-    values = torch.tensor([[0.0, -1.0]])
-    lp = torch.tensor([0.5])
-    with pytest.raises(ValueError, match="ids must lie"):
-        reconstruct_probs(torch.tensor([[0, 7]]), values, lp, 1.0, 5)
-    with pytest.raises(ValueError, match="k=2 must lie"):
-        reconstruct_probs(ids, values, lp, 1.0, 1)
-    with pytest.raises(ValueError, match="log_partition must have shape"):
-        reconstruct_probs(ids, values, torch.tensor([0.5, 0.1]), 1.0, 5)
-    with pytest.raises(ValueError, match="temperature must be finite and positive"):
-        topk_probs(values, lp, 0.0)
-    with pytest.raises(ValueError, match=r"both be \(N, k\)"):
-        reconstruct_probs(ids[0], values[0], lp[0], 1.0, 5)
+def test_policies_and_reconstructions_refuse_bad_settings():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        KPolicy(kind="auto")
+    with pytest.raises(ValueError, match=r"floor must lie in \[1, ceiling=8\]"):
+        KPolicy(kind="mass", ceiling=8, mass=0.9, floor=9)
+    with pytest.raises(ValueError, match=r"mass must lie in \(0, 1\]"):
+        KPolicy(kind="mass", ceiling=8, mass=0.0, floor=1)
+    with pytest.raises(ValueError, match="tail reconstruction must be one of"):
+        TailReconstruction("flat")
+    with pytest.raises(ValueError, match=r"uniform share must lie in \(0, 1\)"):
+        TailReconstruction("mixture", 1.0)
+    st = sparse_targets(_logits(vocab=20), _zeros(6), k=3, shared_vocab_size=20, temperatures=[1.0])
+    with pytest.raises(ValueError, match="needs the student's"):
+        reconstruct_log_probs(st.at(1.0), 20, TailReconstruction("student"))
+    with pytest.raises(ValueError, match="counts must have shape"):
+        SparseTargets(st.topk_ids, st.topk_values, st.counts[:2], st.log_tails, st.temperatures)

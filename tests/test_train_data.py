@@ -10,6 +10,7 @@ import logging
 import numpy as np
 import pytest
 
+from cache_schema.codec import SparseArrays, SparseCodec, V1Codec
 from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec, collate_rows
 from stages.train.data import CacheStream, StreamConfig, columns_for
@@ -179,26 +180,40 @@ def test_collate_pads_truncates_and_builds_chunk_tables():
 
 
 def test_a_row_without_target_items_collates_with_the_others():
-    """A small t can mask no aligned position: that row has zero vocabulary items and must still collate."""
-    k, num_t, length = 3, 2, 8
-    full = {
-        "input_ids": np.arange(length, dtype=np.int32), "maskable": np.ones(length, dtype=bool),
-        "masked_positions": np.array([1, 5], dtype=np.int32), "t": 0.5,
-        "target_positions": np.array([1, 5], dtype=np.int32),
-        "plain_topk_ids": np.array([[4, 2, 1], [7, 0, 3]], dtype=np.int32),
-        "plain_topk_values": np.array([[0.0, -1.0, -2.0], [0.0, -0.5, -3.0]], dtype=np.float16),
-        "plain_log_partitions": np.array([[0.4, 0.9], [0.3, 0.8]], dtype=np.float32),
-    }
-    # What a Parquet row with an empty list<fixed_size_list> column turns into: 1-D empty arrays.
-    empty = {**full, "masked_positions": np.zeros(0, dtype=np.int32), "t": 0.01,
-             "target_positions": np.zeros(0, dtype=np.int32), "plain_topk_ids": np.zeros(0, dtype=np.int32),
-             "plain_topk_values": np.zeros(0, dtype=np.float16),
-             "plain_log_partitions": np.zeros(0, dtype=np.float32)}
-    spec = CollateSpec(pad_token_id=EOS, block_size=4, pipeline=SharedPipeline(k=k, temperatures=(1.0, 2.0)[:num_t]))
-    batch = collate_rows([empty, full], spec)
-    assert batch.vocab.row.tolist() == [1, 1]
-    assert batch.vocab.position.tolist() == [1, 5]
-    assert tuple(batch.vocab.topk_ids.shape) == (2, k)
-    assert tuple(batch.vocab.log_partitions.shape) == (2, num_t)
-    only_empty = collate_rows([empty], spec)
-    assert tuple(only_empty.vocab.topk_values.shape) == (0, k)
+    """A small t can mask no aligned position: that row has zero vocabulary items and must still collate; the
+    other row's ragged targets decode to padded tensors (v2 and v1 columns alike)."""
+    length = 8
+    base = {"input_ids": np.arange(length, dtype=np.int32), "maskable": np.ones(length, dtype=bool),
+            "masked_positions": np.array([1, 5], dtype=np.int32), "t": 0.5,
+            "target_positions": np.array([1, 5], dtype=np.int32)}
+    codec = SparseCodec("rank24-delta8", num_temperatures=2, id_table=[7, 4], vocab_size=10)
+    encoded = codec.encode(SparseArrays(counts=np.array([3, 1]), ids=np.array([4, 2, 1, 7]),
+                                        values=np.array([0.0, -1.0, -2.0, 0.0], np.float32),
+                                        log_tails=np.array([[-2.0, -1.0], [-3.0, -2.5]], np.float32),
+                                        gold_logprob=np.array([-0.5, -0.1], np.float32)), "plain")
+    v1 = {"plain_topk_ids": np.array([[4, 2, 1], [7, 0, 3]], dtype=np.int32),
+          "plain_topk_values": np.array([[0.0, -1.0, -2.0], [0.0, -0.5, -3.0]], dtype=np.float16),
+          "plain_log_partitions": np.array([[0.4, 0.9], [0.3, 0.8]], dtype=np.float32),
+          "plain_gold_logprob": np.array([-0.5, -0.1], dtype=np.float32)}
+    for pipeline, columns, width in ((SharedPipeline(codec=codec, temperatures=(1.0, 2.0)), encoded, 3),
+                                     (SharedPipeline(codec=V1Codec(3, (1.0, 2.0)), temperatures=(1.0, 2.0)), v1, 3)):
+        full = {**base, **columns}
+        # What a Parquet row with empty list (of fixed_size_list) columns turns into: 1-D empty arrays.
+        empty = {**full, "masked_positions": np.zeros(0, dtype=np.int32), "t": 0.01,
+                 "target_positions": np.zeros(0, dtype=np.int32),
+                 **{name: np.zeros(0, dtype=np.asarray(value).dtype) for name, value in columns.items()}}
+        spec = CollateSpec(pad_token_id=EOS, block_size=4, pipeline=pipeline)
+        batch = collate_rows([empty, full], spec)
+        assert batch.vocab.row.tolist() == [1, 1]
+        assert batch.vocab.position.tolist() == [1, 5]
+        teacher = batch.vocab.teacher
+        assert tuple(teacher.topk_ids.shape) == (2, width) and tuple(teacher.log_tails.shape) == (2, 2)
+        if pipeline.codec is codec:
+            assert teacher.counts.tolist() == [3, 1]
+            assert teacher.topk_ids.tolist() == [[4, 2, 1], [7, 7, 7]]
+            assert teacher.topk_values[0].tolist() == [0.0, -1.0, -2.0]
+            np.testing.assert_allclose(teacher.log_tails.numpy(), [[-2.0, -1.0], [-3.0, -2.5]], atol=2e-3)
+        only_empty = collate_rows([empty], spec)
+        assert only_empty.vocab.teacher.num_positions == 0
+        short = collate_rows([full], CollateSpec(pad_token_id=EOS, block_size=4, pipeline=pipeline, max_length=4))
+        assert short.vocab.position.tolist() == [1] and short.vocab.teacher.num_positions == 1

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from cache_schema.codec import SparseCodec
 from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec
 from stages.train.data import CacheStream, StreamConfig, columns_for
@@ -53,8 +54,9 @@ def tiny_student(seed: int = 0) -> A2DQwen3LMHeadModel:
 # --- caches -----------------------------------------------------------------------------------------------
 
 
-def shared_cache(tmp_path, k: int, *, seed: int = 0):
-    """A shared-pipeline cache whose teacher is the random tensor ``teacher`` (rows, L, V_T) per pass."""
+def shared_cache(tmp_path, k: int, *, seed: int = 0, format_version: int = 2, encoding: str = "float32"):
+    """A shared-pipeline cache whose teacher is the random tensor ``teacher`` (rows, L, V_T) per pass; exact
+    storage (float32 values) unless ``encoding`` says otherwise, format 2 unless ``format_version`` = 1."""
     rows = random_base_rows(num_samples=3, replicas=1, seq_len=SEQ_LEN, block_size=BLOCK,
                             vocab_size=SHARED_VOCAB, eos_token_id=EOS_ID, prompt_len=PROMPT, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -68,9 +70,10 @@ def shared_cache(tmp_path, k: int, *, seed: int = 0):
         pipeline="shared", student_fingerprint="sha256:test", mask_token_id=MASK_ID, eos_token_id=EOS_ID,
         block_size=BLOCK, max_length=SEQ_LEN, student_vocab_size=STUDENT_VOCAB, replicas=1,
         passes=("plain", "compdemo"), k=k, shared_vocab_size=SHARED_VOCAB, teacher_vocab_size=TEACHER_VOCAB,
-        temperatures=TEMPS, value_dtype="float32", row_group_rows=2, rows_per_shard=2,
+        temperatures=TEMPS, value_dtype="float32", encoding=encoding, format_version=format_version,
+        row_group_rows=2, rows_per_shard=2,
     )
-    path = write_synthetic_cache(tmp_path / f"shared-k{k}", rows, spec)
+    path = write_synthetic_cache(tmp_path / f"shared-k{k}-v{format_version}-{encoding}", rows, spec)
     return path, rows, teacher
 
 
@@ -129,12 +132,25 @@ def direct_ce(logits, batch):
     return (terms * batch.masked).sum() / batch.maskable.sum()
 
 
-def direct_vocab_term(mode, logits, rows_teacher, batch, temperature, progress):
-    """Full-vocabulary formulas of docs/design.md#losses at every target item."""
+def uniform_tail_teacher(z_t: torch.Tensor, k: int) -> torch.Tensor:
+    """Format v1's reconstructed teacher (log-probs), written from its definition: the exact tempered top-k,
+    the rest 1 − Σ_topk p spread uniformly over the other ids."""
+    log_p = torch.log_softmax(z_t, -1)
+    top = log_p.topk(k, dim=-1)
+    tail = 1 - top.values.exp().sum(-1, keepdim=True)
+    out = torch.log(tail / (z_t.shape[-1] - k)).expand_as(log_p).clone()
+    return out.scatter(-1, top.indices, top.values)
+
+
+def direct_vocab_term(mode, logits, rows_teacher, batch, temperature, progress, *, uniform_tail_k=None):
+    """Full-vocabulary formulas of docs/design.md#losses at every target item (against v1's uniform-tail
+    reconstruction of the teacher when ``uniform_tail_k`` is given)."""
     v = batch.vocab
     z_s = logits[v.row, v.position, :SHARED_VOCAB].float() / temperature
     z_t = rows_teacher[v.row, v.position, :SHARED_VOCAB] / temperature
     log_q, log_p = torch.log_softmax(z_s, -1), torch.log_softmax(z_t, -1)
+    if uniform_tail_k is not None:
+        log_p = z_t = uniform_tail_teacher(z_t, uniform_tail_k)
     t = batch.t[v.row]
     if mode == "kl":
         terms = (log_p.exp() * (log_p - log_q)).sum(-1)
@@ -175,14 +191,15 @@ def direct_chunk_term(mode, logits, batch, temperature, progress):
     return torch.stack(losses).mean()
 
 
-def step_for(mode, *, temperature, chunk_size=4096, shared=SHARED_VOCAB, pipeline=None):
+def step_for(mode, *, temperature, chunk_size=4096, shared=SHARED_VOCAB, pipeline=None, tail="student"):
     objective = Objective(
-        mode=mode, options=LossOptions(temperature=temperature, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX),
+        mode=mode, options=LossOptions(temperature=temperature, lambda0=LAMBDA0, lambda_max=LAMBDA_MAX, tail=tail),
         shared_vocab_size=shared, head_chunk_size=chunk_size,
     )
     kind = objective.target_kind
     if pipeline is None and kind != "none":
-        pipeline = SharedPipeline(k=1, temperatures=TEMPS) if kind == "vocab" else CrossPipeline()
+        pipeline = (SharedPipeline(codec=SparseCodec("float32", num_temperatures=len(TEMPS)), temperatures=TEMPS)
+                    if kind == "vocab" else CrossPipeline())
     return StudentStep(objective, block_size=BLOCK, mask_token_id=MASK_ID, pipeline=pipeline)
 
 
@@ -212,14 +229,15 @@ def cross_path(tmp_path_factory):
     return cross_cache(tmp_path_factory.mktemp("cross"))[0]
 
 
-@pytest.mark.parametrize(("target_pass", "chunk_size"), [("plain", 4096), ("compdemo", 5)])
+@pytest.mark.parametrize(("target_pass", "chunk_size", "tail"),
+                         [("plain", 4096, "student"), ("compdemo", 5, "uniform"), ("plain", 4096, "mixture")])
 @pytest.mark.parametrize("mode", VOCAB_MODES)
-def test_vocab_modes_equal_full_teacher_formulas(shared_full, mode, target_pass, chunk_size):
+def test_vocab_modes_equal_full_teacher_formulas(shared_full, mode, target_pass, chunk_size, tail):
     path, rows, teacher = shared_full
     batch = one_batch(path, None if mode == "ce" else "vocab", target_pass)
     model = tiny_student()
     temperature, progress = 2.0, 0.3
-    out = step_for(mode, temperature=temperature, chunk_size=chunk_size)(model, batch, progress=progress)
+    out = step_for(mode, temperature=temperature, chunk_size=chunk_size, tail=tail)(model, batch, progress=progress)
     got = grads(model, out.loss)
 
     noised = torch.where(batch.masked, torch.full_like(batch.input_ids, MASK_ID), batch.input_ids)
@@ -231,6 +249,30 @@ def test_vocab_modes_equal_full_teacher_formulas(shared_full, mode, target_pass,
     torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
     assert_grads_close(got, grads(model, want))
     assert out.terms["ce"] == pytest.approx(float(direct_ce(logits, batch).detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["kl", "reverse_kl", "tidal"])
+def test_v1_caches_train_as_format_1_defined_them(tmp_path, mode):
+    """A format-1 cache (fixed k, log-partitions) still trains: with ``--tail uniform`` every vocabulary mode
+    equals the formulas on v1's uniform-tail teacher; at k = V every tail gives the full-teacher formula."""
+    k, temperature, progress = 8, 2.0, 0.3
+    path, _, teacher = shared_cache(tmp_path, k=k, format_version=1)
+    assert CacheReader(path).manifest.format_version == 1
+    batch = one_batch(path, "vocab")
+    model = tiny_student()
+    out = step_for(mode, temperature=temperature, tail="uniform")(model, batch, progress=progress)
+    noised = torch.where(batch.masked, torch.full_like(batch.input_ids, MASK_ID), batch.input_ids)
+    logits = bd3lm_forward(model, noised, batch.input_ids, block_size=BLOCK)
+    want = direct_ce(logits, batch) + direct_vocab_term(mode, logits, teacher["plain"], batch, temperature, progress,
+                                                        uniform_tail_k=k)
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    assert_grads_close(grads(model, out.loss), grads(model, want))
+    full_path, _, _ = shared_cache(tmp_path, k=SHARED_VOCAB, format_version=1)
+    full = one_batch(full_path, "vocab")
+    exact = direct_ce(logits, full) + direct_vocab_term(mode, logits, teacher["plain"], full, temperature, progress)
+    for tail in ("student", "uniform", "mixture"):
+        got = step_for(mode, temperature=temperature, tail=tail)(model, full, progress=progress).loss
+        torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("target_pass", ["plain", "compdemo"])
@@ -249,11 +291,12 @@ def test_chunk_modes_equal_direct_chunk_formulas(cross_path, mode, target_pass):
 
 
 def test_topk_error_is_measured_for_small_k(tmp_path, shared_full):
-    """k < V: the loss differs from the full-teacher value by a measured amount (logged), and stays finite."""
+    """k < V: the loss differs from the full-teacher value by a measured amount (logged), and stays finite;
+    the default packed encoding is measured next to exact storage."""
     full_path, _, teacher = shared_full
     model = tiny_student()
-    for k in (4, 16):
-        path, _, _ = shared_cache(tmp_path, k=k)
+    for k, encoding in ((4, "float32"), (16, "rank24-delta8")):
+        path, _, _ = shared_cache(tmp_path, k=k, encoding=encoding)
         for mode in ("kl", "reverse_kl", "tidal"):
             batch = one_batch(path, "vocab")
             got = step_for(mode, temperature=2.0)(model, batch, progress=0.3).terms[mode]

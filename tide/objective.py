@@ -5,7 +5,7 @@ layout), its LM head, the gold ids and timesteps there, and the teacher targets 
 those M positions:
 
 * vocabulary targets (pipeline B): N target items, each naming the masked position it belongs to, with
-  the teacher's top-k ids / values and log-partitions;
+  the teacher's sparse targets (ragged top-k ids / values, log tail masses);
 * chunk targets (pipeline A): C active chunks, each a set of masked positions (its student tokens), with
   the teacher's chunk log-prob.
 
@@ -36,8 +36,8 @@ from tide.losses import (
     combine_losses,
     parse_mode,
     required_targets,
-    tidal_lambda,
 )
+from tide.targets import SparseTargets
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,13 @@ class MaskedPositions:
 
 @dataclass(frozen=True)
 class VocabTargets:
-    """Top-k teacher targets at N target items (a subset of the masked positions).
+    """Sparse teacher targets at N target items (a subset of the masked positions).
 
-    index: (N,) int64 into [0, M), ascending; topk_ids (N, k); topk_values (N, k) (logits minus the row
-    maximum over the shared slice); log_partitions (N, n_T) with one column per ``temperatures`` entry."""
+    index: (N,) int64 into [0, M), ascending; teacher: the items' :class:`tide.targets.SparseTargets`
+    (ragged top-k ids and values, log tails at the stored temperatures)."""
 
     index: torch.Tensor
-    topk_ids: torch.Tensor
-    topk_values: torch.Tensor
-    log_partitions: torch.Tensor
-    temperatures: tuple[float, ...]
+    teacher: SparseTargets
 
 
 @dataclass(frozen=True)
@@ -158,14 +155,8 @@ def _head_chunk(
     outputs = [LOSSES["ce"](ce_inputs, options)]
     if vocab is not None:
         n_items = int(items.numel())
-        inputs = VocabInputs(
-            student_logits=logits[local, : objective.shared_vocab_size],
-            teacher_ids=vocab.topk_ids[items],
-            teacher_values=vocab.topk_values[items],
-            teacher_log_partitions=vocab.log_partitions[items],
-            temperatures=vocab.temperatures,
-            t=t[local],
-        )
+        inputs = VocabInputs(student_logits=logits[local, : objective.shared_vocab_size],
+                             teacher=vocab.teacher.select(items), t=t[local])
         for entry in objective.distill_entries:
             if n_items == 0:
                 outputs.append(logits.sum() * 0.0)
@@ -190,11 +181,10 @@ def _chunk_terms(
 
 def tidal_stats(options: LossOptions, t: torch.Tensor) -> dict[str, float]:
     """λ_train at the current progress and the batch mean of λ over the rows' timesteps ``t`` (B,)."""
-    lambda_train = tidal_lambda(options.progress, 0.0, axis="training_only", decay=options.decay,
-                                lambda0=options.lambda0, lambda_max=options.lambda_max)
-    lam = tidal_lambda(options.progress, t.float().clamp(0.0, 1.0), axis=options.axis, decay=options.decay,
-                       lambda0=options.lambda0, lambda_max=options.lambda_max)
-    return {"lambda_train": float(lambda_train), "lambda_mean": float(torch.as_tensor(lam).float().mean())}
+    schedule = options.schedule
+    lam = schedule.lam(options.progress, t.float().clamp(0.0, 1.0))
+    return {"lambda_train": float(schedule.lambda_train(options.progress)),
+            "lambda_mean": float(torch.as_tensor(lam).float().mean())}
 
 
 def compute_objective(

@@ -1,16 +1,22 @@
-"""Sparse teacher targets: top-k logits plus what is needed to rebuild tempered probabilities (docs/design.md#top-k-targets).
+"""Sparse teacher targets and the teacher they stand for (docs/design.md#top-k-targets).
 
-Per target position the cache keeps, over the shared vocabulary slice ``[0, V)``:
+Per target position, over the shared vocabulary slice ``[0, V)``, stage one keeps:
 
-* ``topk_ids`` (k,) and ``topk_values`` (k,): the k largest teacher logits minus the row maximum, sorted
-  descending (so the first value is 0);
-* ``log_partitions`` (n_T,): ``log Σ_v exp(value_v / T)`` over the whole slice for each stored temperature
-  (the first is always T = 1);
-* ``gold_logprob``: the teacher log-prob (T = 1, over the slice) of the student's gold token.
+* the ``k`` largest teacher logits minus the row maximum (``values``, descending, the first 0) and their
+  ``ids``; ``k`` may differ per position (:class:`KPolicy`), so the arrays are padded to the widest row
+  and ``counts`` says how many entries of each row are real;
+* ``log_tails`` (n_T,): log of the teacher's mass on the *unstored* ids at every stored temperature,
+  computed directly as a log-sum-exp over those ids (never as 1 − Σ, which rounds to 0 at confident
+  positions); −inf when every id is stored;
+* ``gold_logprob``: the teacher log-prob (T = 1) of the student's gold token.
 
-From these, the tempered teacher at T is exact on the top-k, ``p_v = exp(value_v / T − log Z_T)``, and the
-remaining mass ``tail = 1 − Σ_topk p_v`` is exact as a total; where a full vector is needed the tail is
-spread uniformly over the V − k ids outside the top-k. With k = V the reconstruction is exact.
+At temperature T the stored ids are exact: p_j = (1 − τ_T)·softmax_stored(v/T)_j. How τ_T is shared among
+the unstored ids is a training-time choice, :class:`TailReconstruction`: in proportion to the student's own
+probabilities there (``student``, the default), uniformly (``uniform``), or a fixed share uniformly and the
+rest like the student (``mixture``). With every id stored, all three are the exact teacher.
+
+Padding of ragged rows: padded entries repeat the row's first id with the value −inf, so they carry no
+mass and a scatter at the padded ids writes the same id as the first entry (deterministic).
 
 All computations are in fp32; fp16-stored values are cast first.
 """
@@ -19,48 +25,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 _LN2 = math.log(2.0)
+_FP32_LOWEST = torch.finfo(torch.float32).min
 
-
-@dataclass(frozen=True)
-class SparseTargets:
-    """Top-k teacher targets for N positions.
-
-    Attributes:
-        topk_ids: int32 (N, k) vocabulary ids, by descending logit.
-        topk_values: float32 (N, k) logits minus the row max over the slice (first column 0).
-        log_partitions: float32 (N, n_T) ``log Σ_v exp(value_v / T)`` over the slice, one column per temperature.
-        gold_logprob: float32 (N,) teacher log-prob of the gold id at T = 1; NaN where the gold id is outside
-            the slice.
-        temperatures: the temperatures of the ``log_partitions`` columns, starting with 1.0.
-        vocab_size: size of the shared slice the targets were taken over.
-    """
-
-    topk_ids: torch.Tensor
-    topk_values: torch.Tensor
-    log_partitions: torch.Tensor
-    gold_logprob: torch.Tensor
-    temperatures: tuple[float, ...]
-    vocab_size: int
-
-    def log_partition_at(self, temperature: float) -> torch.Tensor:
-        """The (N,) log-partition column stored for ``temperature``."""
-        return self.log_partitions[:, temperature_column(self.temperatures, temperature)]
+K_POLICIES = ("fixed", "mass")
+TAIL_KINDS = ("student", "uniform", "mixture")
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """Stable ``log(1 − exp(x))`` for x ≤ 0: ``log(−expm1(x))`` above −ln 2, ``log1p(−exp(x))`` below.
 
-    Returns −inf at x = 0. Both branches are evaluated on safe inputs, so no NaN reaches the gradient.
+    Returns −inf at x = 0 and 0 at x = −inf. Both branches are evaluated on safe inputs, so no NaN reaches
+    the gradient.
     """
     near_zero = x > -_LN2
     x_near = torch.where(near_zero, x, torch.full_like(x, -_LN2))
     x_far = torch.where(near_zero, torch.full_like(x, -_LN2), x)
     return torch.where(near_zero, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
+
+
+# --------------------------------------------------------------------------------------------- temperatures
 
 
 def normalize_temperatures(temperatures: Sequence[float]) -> tuple[float, ...]:
@@ -77,8 +65,7 @@ def _check_temperature_values(temperatures: Sequence[float]) -> list[float]:
     if not values:
         raise ValueError("temperatures must not be empty")
     for t in values:
-        if not math.isfinite(t) or t <= 0.0:
-            raise ValueError(f"temperatures must be finite and positive, got {t}")
+        _check_temperature(t)
     return values
 
 
@@ -111,6 +98,148 @@ def _check_temperature(temperature: float) -> float:
     return temperature
 
 
+# ------------------------------------------------------------------------------------------------ k policy
+
+
+@dataclass(frozen=True)
+class KPolicy:
+    """How many top entries a position keeps.
+
+    ``fixed``: every position keeps ``ceiling`` entries. ``mass``: the smallest k whose cumulative teacher
+    probability at ``temperature`` reaches ``mass``, clamped to [``floor``, ``ceiling``] (a floor keeps
+    enough entries for training at a higher temperature than the policy's, where the same ids hold less).
+    """
+
+    kind: str = "fixed"
+    ceiling: int = 64
+    mass: float = 1.0
+    temperature: float = 1.0
+    floor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in K_POLICIES:
+            raise ValueError(f"k policy kind must be one of {K_POLICIES}, got {self.kind!r}")
+        if isinstance(self.ceiling, bool) or not isinstance(self.ceiling, int) or self.ceiling < 1:
+            raise ValueError(f"k policy ceiling must be a positive integer, got {self.ceiling!r}")
+        if self.kind == "mass":
+            if not 0.0 < self.mass <= 1.0:
+                raise ValueError(f"k policy mass must lie in (0, 1], got {self.mass}")
+            _check_temperature(self.temperature)
+            if not 1 <= self.floor <= self.ceiling:
+                raise ValueError(f"k policy floor must lie in [1, ceiling={self.ceiling}], got {self.floor}")
+
+    @classmethod
+    def fixed(cls, k: int) -> KPolicy:
+        return cls(kind="fixed", ceiling=k, floor=k)
+
+    def counts(self, top_values: torch.Tensor, log_partition: torch.Tensor | None = None) -> torch.Tensor:
+        """k per row (N,) int64 from the rows' ``ceiling`` largest values (N, ceiling) sorted descending and,
+        for ``mass``, log Σ exp(value/T) over the whole slice at the policy's temperature (N,)."""
+        n, width = top_values.shape
+        if self.kind == "fixed":
+            return torch.full((n,), width, dtype=torch.long, device=top_values.device)
+        probs = torch.exp(top_values / self.temperature - log_partition[:, None])
+        reached = torch.cumsum(probs, dim=1) >= self.mass
+        # smallest k with cumulative mass >= p: 1 + the number of prefixes still below p
+        counts = 1 + (~reached).sum(dim=1)
+        return counts.clamp(min=min(self.floor, width), max=width)
+
+
+# ------------------------------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class TeacherAtTemperature:
+    """The stored teacher at one temperature, as the losses read it.
+
+    ids: int64 (N, K) (padding repeats column 0); valid: bool (N, K); log_p: float32 (N, K), the exact
+    tempered log-probs of the stored ids (−inf at padding); log_tail: (N,) log τ_T (−inf: no unstored mass);
+    counts: int64 (N,); temperature."""
+
+    ids: torch.Tensor
+    valid: torch.Tensor
+    log_p: torch.Tensor
+    log_tail: torch.Tensor
+    counts: torch.Tensor
+    temperature: float
+
+
+@dataclass(frozen=True)
+class SparseTargets:
+    """Top-k teacher targets of N positions with ragged k (see the module docstring).
+
+    Attributes:
+        topk_ids: int (N, K) vocabulary ids by descending logit; padding repeats column 0.
+        topk_values: float (N, K) logits minus the row max over the slice (column 0 is 0); −inf at padding.
+        counts: int (N,) stored entries per row, in [1, K].
+        log_tails: float32 (N, n_T) log of the teacher's mass on the unstored ids, one column per temperature.
+        temperatures: the temperatures of the ``log_tails`` columns, starting with 1.0.
+        gold_logprob: float32 (N,) teacher log-prob of the gold id at T = 1 (NaN outside the slice), or None
+            where training does not carry it.
+    """
+
+    topk_ids: torch.Tensor
+    topk_values: torch.Tensor
+    counts: torch.Tensor
+    log_tails: torch.Tensor
+    temperatures: tuple[float, ...]
+    gold_logprob: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        ids, values, counts, tails = self.topk_ids, self.topk_values, self.counts, self.log_tails
+        if ids.ndim != 2 or values.shape != ids.shape:
+            raise ValueError(f"topk_ids and topk_values must both be (N, K), got {tuple(ids.shape)} "
+                             f"and {tuple(values.shape)}")
+        n, width = ids.shape
+        if counts.shape != (n,):
+            raise ValueError(f"counts must have shape ({n},), got {tuple(counts.shape)}")
+        if tails.shape != (n, len(self.temperatures)):
+            raise ValueError(f"log_tails must be (N={n}, {len(self.temperatures)}) for temperatures "
+                             f"{self.temperatures}, got {tuple(tails.shape)}")
+        if n and (int(counts.min()) < 1 or int(counts.max()) > width):
+            raise ValueError(f"counts must lie in [1, K={width}], got range [{int(counts.min())}, {int(counts.max())}]")
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.topk_ids.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.topk_ids.shape[1])
+
+    def valid(self) -> torch.Tensor:
+        """bool (N, K): which entries are stored (not padding)."""
+        return torch.arange(self.width, device=self.counts.device)[None, :] < self.counts[:, None]
+
+    def select(self, index: torch.Tensor) -> SparseTargets:
+        """The targets of rows ``index`` (int64), same width."""
+        gold = None if self.gold_logprob is None else self.gold_logprob[index]
+        return replace(self, topk_ids=self.topk_ids[index], topk_values=self.topk_values[index],
+                       counts=self.counts[index], log_tails=self.log_tails[index], gold_logprob=gold)
+
+    def to(self, device: torch.device | str) -> SparseTargets:
+        gold = None if self.gold_logprob is None else self.gold_logprob.to(device)
+        return replace(self, topk_ids=self.topk_ids.to(device), topk_values=self.topk_values.to(device),
+                       counts=self.counts.to(device), log_tails=self.log_tails.to(device), gold_logprob=gold)
+
+    def at(self, temperature: float, vocab_size: int | None = None) -> TeacherAtTemperature:
+        """The stored teacher at a stored ``temperature``: exact log-probs of the stored ids and log τ_T.
+
+        With ``vocab_size``, a row that stores every id has no tail whatever its stored tail says (a v1 tail,
+        1 − Σ p, can round to 1e-7 there)."""
+        temperature = _check_temperature(temperature)
+        column = temperature_column(self.temperatures, temperature)
+        valid = self.valid()
+        scaled = torch.where(valid, self.topk_values.float() / temperature, torch.full_like(self.topk_values.float(),
+                                                                                            -math.inf))
+        log_tail = self.log_tails[:, column].float()
+        if vocab_size is not None:
+            log_tail = torch.where(self.counts >= vocab_size, torch.full_like(log_tail, -math.inf), log_tail)
+        log_p = scaled - torch.logsumexp(scaled, dim=1, keepdim=True) + log1mexp(log_tail)[:, None]
+        return TeacherAtTemperature(ids=self.topk_ids.long(), valid=valid, log_p=log_p, log_tail=log_tail,
+                                    counts=self.counts.long(), temperature=temperature)
+
+
 @torch.no_grad()
 def sparse_targets(
     logits: torch.Tensor,
@@ -119,11 +248,13 @@ def sparse_targets(
     k: int,
     shared_vocab_size: int,
     temperatures: Sequence[float],
+    policy: KPolicy | None = None,
 ) -> SparseTargets:
-    """Compress teacher logits (N, V_full) to top-k targets over the first ``shared_vocab_size`` ids.
+    """Compress teacher logits (N, V_full) to sparse targets over the first ``shared_vocab_size`` ids.
 
-    Computed in fp32 on ``logits.device``. ``gold_ids`` (N,) are the student's gold tokens (non-negative);
-    a gold id ≥ ``shared_vocab_size`` gets a NaN ``gold_logprob``.
+    ``k`` is the width (a fixed k, or the ceiling of ``policy``). Computed in fp32 on ``logits.device``.
+    ``gold_ids`` (N,) are the student's gold tokens (non-negative); a gold id ≥ ``shared_vocab_size`` gets a
+    NaN ``gold_logprob``. Memory: one (N, V) copy of the logits besides the per-temperature scaled one.
     """
     if logits.ndim != 2:
         raise ValueError(f"logits must be (N, V), got shape {tuple(logits.shape)}")
@@ -134,6 +265,9 @@ def sparse_targets(
     k = int(k)
     if not 0 < k <= shared_vocab_size:
         raise ValueError(f"k must lie in [1, shared_vocab_size={shared_vocab_size}], got {k}")
+    policy = policy or KPolicy.fixed(k)
+    if policy.ceiling != k:
+        raise ValueError(f"k={k} must equal the k policy's ceiling {policy.ceiling}")
     temps = _check_temperatures(temperatures)
     if gold_ids.shape != (n,):
         raise ValueError(f"gold_ids must have shape ({n},), got {tuple(gold_ids.shape)}")
@@ -147,103 +281,90 @@ def sparse_targets(
     if not torch.isfinite(values).all():
         raise ValueError("logits over the shared slice must be finite")
     top_values, top_ids = torch.topk(values, k, dim=-1, largest=True, sorted=True)
-    # One temperature at a time: never an (N, n_T, V) intermediate.
-    log_partitions = torch.stack([torch.logsumexp(values / temp, dim=-1) for temp in temps], dim=-1)
+    log_z = {temp: torch.logsumexp(values / temp, dim=-1) for temp in temps}
+    if policy.kind == "mass" and policy.temperature not in log_z:
+        log_z[policy.temperature] = torch.logsumexp(values / policy.temperature, dim=-1)
+    counts = policy.counts(top_values, log_z.get(policy.temperature))
+    stored = torch.arange(k, device=z.device)[None, :] < counts[:, None]
+    # The unstored ids keep their values, the stored ones become −inf: the tail is a log-sum-exp over the
+    # unstored ids themselves, exact however small it is.
+    unstored = values.scatter(1, top_ids, torch.where(stored, torch.full_like(top_values, -math.inf), top_values))
+    log_tails = torch.stack([torch.logsumexp(unstored / temp, dim=-1) - log_z[temp] for temp in temps], dim=-1)
+    del unstored
 
     gold = gold_ids.to(device=z.device, dtype=torch.long)
     in_slice = gold < shared_vocab_size
     gathered = values.gather(1, torch.where(in_slice, gold, torch.zeros_like(gold))[:, None])[:, 0]
-    gold_logprob = torch.where(in_slice, gathered - log_partitions[:, 0], torch.full_like(gathered, math.nan))
-    return SparseTargets(
-        topk_ids=top_ids.to(torch.int32),
-        topk_values=top_values,
-        log_partitions=log_partitions,
-        gold_logprob=gold_logprob,
-        temperatures=temps,
-        vocab_size=shared_vocab_size,
-    )
+    gold_logprob = torch.where(in_slice, gathered - log_z[1.0], torch.full_like(gathered, math.nan))
+    top_ids = torch.where(stored, top_ids, top_ids[:, :1])
+    top_values = torch.where(stored, top_values, torch.full_like(top_values, -math.inf))
+    return SparseTargets(topk_ids=top_ids.to(torch.int32), topk_values=top_values, counts=counts.to(torch.int32),
+                         log_tails=log_tails, temperatures=temps, gold_logprob=gold_logprob)
 
 
-def _check_pair(values: torch.Tensor, log_partition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if values.ndim < 1:
-        raise ValueError("values must have a trailing top-k dimension")
-    if log_partition.shape != values.shape[:-1]:
-        raise ValueError(
-            f"log_partition must have shape {tuple(values.shape[:-1])} (values without its last dim), "
-            f"got {tuple(log_partition.shape)}"
-        )
-    return values.float(), log_partition.float()
+# ---------------------------------------------------------------------------------------------- the tail
 
 
-def topk_log_probs(values: torch.Tensor, log_partition: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Exact tempered teacher log-probs of the top-k ids, (..., k): ``values / T − log Z_T``."""
-    temperature = _check_temperature(temperature)
-    values, log_partition = _check_pair(values, log_partition)
-    return values / temperature - log_partition[..., None]
+@dataclass(frozen=True)
+class TailReconstruction:
+    """How the teacher's unstored mass τ is shared among the unstored ids (a training-time choice).
 
-
-def topk_probs(values: torch.Tensor, log_partition: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Exact tempered teacher probabilities of the top-k ids, (..., k)."""
-    return topk_log_probs(values, log_partition, temperature).exp()
-
-
-def log_tail_mass(values: torch.Tensor, log_partition: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log of the teacher mass outside the top-k at T, (...,); −inf where it rounds to 0 (always for k = V).
-
-    ``tail = 1 − exp(lse_topk)`` with ``lse_topk = logsumexp(values / T) − log Z_T``, evaluated as
-    ``log1mexp(min(lse_topk, 0))``; rounding can make ``lse_topk`` slightly positive, read as no tail.
+    ``student``: τ·q_v/Q, q the student's tempered probabilities and Q their mass off the stored ids;
+    ``uniform``: τ/(V − k); ``mixture``: ``uniform_share`` of τ uniformly, the rest like ``student`` (a
+    safeguard for a student whose tail is still noise). ``uniform_share`` is read by ``mixture`` only.
     """
-    log_top = torch.logsumexp(topk_log_probs(values, log_partition, temperature), dim=-1)
-    return log1mexp(torch.clamp(log_top, max=0.0))
+
+    kind: str = "student"
+    uniform_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in TAIL_KINDS:
+            raise ValueError(f"tail reconstruction must be one of {TAIL_KINDS}, got {self.kind!r}")
+        if not 0.0 < float(self.uniform_share) < 1.0:
+            raise ValueError(f"tail uniform share must lie in (0, 1), got {self.uniform_share}")
 
 
-def tail_mass(values: torch.Tensor, log_partition: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Teacher probability mass outside the top-k at T, (...,), in [0, 1]."""
-    return log_tail_mass(values, log_partition, temperature).exp()
+def off_stored_log_mass(log_probs: torch.Tensor, teacher: TeacherAtTemperature) -> torch.Tensor:
+    """log of the mass a distribution (log-probs (N, V)) puts on the ids a row does not store, (N,).
 
-
-def _check_ids(ids: torch.Tensor, values: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    if ids.shape != values.shape or ids.ndim != 2:
-        raise ValueError(f"ids and values must both be (N, k), got {tuple(ids.shape)} and {tuple(values.shape)}")
-    k = ids.shape[1]
-    if not 0 < k <= vocab_size:
-        raise ValueError(f"k={k} must lie in [1, vocab_size={vocab_size}]")
-    ids = ids.long()
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        raise ValueError(f"ids must lie in [0, {vocab_size}), got range [{int(ids.min())}, {int(ids.max())}]")
-    return ids
+    A log-sum-exp over those ids (never 1 − Σ, which loses everything below 1e-7 of the stored mass);
+    −inf where every id is stored. Memory: one (N, V) copy."""
+    vocab = log_probs.shape[1]
+    fill = torch.full(teacher.ids.shape, _FP32_LOWEST, dtype=log_probs.dtype, device=log_probs.device)
+    masked = log_probs.scatter(1, teacher.ids, fill)  # padded ids repeat column 0: the same write
+    has_off = teacher.counts < vocab
+    return torch.where(has_off, torch.logsumexp(masked, dim=1), torch.full_like(masked[:, 0], -math.inf))
 
 
 def reconstruct_log_probs(
-    ids: torch.Tensor,
-    values: torch.Tensor,
-    log_partition: torch.Tensor,
-    temperature: float,
+    teacher: TeacherAtTemperature,
     vocab_size: int,
+    tail: TailReconstruction,
+    student_log_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Full tempered teacher log-probs (N, vocab_size): exact on the top-k, ``log(tail / (V − k))`` elsewhere.
+    """The full tempered teacher (N, V) log-probs: exact on the stored ids, the tail shared as ``tail`` says.
 
-    With k = V no id is outside the top-k, so the (zero) tail never appears. With k < V and a tail that
-    rounds to 0, the other ids get −inf (the teacher gives them no mass).
-    """
+    ``student_log_probs`` (N, V) (the tempered student, treated as a constant) is needed by ``student`` and
+    ``mixture``. Unstored ids get −inf where τ = 0."""
     vocab_size = int(vocab_size)
-    ids = _check_ids(ids, values, vocab_size)
-    top = topk_log_probs(values, log_partition, temperature)
-    n, k = top.shape
-    if k == vocab_size:
-        fill = torch.zeros(n, device=top.device, dtype=top.dtype)
+    n = teacher.ids.shape[0]
+    if teacher.ids.numel() and int(teacher.ids.max()) >= vocab_size:
+        raise ValueError(f"teacher ids must lie in [0, {vocab_size}), got up to {int(teacher.ids.max())}")
+    others = (vocab_size - teacher.counts).clamp(min=1).to(teacher.log_tail.dtype)
+    log_uniform = (teacher.log_tail - torch.log(others))[:, None]
+    if tail.kind == "uniform":
+        out = log_uniform.expand(n, vocab_size).clone()
     else:
-        fill = log_tail_mass(values, log_partition, temperature) - math.log(vocab_size - k)
-    out = fill[:, None].expand(n, vocab_size).clone()
-    return out.scatter_(1, ids, top)
-
-
-def reconstruct_probs(
-    ids: torch.Tensor,
-    values: torch.Tensor,
-    log_partition: torch.Tensor,
-    temperature: float,
-    vocab_size: int,
-) -> torch.Tensor:
-    """Full tempered teacher probabilities (N, vocab_size), tail spread uniformly over the V − k other ids."""
-    return reconstruct_log_probs(ids, values, log_partition, temperature, vocab_size).exp()
+        if student_log_probs is None or student_log_probs.shape != (n, vocab_size):
+            raise ValueError(f"tail {tail.kind!r} needs the student's (N={n}, V={vocab_size}) log-probs")
+        log_q = student_log_probs.detach().float()
+        log_off = off_stored_log_mass(log_q, teacher)
+        safe_off = torch.where(torch.isfinite(log_off), log_off, torch.zeros_like(log_off))
+        shaped = teacher.log_tail[:, None] + log_q - safe_off[:, None]
+        if tail.kind == "student":
+            out = shaped
+        else:
+            share = float(tail.uniform_share)
+            out = torch.logaddexp(math.log1p(-share) + shaped, math.log(share) + log_uniform)
+    stored = torch.where(teacher.valid, teacher.log_p, teacher.log_p[:, :1])  # padding: the first entry again
+    return out.scatter(1, teacher.ids, stored)

@@ -20,7 +20,14 @@ from typing import Any
 
 from cache_schema.directory import CacheDirectory
 from cache_schema.manifest import REGIMES
-from cache_schema.schemas import PASSES, PIPELINE_CROSS, PIPELINE_SHARED, PIPELINES, VALUE_DTYPES
+from cache_schema.schemas import (
+    ENCODING_PACKED,
+    PASSES,
+    PIPELINE_CROSS,
+    PIPELINE_SHARED,
+    PIPELINES,
+    SPARSE_ENCODINGS,
+)
 from stages.cache_build.preparation import DUPLICATE_MODES, SPECIAL_TEXT_MODES, TEACHER_CONTEXTS
 from stages.cache_build.sources import PAPER_SOURCES
 from stages.options import OptionsError, option
@@ -28,6 +35,7 @@ from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
 from tide.maskable import TRAIN_TURNS
 from tide.models.model_types import LLADA2_MODEL_TYPE, WEDLM_MODEL_TYPE
 from tide.runtime import DTYPE_CHOICES
+from tide.targets import K_POLICIES, KPolicy
 
 # Teacher config ``model_type`` → pipeline (docs/design.md#pipelines).
 TEACHER_PIPELINES = {LLADA2_MODEL_TYPE: PIPELINE_CROSS, WEDLM_MODEL_TYPE: PIPELINE_SHARED}
@@ -102,7 +110,20 @@ class BuildConfig:
     teacher_max_length: int | None = option(None, group=_TARGETS, default_text=_per_pipeline("teacher_max_length"),
                                             help="teacher sequence length")
     block_size: int = option(32, group=_TARGETS, help="block size")
-    k: int = option(64, group=_TARGETS, help="top-k entries per target position, shared only")
+    k: int = option(64, group=_TARGETS,
+                    help="top entries per target position (shared only): the k of --k-policy fixed, the most a "
+                         "mass policy keeps")
+    k_policy: str = option("mass", group=_TARGETS, choices=K_POLICIES,
+                           help="fixed: k entries everywhere; mass: the fewest entries holding --k-mass of the "
+                                "teacher's probability at --k-mass-temperature, at least --k-floor, at most --k")
+    k_mass: float = option(0.9, group=_TARGETS, help="mass policy: the teacher probability the kept entries reach")
+    k_mass_temperature: float = option(1.0, group=_TARGETS, help="mass policy: the temperature --k-mass is measured at")
+    k_floor: int = option(16, group=_TARGETS,
+                          help="mass policy: the fewest entries a position keeps, at most --k (a T = 1 policy without "
+                               "a floor starves training at T = 2)")
+    encoding: str = option(ENCODING_PACKED, group=_TARGETS, choices=SPARSE_ENCODINGS,
+                           help="storage of the top entries: rank24-delta8 packs a frequency rank and an 8-bit value "
+                                "step into 4 bytes; float32 stores int32 ids and float32 values (exact)")
     temperatures: list[float] | None = option(None, group=_TARGETS, metavar="T",
                                               default_text=_per_pipeline("temperatures"),
                                               help="stored temperatures, starting with 1.0, space- or comma-separated")
@@ -132,8 +153,6 @@ class BuildConfig:
     batch_rows: int | None = option(None, group=_RUN, help="at most this many sequences per teacher batch")
     rows_per_shard: int = option(1024, group=_RUN, help="cache rows per shard")
     rows_per_row_group: int = option(256, group=_RUN, help="rows per Parquet row group")
-    value_dtype: str = option("float16", group=_TARGETS, choices=tuple(VALUE_DTYPES),
-                              help="storage type of top-k values")
     device: str = option("auto", group=_RUN, help="auto, cpu, cuda, cuda:N")
     dtype: str = option("auto", group=_RUN, choices=DTYPE_CHOICES,
                         help="teacher dtype (auto: bf16 on GPU, fp32 on CPU)")
@@ -206,14 +225,18 @@ class BuildConfig:
             (bool(self.passes) and set(self.passes) <= set(PASSES),
              f"passes={self.passes!r}: expected a non-empty subset of {PASSES}"),
             (self.regime in REGIMES, f"regime={self.regime!r}: expected one of {REGIMES}"),
+            (self.encoding in SPARSE_ENCODINGS,
+             f"encoding={self.encoding!r}: expected one of {SPARSE_ENCODINGS}"),
+            (self.k_policy in K_POLICIES, f"k_policy={self.k_policy!r}: expected one of {K_POLICIES}"),
+            (0.0 < self.k_mass <= 1.0, f"k_mass={self.k_mass}: must lie in (0, 1]"),
+            (self.k_mass_temperature > 0, f"k_mass_temperature={self.k_mass_temperature}: must be positive"),
+            (self.k_floor >= 1, f"k_floor={self.k_floor}: must be at least 1"),
             (self.train_turns in TRAIN_TURNS, f"train_turns={self.train_turns!r}: expected one of {TRAIN_TURNS}"),
             (self.duplicates in DUPLICATE_MODES, f"duplicates={self.duplicates!r}: expected one of {DUPLICATE_MODES}"),
             (self.special_text in SPECIAL_TEXT_MODES,
              f"special_text={self.special_text!r}: expected one of {SPECIAL_TEXT_MODES}"),
             (self.teacher_context in TEACHER_CONTEXTS,
              f"teacher_context={self.teacher_context!r}: expected one of {TEACHER_CONTEXTS}"),
-            (self.value_dtype in VALUE_DTYPES,
-             f"value_dtype={self.value_dtype!r}: expected one of {tuple(VALUE_DTYPES)}"),
             (self.dtype in DTYPE_CHOICES, f"dtype={self.dtype!r}: expected one of {DTYPE_CHOICES}"),
             (self.block_size > 0, f"block_size={self.block_size}: must be positive"),
             (self.max_length > 0 and self.block_size > 0 and self.max_length % self.block_size == 0,
@@ -241,6 +264,13 @@ class BuildConfig:
                 (len(set(temperatures)) == len(temperatures), f"temperatures={temperatures}: contains duplicates"),
             ]
         return [message for ok, message in checks if not ok]
+
+    def target_policy(self) -> KPolicy:
+        """The k policy of the sparse targets (shared pipeline)."""
+        if self.k_policy == "fixed":
+            return KPolicy.fixed(self.k)
+        return KPolicy(kind="mass", ceiling=self.k, mass=self.k_mass, temperature=self.k_mass_temperature,
+                       floor=min(self.k_floor, self.k))
 
     # ------------------------------------------------------------------ comparison and storage
 

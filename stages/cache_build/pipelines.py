@@ -5,7 +5,8 @@ else in the build compares pipeline names.
 
 * ``shared`` (pipeline B): the student mask is drawn over maskable positions; target items are the masked
   student positions that have an aligned teacher position (ascending). A request masks the teacher at the
-  aligned teacher positions of its items and asks for top-k targets there.
+  aligned teacher positions of its items and asks for sparse targets there (top entries by the k policy,
+  log tail masses, gold log-prob), which the row encodes with the cache's codec and id table.
 * ``cross`` (pipeline A): the student mask is made chunk-consistent (any masked token masks its chunk);
   target items are all chunks of the table (``chunk_masked`` tells which carry targets). A request masks
   every teacher token of its chunks and asks for the gold log-probs of those tokens, summed per chunk.
@@ -13,22 +14,23 @@ else in the build compares pipeline names.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from cache_schema.codec import SparseArrays, SparseCodec, id_table_from_counts
+from cache_schema.manifest import EncodingInfo, KPolicyInfo, SparseInfo, TargetsInfo
 from cache_schema.schemas import (
+    ENCODING_PACKED,
     PIPELINE_CROSS,
     PIPELINE_SHARED,
     chunk_logprob_column,
-    gold_logprob_column,
-    log_partitions_column,
     schema_for,
-    topk_ids_column,
-    topk_values_column,
 )
 from stages.cache_build.passes import (
     PASS_SOURCES,
@@ -46,17 +48,45 @@ from tide import noise
 from tide.alignment.chunks import align_chunks
 from tide.alignment.positions import align_positions
 from tide.alignment.token_bytes import token_bytes_table
+from tide.targets import KPolicy, sparse_targets
+
+# Ids of the id table (the most frequent trained ids of the build's data take the smallest ranks): 4096
+# capture nearly all the gain of a complete table (measured in benchmarks/bench_reader.py).
+ID_TABLE_SIZE = 4096
 
 
 @dataclass(frozen=True)
 class TargetSettings:
-    """The build settings the teacher outputs depend on."""
+    """The build settings the teacher outputs depend on; ``policy``, ``encoding`` and ``id_table`` are the
+    shared pipeline's (``id_table``: ids by descending frequency, from the survey)."""
 
     passes: tuple[str, ...]
-    k: int
     temperatures: tuple[float, ...]
-    value_dtype: str
+    policy: KPolicy = KPolicy()
+    encoding: str = ENCODING_PACKED
+    id_table: tuple[int, ...] = ()
     shared_vocab_size: int | None = None
+
+    def codec(self) -> SparseCodec:
+        return SparseCodec(self.encoding, num_temperatures=len(self.temperatures), id_table=self.id_table,
+                           vocab_size=self.shared_vocab_size)
+
+
+class IdCounter:
+    """Counts the trained student ids (maskable positions) of the prepared samples: the id table's source."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, sample: Any) -> None:
+        ids = np.asarray(sample.input_ids, dtype=np.int64)[np.asarray(sample.maskable, dtype=bool)]
+        found = np.bincount(ids, minlength=self.counts.shape[0])
+        found[: self.counts.shape[0]] += self.counts
+        self.counts = found
+
+    def table(self, shared_vocab_size: int, limit: int = ID_TABLE_SIZE) -> list[int]:
+        """The ids inside the shared slice by descending count (ties by id), at most ``limit``."""
+        return id_table_from_counts(self.counts[:shared_vocab_size], limit)
 
 
 def common_columns(sample: Any, replica: int, unit_noise: UnitNoise) -> dict[str, Any]:
@@ -82,16 +112,32 @@ def _missing_targets(sample: Any, replica: int, pass_name: str, items: list[int]
 
 
 class SharedBuildPipeline:
-    """Pipeline B: top-k teacher targets at aligned, masked student positions."""
+    """Pipeline B: sparse teacher targets at aligned, masked student positions."""
 
     name = PIPELINE_SHARED
-    has_vocabulary_targets = True  # top-k over a shared vocabulary: the manifest records k and its size
+    has_vocabulary_targets = True  # top entries over a shared vocabulary: the manifest records the policy
+
     chunk_consistent = False
     pads_teacher_to_blocks = True  # the original's WeDLM collator EOS-pads the cut teacher to whole blocks
 
     def schema(self, targets: TargetSettings) -> pa.Schema:
-        return schema_for(self.name, passes=targets.passes, k=targets.k, value_dtype=targets.value_dtype,
-                          num_temperatures=len(targets.temperatures))
+        return schema_for(self.name, passes=targets.passes, num_temperatures=len(targets.temperatures),
+                          encoding=targets.encoding)
+
+    def survey_counter(self) -> IdCounter:
+        return IdCounter()
+
+    def targets_info(self, settings: TargetSettings) -> TargetsInfo:
+        """The manifest's ``targets`` section."""
+        policy = settings.policy
+        mass = policy.kind == "mass"
+        k_policy = KPolicyInfo(kind=policy.kind, ceiling=policy.ceiling, mass=policy.mass if mass else None,
+                               temperature=policy.temperature if mass else None, floor=policy.floor if mass else None)
+        packed = settings.encoding == ENCODING_PACKED
+        encoding = EncodingInfo(name=settings.encoding, value_step=settings.codec().value_step if packed else None,
+                                id_table=list(settings.id_table) if packed else None)
+        return TargetsInfo(passes=list(settings.passes), temperatures=list(settings.temperatures),
+                           sparse=SparseInfo(k_policy=k_policy, encoding=encoding))
 
     def align(self, prepared: Any, student: Any, teacher: Any, student_tok: Any, teacher_tok: Any, *,
               student_limit: int, teacher_limit: int) -> None:
@@ -145,21 +191,19 @@ class SharedBuildPipeline:
 
     def run_batch(self, runner: Any, batch: list[TeacherRequest], arrays: PaddedBatch, tensor: Any,
                   targets: TargetSettings) -> None:
-        """Top-k targets at the batch's wanted positions, stored per request (numpy) in ``results``."""
+        """Sparse targets at the batch's wanted positions, stored per request (numpy) in ``results``."""
+        policy = targets.policy
         found = runner.topk_targets(
             tensor(arrays.noised), tensor(arrays.lengths), tensor(arrays.row_index), tensor(arrays.position),
-            tensor(arrays.gold), k=targets.k, shared_vocab_size=targets.shared_vocab_size,
+            tensor(arrays.gold), k=policy.ceiling, shared_vocab_size=targets.shared_vocab_size,
             temperatures=list(targets.temperatures), clean_ids=tensor(arrays.clean),
+            targets_fn=functools.partial(sparse_targets, policy=policy),
         )
-        fields = (found.topk_ids, found.topk_values, found.log_partitions, found.gold_logprob)
-        parts = [np.split(t.cpu().numpy(), arrays.splits) for t in fields]
+        fields = {"counts": found.counts, "ids": found.topk_ids, "values": found.topk_values,
+                  "log_tails": found.log_tails, "gold_logprob": found.gold_logprob}
+        parts = {name: np.split(t.cpu().numpy(), arrays.splits) for name, t in fields.items()}
         for index, request in enumerate(batch):
-            request.results = {
-                "topk_ids": parts[0][index].astype(np.int32),
-                "topk_values": parts[1][index].astype(np.float32),
-                "log_partitions": parts[2][index].astype(np.float32),
-                "gold_logprob": parts[3][index].astype(np.float32),
-            }
+            request.results = {name: part[index] for name, part in parts.items()}
 
     def row(self, sample: Any, replica: int, unit_noise: UnitNoise, requests: list[TeacherRequest],
             targets: TargetSettings) -> dict[str, Any]:
@@ -169,44 +213,45 @@ class SharedBuildPipeline:
         row["target_teacher_positions"] = np.asarray(unit_noise.target_teacher_positions, dtype=np.int32)
         num_items = row["target_positions"].shape[0]
         by_kind = {request.kind: request for request in requests}
+        codec = targets.codec()
         for pass_name in targets.passes:
-            ids = np.zeros((num_items, targets.k), dtype=np.int32)
-            values = np.zeros((num_items, targets.k), dtype=np.float32)
-            log_z = np.zeros((num_items, len(targets.temperatures)), dtype=np.float32)
-            gold = np.zeros(num_items, dtype=np.float32)
-            filled = np.zeros(num_items, dtype=bool)
-            for kind in PASS_SOURCES[pass_name]:
-                request = by_kind.get(kind)
-                if request is None:
-                    continue
-                items = request.items
-                ids[items] = request.results["topk_ids"]
-                values[items] = request.results["topk_values"]
-                log_z[items] = request.results["log_partitions"]
-                gold[items] = request.results["gold_logprob"]
-                filled[items] = True
-            if not filled.all():
-                raise _missing_targets(sample, replica, pass_name, np.flatnonzero(~filled).tolist())
-            row[topk_ids_column(pass_name)] = ids
-            row[topk_values_column(pass_name)] = values.astype(np.dtype(targets.value_dtype))
-            row[log_partitions_column(pass_name)] = log_z
-            row[gold_logprob_column(pass_name)] = gold
+            parts = [by_kind[kind] for kind in PASS_SOURCES[pass_name] if kind in by_kind]
+            row.update(codec.encode(_item_targets(parts, num_items, len(targets.temperatures), sample, replica,
+                                                  pass_name), pass_name))
         return row
 
     def num_targets(self, row: dict[str, Any]) -> int:
         return int(row["target_positions"].shape[0])
 
     def tail_mass(self, requests: list[TeacherRequest], passes: tuple[str, ...]) -> tuple[float, int]:
-        """(Σ tail mass 1 − Σ top-k p at T = 1, positions) of the plain pass (CompDemo's if no plain pass)."""
+        """(Σ tail mass at T = 1, positions) of the plain pass (CompDemo's if no plain pass)."""
         chosen = [r for r in requests if r.kind == PLAIN] if "plain" in passes else requests
-        total, count = 0.0, 0
-        for request in chosen:
-            values = request.results["topk_values"].astype(np.float64)
-            log_z = request.results["log_partitions"][:, 0].astype(np.float64)
-            tail = 1.0 - np.exp(values - log_z[:, None]).sum(axis=1)
-            total += float(np.clip(tail, 0.0, 1.0).sum())
-            count += int(tail.shape[0])
-        return total, count
+        tails = [np.exp(r.results["log_tails"][:, 0].astype(np.float64)) for r in chosen]
+        return float(sum(t.sum() for t in tails)), int(sum(t.shape[0] for t in tails))
+
+
+def _item_targets(requests: Sequence[TeacherRequest], num_items: int, num_temperatures: int, sample: Any,
+                  replica: int, pass_name: str) -> SparseArrays:
+    """The sparse targets of a row's items in item order, gathered from the requests that computed them."""
+    counts = np.zeros(num_items, dtype=np.int64)
+    width = max((r.results["ids"].shape[1] for r in requests), default=1)
+    ids = np.zeros((num_items, width), dtype=np.int64)
+    values = np.zeros((num_items, width), dtype=np.float32)
+    tails = np.zeros((num_items, num_temperatures), dtype=np.float32)
+    gold = np.zeros(num_items, dtype=np.float32)
+    filled = np.zeros(num_items, dtype=bool)
+    for request in requests:
+        found, items = request.results, request.items
+        counts[items] = found["counts"]
+        ids[items, : found["ids"].shape[1]] = found["ids"]
+        values[items, : found["values"].shape[1]] = found["values"]
+        tails[items] = found["log_tails"]
+        gold[items] = found["gold_logprob"]
+        filled[items] = True
+    if not filled.all():
+        raise _missing_targets(sample, replica, pass_name, np.flatnonzero(~filled).tolist())
+    stored = np.arange(width)[None, :] < counts[:, None]
+    return SparseArrays(counts, ids[stored], values[stored], tails, gold)
 
 
 class CrossBuildPipeline:
@@ -219,6 +264,13 @@ class CrossBuildPipeline:
 
     def schema(self, targets: TargetSettings) -> pa.Schema:
         return schema_for(self.name, passes=targets.passes)
+
+    def survey_counter(self) -> None:
+        return None  # chunk log-probs store no ids
+
+    def targets_info(self, settings: TargetSettings) -> TargetsInfo:
+        """The manifest's ``targets`` section."""
+        return TargetsInfo(passes=list(settings.passes), temperatures=list(settings.temperatures))
 
     def align(self, prepared: Any, student: Any, teacher: Any, student_tok: Any, teacher_tok: Any, *,
               student_limit: int, teacher_limit: int) -> None:

@@ -35,7 +35,7 @@ from stages.cache_build.config import BuildConfig, check_or_store_config
 from stages.cache_build.input_check import check_inputs_unchanged
 from stages.cache_build.ownership import check_shard_names, claim_output
 from stages.cache_build.pipelines import build_pipeline
-from stages.cache_build.shard_builder import ShardBuilder, ShardStats
+from stages.cache_build.shard_builder import ShardBuilder, ShardStats, target_settings
 from stages.cache_build.shard_layout import ShardLayout
 from stages.cache_build.stats import log_summary, summarise
 from stages.cache_build.survey import iter_prepared, load_or_make_survey, load_tokenizers
@@ -121,7 +121,7 @@ def finalize_build(config: BuildConfig) -> str:
 
     Raises :class:`BuildIncompleteError` naming the missing shards if the build is not complete.
     """
-    from cache_schema.manifest import Manifest, NoiseInfo, ShardInfo, StudentInfo, TargetsInfo, TeacherInfo
+    from cache_schema.manifest import Manifest, NoiseInfo, ShardInfo, StudentInfo, TeacherInfo
     from tide.noise import GENERATOR_NAME
 
     config = pin_dtype(config.resolve())
@@ -147,12 +147,7 @@ def finalize_build(config: BuildConfig) -> str:
         teacher=TeacherInfo(**survey["teacher"]),
         student=StudentInfo(**survey["student"]),
         teacher_tokenizer_fingerprint=survey["teacher_tokenizer_fingerprint"],
-        targets=TargetsInfo(
-            passes=list(config.passes),
-            value_dtype=config.value_dtype,
-            temperatures=list(config.temperatures),
-            k=config.k if pipeline.has_vocabulary_targets else None,
-        ),
+        targets=pipeline.targets_info(target_settings(config, survey)),
         noise=NoiseInfo(
             seed=config.seed,
             replicas=config.replicas,

@@ -42,9 +42,12 @@ class ShardStats:
         return dict(self.__dict__)
 
 
-def target_settings(config: BuildConfig, shared_vocab_size: int | None) -> TargetSettings:
-    return TargetSettings(passes=tuple(config.passes), k=config.k, temperatures=tuple(config.temperatures),
-                          value_dtype=config.value_dtype, shared_vocab_size=shared_vocab_size)
+def target_settings(config: BuildConfig, survey: dict[str, Any]) -> TargetSettings:
+    """What the teacher outputs and rows depend on: the settings, and the survey's vocabulary and id table."""
+    return TargetSettings(passes=tuple(config.passes), temperatures=tuple(config.temperatures),
+                          policy=config.target_policy(), encoding=config.encoding,
+                          id_table=tuple(survey.get("id_table", ())),
+                          shared_vocab_size=survey["teacher"]["shared_vocab_size"])
 
 
 class ShardBuilder:
@@ -67,7 +70,7 @@ class ShardBuilder:
             raise BuildConfigError(
                 f"teacher {config.teacher}: loaded mask id {self.runner.mask_token_id} differs from the survey's {expected}"
             )
-        self.targets = target_settings(config, survey["teacher"]["shared_vocab_size"])
+        self.targets = target_settings(config, survey)
         self.vocab_sizes = {"student_vocab": survey["student"]["vocab_size"],
                             "teacher_vocab": survey["teacher"]["vocab_size"]}
         pad = getattr(model.config, "pad_token_id", None)

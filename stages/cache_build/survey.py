@@ -3,7 +3,8 @@
 The survey fixes what every rank needs before any teacher runs, and is where the build states what its
 noise replicas cost before the teacher starts (:func:`replica_tradeoff`): how many samples survive preparation
 (hence the shard layout), the skip counts and alignment statistics, the teacher's and student's ids, the
-teacher tokenizer's fingerprint and the library versions. It is a pure function of the settings and the
+teacher tokenizer's fingerprint, the library versions and, for the shared pipeline, the id table (the
+trained ids by frequency, whose ranks the targets store). It is a pure function of the settings and the
 data, so every rank that finds none makes the same one and writes it atomically; no rank waits for another.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cache_schema.codec import item_bytes
 from cache_schema.directory import CacheDirectory
 from stages.cache_build.config import BuildConfig, BuildConfigError
 from stages.cache_build.pipelines import build_pipeline
@@ -23,7 +25,7 @@ from stages.provenance import library_versions, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
-SURVEY_FORMAT = 1
+SURVEY_FORMAT = 2  # 2: the id table of the shared pipeline
 
 _TOKENIZERS: dict[tuple[str, float], Any] = {}
 
@@ -136,7 +138,12 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
     sources = source_fingerprints(config.sources)  # of the data this pass reads; a resume re-checks it
     start = time.perf_counter()
     skip_counter, prep_stats = SkipCounter(), PrepStats()
-    num_samples = sum(1 for _ in iter_prepared(config, student_tok, teacher_tok, skip_counter, prep_stats))
+    id_counter = build_pipeline(config.pipeline).survey_counter()
+    num_samples = 0
+    for sample in iter_prepared(config, student_tok, teacher_tok, skip_counter, prep_stats):
+        num_samples += 1
+        if id_counter is not None:
+            id_counter.add(sample)
     logger.info(
         "data: %d samples prepared in %.1f s, %d skipped %s, alignment yield %.3f",
         num_samples, time.perf_counter() - start, skip_counter.total, skip_counter.as_dict(),
@@ -144,17 +151,20 @@ def load_or_make_survey(config: BuildConfig, student_tok: Any, teacher_tok: Any)
     )
     if num_samples == 0:
         raise no_samples_error(config.sources, skip_counter)
+    teacher = teacher_info(config)
     survey = {
         "survey_format": SURVEY_FORMAT,
         SOURCES_KEY: sources,
         "num_samples": num_samples,
         "skipped": skip_counter.as_dict(),
         "prep": prep_stats.as_dict(),
-        "teacher": teacher_info(config),
+        "teacher": teacher,
         "student": student_info(config, student_tok),
         "teacher_tokenizer_fingerprint": tokenizer_fingerprint(teacher_tok),
         "versions": library_versions(),
     }
+    if id_counter is not None:
+        survey["id_table"] = id_counter.table(teacher["shared_vocab_size"])
     directory.write_survey(survey)
     logger.info("%s", replica_tradeoff(config, survey))
     return survey
@@ -176,17 +186,19 @@ def replica_tradeoff(config: BuildConfig, survey: dict[str, Any]) -> str:
     per_sample = prep["student_tokens"] / max(prep["samples"], 1)
     base = per_sample * 5 + mean_teacher * 4 + mean_t * per_sample * 4  # ids + maskable, teacher ids, masked
     passes = len(config.passes)
-    if pipeline.has_vocabulary_targets:  # per target: both positions, then per pass top-k, log Z_T, gold
-        value_bytes = 2 if config.value_dtype == "float16" else 4
-        per_target = 8 + passes * (config.k * (4 + value_bytes) + 4 * len(config.temperatures) + 4)
+    if pipeline.has_vocabulary_targets:  # per target: both positions, then per pass its k entries, tails, gold
+        # k is the most a mass policy keeps, so the figure is an upper bound for it and exact for a fixed k
+        per_target = 8 + passes * item_bytes(config.encoding, config.k, len(config.temperatures))
         targets = mean_t * prep["covered_tokens"] / max(prep["samples"], 1)
     else:  # per chunk (all are stored): four range ends, two flags, a log-prob per pass
         per_target, targets = 18 + 4 * passes, prep["chunks"] / max(prep["samples"], 1)
     size = rows * (base + targets * per_target)
+    bound = " at most (a mass policy keeps up to k entries)" if pipeline.has_vocabulary_targets and \
+        config.k_policy == "mass" else ""
     return (
         f"noise replicas: {replicas} (epoch e trains on replica e mod {replicas}; training beyond {replicas} "
         f"epochs replays noise). Cost, linear in replicas: {samples} samples x {replicas} = {rows} rows, about "
         f"{rows * per_row_forwards} teacher forwards over {teacher_tokens:.3g} teacher tokens, about "
-        f"{size / 2**30:.3g} GiB before compression. The original distilled online: one teacher pass per sample "
-        f"per epoch, the same teacher compute as replicas = epochs."
+        f"{size / 2**30:.3g} GiB before compression{bound}. The original distilled online: one teacher pass "
+        f"per sample per epoch, the same teacher compute as replicas = epochs."
     )

@@ -23,6 +23,7 @@ from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE
 from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
 from tide.losses.tidal import AXES, DECAYS, WEIGHTINGS
 from tide.runtime import MIXED_PRECISION_CHOICES
+from tide.targets import TAIL_KINDS
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -109,6 +110,12 @@ class TrainConfig:
                                       default_text=_per_pipeline("tidal_weight"), help="TIDAL per-timestep weight")
     lambda0: float = option(0.1, group=_OBJECTIVE, help="TIDAL λ at the start of training (λ0)")
     lambda_max: float = option(0.9, group=_OBJECTIVE, help="TIDAL λ at the end of training (λmax)")
+    tail: str = option("student", group=_OBJECTIVE, choices=TAIL_KINDS,
+                       help="how vocabulary modes share the teacher's mass off the cached ids: like the student's "
+                            "own probabilities there (student), uniformly (uniform), or --tail-uniform-share of it "
+                            "uniformly and the rest like the student (mixture)")
+    tail_uniform_share: float = option(0.1, group=_OBJECTIVE,
+                                       help="the uniform share of the teacher's unstored mass under --tail mixture")
     distill_weight: float = option(1.0, group=_OBJECTIVE,
                                    help="weight of the distillation terms added to the CE term")
     ce_weight: float = option(1.0, group=_OBJECTIVE, help="weight of the BD3LM CE term in distillation modes")
@@ -205,6 +212,8 @@ class TrainConfig:
             ("lambda0", 0 <= self.lambda0 <= 1, "must be in [0, 1]"),
             ("lambda_max", 0 <= self.lambda_max <= 1, "must be in [0, 1]"),
             ("distill_weight", self.distill_weight >= 0, "must be >= 0"),
+            ("tail", self.tail in TAIL_KINDS, f"must be one of {TAIL_KINDS}"),
+            ("tail_uniform_share", 0 < self.tail_uniform_share < 1, "must be in (0, 1)"),
             ("ce_weight", self.ce_weight >= 0, "must be >= 0"),
             ("seed", self.seed >= 0, "must be >= 0"),
             ("shuffle_window", self.shuffle_window >= 0, "must be >= 0 (0: a full permutation)"),

@@ -238,6 +238,7 @@ def train(
         mode=config.mode,
         options=LossOptions(temperature=plan.temperature, axis=config.tidal_axis, decay=config.tidal_decay,
                             lambda0=config.lambda0, lambda_max=config.lambda_max, weighting=config.tidal_weight,
+                            tail=config.tail, tail_uniform_share=config.tail_uniform_share,
                             calm_clamp=config.calm_clamp),
         ce_weight=config.ce_weight, distill_weight=config.distill_weight,
         shared_vocab_size=manifest.teacher.shared_vocab_size, head_chunk_size=config.loss_chunk_size,

@@ -2,8 +2,9 @@
 collated batch becomes the objective's teacher targets.
 
 One object per pipeline, chosen once from the manifest (:func:`train_pipeline`); nothing else in
-training compares pipeline names. ``shared`` (pipeline B) carries top-k vocabulary targets at target
-positions; ``cross`` (pipeline A) carries chunk tables with the teacher's chunk log-probs.
+training compares pipeline names. ``shared`` (pipeline B) carries sparse vocabulary targets at target
+positions, decoded by the cache's codec (format v2's encodings, or v1's columns) once per batch;
+``cross`` (pipeline A) carries chunk tables with the teacher's chunk log-probs.
 """
 
 from __future__ import annotations
@@ -15,16 +16,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from cache_schema.codec import PaddedArrays, SparseCodec, V1Codec, codec_for
+from cache_schema.errors import SchemaError
 from cache_schema.manifest import Manifest
-from cache_schema.schemas import (
-    PIPELINE_CROSS,
-    PIPELINE_SHARED,
-    chunk_logprob_column,
-    log_partitions_column,
-    topk_ids_column,
-    topk_values_column,
-)
+from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, chunk_logprob_column
 from tide.objective import ChunkTargets, VocabTargets, chunk_token_index, index_among
+from tide.targets import SparseTargets
 
 # Columns every training run reads, whatever the pipeline and mode.
 BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "maskable", "masked_positions")
@@ -32,17 +29,14 @@ BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "mask
 
 @dataclass
 class VocabItems:
-    """Top-k teacher targets of a batch, one entry per target item.
+    """Sparse teacher targets of a batch, one entry per target item.
 
-    row, position: int64 (N,); topk_ids: int64 (N, k); topk_values: float32 (N, k) (teacher logits minus
-    the row max over the shared slice, descending); log_partitions: float32 (N, n_T), one column per stored
-    temperature (manifest ``targets.temperatures``, the first being 1.0)."""
+    row, position: int64 (N,); teacher: the items' :class:`tide.targets.SparseTargets` (ids and values padded
+    to the batch's widest item, log tails per stored temperature, the first being 1.0)."""
 
     row: torch.Tensor
     position: torch.Tensor
-    topk_ids: torch.Tensor
-    topk_values: torch.Tensor
-    log_partitions: torch.Tensor
+    teacher: SparseTargets
 
 
 @dataclass
@@ -55,6 +49,13 @@ class ChunkItems:
     end: torch.Tensor
     teacher_logprob: torch.Tensor
     active: torch.Tensor
+
+
+def decoded_targets(decoded: PaddedArrays, temperatures: tuple[float, ...]) -> SparseTargets:
+    """The losses' targets over a codec's padded decode (the arrays are shared, not copied)."""
+    return SparseTargets(topk_ids=torch.from_numpy(decoded.ids), topk_values=torch.from_numpy(decoded.values),
+                         counts=torch.from_numpy(decoded.counts), log_tails=torch.from_numpy(decoded.log_tails),
+                         temperatures=temperatures)
 
 
 def row_column(row: Mapping[str, object], name: str, label: str) -> np.ndarray:
@@ -88,45 +89,55 @@ class TrainPipeline(Protocol):
 
 @dataclass(frozen=True)
 class SharedPipeline:
-    """Pipeline B: top-k targets at target positions (a subset of the masked positions)."""
+    """Pipeline B: sparse targets at target positions (a subset of the masked positions).
 
-    k: int
+    ``codec`` reads the cache's pass columns (:class:`cache_schema.codec.SparseCodec` for format v2,
+    :class:`cache_schema.codec.V1Codec` for v1)."""
+
+    codec: SparseCodec | V1Codec
     temperatures: tuple[float, ...]
     name: str = PIPELINE_SHARED
     target_kind: str = "vocab"
     items_class: type = VocabItems
 
     def columns(self, target_pass: str) -> list[str]:
-        return ["target_positions", topk_ids_column(target_pass), topk_values_column(target_pass),
-                log_partitions_column(target_pass)]
+        return ["target_positions", *self.codec.columns(target_pass)]
 
     def row_items(self, row: Mapping[str, object], label: str, b: int, n: int, target_pass: str) -> dict:
+        """The row's raw pass columns (decoded once per batch, in :meth:`concat_items`) and which of its items
+        lie before ``n``."""
         positions = row_column(row, "target_positions", label).astype(np.int64)
-        ids = row_column(row, topk_ids_column(target_pass), label)
-        values = row_column(row, topk_values_column(target_pass), label)
-        partitions = row_column(row, log_partitions_column(target_pass), label)
-        count = len(positions)
-        # A row without items carries no width of its own: take the widths from the manifest.
-        ids = ids.reshape(count, self.k)
-        values = values.reshape(count, self.k)
-        partitions = partitions.reshape(count, len(self.temperatures))
+        columns = {name: row_column(row, name, label) for name in self.codec.columns(target_pass)}
+        try:
+            items = self.codec.num_items(columns, target_pass)
+        except SchemaError as exc:
+            raise ValueError(f"{label}: {exc}") from None
+        if items != positions.shape[0]:
+            raise ValueError(f"{label}: {items} {target_pass} target items for {positions.shape[0]} target positions")
         keep = positions < n
-        return {
-            "row": np.full(int(keep.sum()), b, dtype=np.int64),
-            "position": positions[keep],
-            "topk_ids": ids[keep].astype(np.int64),
-            "topk_values": values[keep].astype(np.float32),
-            "log_partitions": partitions[keep].astype(np.float32),
-        }
+        return {"row": np.full(int(keep.sum()), b, dtype=np.int64), "position": positions[keep], "keep": keep,
+                "columns": columns, "label": label, "pass": target_pass}
 
     def concat_items(self, parts: list[dict]) -> VocabItems:
-        return VocabItems(**{key: torch.from_numpy(np.concatenate([p[key] for p in parts])) for key in parts[0]})
+        target_pass = parts[0]["pass"]
+        columns = {name: np.concatenate([p["columns"][name].reshape(-1) for p in parts])
+                   for name in parts[0]["columns"]}
+        try:
+            decoded = self.codec.decode_padded(columns, target_pass)
+        except SchemaError as exc:
+            rows = ", ".join(p["label"] for p in parts)
+            raise ValueError(f"the {target_pass} targets of rows {rows} do not decode: {exc}") from None
+        keep = np.concatenate([p["keep"] for p in parts])
+        if not keep.all():
+            decoded = decoded.select(keep)
+        return VocabItems(row=torch.from_numpy(np.concatenate([p["row"] for p in parts])),
+                          position=torch.from_numpy(np.concatenate([p["position"] for p in parts])),
+                          teacher=decoded_targets(decoded, self.temperatures))
 
     def loss_targets(self, items: VocabItems, flat_masked: torch.Tensor, row_t: torch.Tensor,
                      seq_len: int) -> VocabTargets:
         index = index_among(flat_masked, items.row * seq_len + items.position, "cache target positions")
-        return VocabTargets(index=index, topk_ids=items.topk_ids, topk_values=items.topk_values,
-                            log_partitions=items.log_partitions, temperatures=self.temperatures)
+        return VocabTargets(index=index, teacher=items.teacher)
 
 
 @dataclass(frozen=True)
@@ -178,7 +189,6 @@ class CrossPipeline:
 
 def train_pipeline(manifest: Manifest) -> SharedPipeline | CrossPipeline:
     """The training view of a cache's pipeline, from its manifest."""
-    if manifest.pipeline == PIPELINE_SHARED:
-        return SharedPipeline(k=int(manifest.targets.k),
-                              temperatures=tuple(float(t) for t in manifest.targets.temperatures))
-    return CrossPipeline()
+    if manifest.pipeline != PIPELINE_SHARED:
+        return CrossPipeline()
+    return SharedPipeline(codec=codec_for(manifest), temperatures=tuple(float(t) for t in manifest.targets.temperatures))

@@ -10,7 +10,6 @@ from tide.losses.calm import (
     calm_loss,
     calm_terms,
     log_prob_pair,
-    reverse_calm_terms,
     tidal_calm_loss,
     tidal_calm_terms,
 )
@@ -29,7 +28,7 @@ from tide.losses.registry import (
     parse_mode,
     required_targets,
 )
-from tide.losses.tidal import midrange_weight, tidal_lambda, tidal_loss, tidal_terms, timestep_weight
+from tide.losses.tidal import TidalSchedule, midrange_weight, tidal_loss, tidal_terms
 
 __all__ = [
     "DEFAULT_CHUNK_TEMPERATURE",
@@ -39,6 +38,7 @@ __all__ = [
     "ChunkInputs",
     "LossEntry",
     "LossOptions",
+    "TidalSchedule",
     "VocabInputs",
     "calm_loss",
     "calm_terms",
@@ -52,13 +52,10 @@ __all__ = [
     "midrange_weight",
     "parse_mode",
     "required_targets",
-    "reverse_calm_terms",
     "reverse_kl_loss",
     "reverse_kl_terms",
     "tidal_calm_loss",
     "tidal_calm_terms",
-    "tidal_lambda",
     "tidal_loss",
     "tidal_terms",
-    "timestep_weight",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from tide.losses.common import check_temperature, check_timesteps, masked_mean
-from tide.losses.tidal import tidal_lambda, timestep_weight
+from tide.losses.tidal import DEFAULT_SCHEDULE, TidalSchedule
 from tide.targets import log1mexp
 
 DEFAULT_CHUNK_TEMPERATURE = 5.0
@@ -101,29 +101,17 @@ def calm_terms(
     teacher_logprob: torch.Tensor,
     *,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
+    reverse: bool = False,
     clamp: float | None = None,
 ) -> torch.Tensor:
-    """CALM per chunk, (C,): −[q·log s + (1 − q)·log(1 − s)]. Inputs: (C,) chunk log-probs of active chunks."""
+    """CALM per chunk, (C,): −[q·log s + (1 − q)·log(1 − s)]; ``reverse=True`` gives reverse CALM (TIDE-Cross),
+    −[s·log q + (1 − s)·log(1 − q)]. Inputs: (C,) chunk log-probs of active chunks."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, None)
-    log_s, log_1ms = log_prob_pair(s_lp, temperature, clamp)
-    q = torch.exp(log_prob_pair(t_lp, temperature, clamp)[0])
-    return _bernoulli_cross_entropy(q, log_s, log_1ms)
-
-
-def reverse_calm_terms(
-    student_logprob: torch.Tensor,
-    teacher_logprob: torch.Tensor,
-    *,
-    temperature: float = DEFAULT_CHUNK_TEMPERATURE,
-    clamp: float | None = None,
-) -> torch.Tensor:
-    """Reverse CALM (TIDE-Cross) per chunk, (C,): −[s·log q + (1 − s)·log(1 − q)]."""
-    temperature = check_temperature(temperature)
-    s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, None)
-    log_q, log_1mq = log_prob_pair(t_lp, temperature, clamp)
-    s = torch.exp(log_prob_pair(s_lp, temperature, clamp)[0])
-    return _bernoulli_cross_entropy(s, log_q, log_1mq)
+    scored, weighted = (t_lp, s_lp) if reverse else (s_lp, t_lp)
+    log_x, log_1mx = log_prob_pair(scored, temperature, clamp)
+    coef = torch.exp(log_prob_pair(weighted, temperature, clamp)[0])
+    return _bernoulli_cross_entropy(coef, log_x, log_1mx)
 
 
 def _mixture_logs(
@@ -152,17 +140,14 @@ def tidal_calm_terms(
     *,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
     progress: float,
+    schedule: TidalSchedule = DEFAULT_SCHEDULE,
     reverse: bool = False,
-    axis: str = "both",
-    decay: str = "cosine",
-    lambda0: float = 0.1,
-    lambda_max: float = 0.9,
     clamp: float | None = None,
 ) -> torch.Tensor:
     """TIDAL-CALM per chunk, (C,), unweighted; ``reverse=True`` gives −[s·log m + (1 − s)·log(1 − m)]."""
     temperature = check_temperature(temperature)
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, None)
-    lam = tidal_lambda(progress, t_vec, axis=axis, decay=decay, lambda0=lambda0, lambda_max=lambda_max)
+    lam = schedule.lam(progress, t_vec)
     log_s, log_1ms = log_prob_pair(s_lp, temperature, clamp)
     log_q, log_1mq = log_prob_pair(t_lp, temperature, clamp)
     log_m, log_1mm = _mixture_logs(log_s, log_1ms, log_q, log_1mq, lam, clamp)
@@ -182,8 +167,7 @@ def calm_loss(
 ) -> torch.Tensor:
     """Mean CALM (or reverse CALM) over active chunks. ``active``: optional bool (C,) (masked, not prompt)."""
     s_lp, t_lp, _ = _select_active(student_logprob, teacher_logprob, None, active)
-    fn = reverse_calm_terms if reverse else calm_terms
-    return masked_mean(fn(s_lp, t_lp, temperature=temperature, clamp=clamp))
+    return masked_mean(calm_terms(s_lp, t_lp, temperature=temperature, reverse=reverse, clamp=clamp))
 
 
 def tidal_calm_loss(
@@ -194,30 +178,15 @@ def tidal_calm_loss(
     progress: float,
     active: torch.Tensor | None = None,
     temperature: float = DEFAULT_CHUNK_TEMPERATURE,
+    schedule: TidalSchedule = DEFAULT_SCHEDULE,
     reverse: bool = False,
-    axis: str = "both",
-    decay: str = "cosine",
-    lambda0: float = 0.1,
-    lambda_max: float = 0.9,
-    weighting: str = "midrange",
     clamp: float | None = None,
 ) -> torch.Tensor:
     """Σ over active chunks of w(t)·TIDAL-CALM term / number of active chunks."""
     s_lp, t_lp, t_vec = _select_active(student_logprob, teacher_logprob, t, active)
-    terms = tidal_calm_terms(
-        s_lp,
-        t_lp,
-        t_vec,
-        temperature=temperature,
-        progress=progress,
-        reverse=reverse,
-        axis=axis,
-        decay=decay,
-        lambda0=lambda0,
-        lambda_max=lambda_max,
-        clamp=clamp,
-    )
-    return masked_mean(terms, weights=timestep_weight(t_vec, weighting))
+    terms = tidal_calm_terms(s_lp, t_lp, t_vec, temperature=temperature, progress=progress, schedule=schedule,
+                             reverse=reverse, clamp=clamp)
+    return masked_mean(terms, weights=schedule.weight(t_vec))
 
 
 __all__ = [
@@ -226,7 +195,6 @@ __all__ = [
     "calm_loss",
     "calm_terms",
     "log_prob_pair",
-    "reverse_calm_terms",
     "tidal_calm_loss",
     "tidal_calm_terms",
 ]

@@ -1,13 +1,19 @@
-"""Vocabulary distillation against a top-k teacher: forward and reverse KL (docs/design.md#kl-and-reverse-kl).
+"""Vocabulary distillation against sparse teacher targets: forward and reverse KL (docs/design.md#kl-and-reverse-kl).
 
-The teacher at temperature T is the cached top-k, exact on its k ids (``p = exp(value/T − log Z_T)``), plus
-one tail bucket of mass ``tail = 1 − Σ_topk p`` spread uniformly over the V − k other ids (tide.targets).
-Both KLs are computed from the top-k and the tail in closed form, without an (N, V) teacher tensor:
+The teacher at temperature T is exact on its stored ids S (p_j, see :mod:`tide.targets`) and holds the mass
+τ on the others; q = p_S^T is the tempered student and Q its mass off S (a log-sum-exp over those ids). The
+tail reconstruction (:class:`tide.targets.TailReconstruction`) decides the KLs' tail terms:
 
-* forward: ``Σ_topk p (log p − log q) + tail·log(tail/(V−k)) − (tail/(V−k))·Σ_{v∉topk} log q_v``,
-* reverse: ``Σ_v q log q − Σ_topk q log p − (1 − Σ_topk q)·log(tail/(V−k))``,
+* ``student`` (τ·q_v/Q off S): the (|S| + 1)-bucket forms
+  forward ``Σ_S p log(p/q) + τ log(τ/Q)``, reverse ``Σ_S q log(q/p) + Q log(Q/τ)``;
+* ``uniform`` (τ/(V − k) off S): forward ``Σ_S p log(p/q) + τ log(τ/(V−k)) − (τ/(V−k))·Σ_{v∉S} log q_v``,
+  reverse ``Σ_v q log q − Σ_S q log p − Q·log(τ/(V−k))``;
+* ``mixture``: the reconstructed teacher built densely (N, V) and compared id by id.
 
-where q = p_S^T. With k = V the tail terms vanish and both equal the full-vocabulary formulas.
+The reconstructed teacher is a target: it is treated as a constant (the student-shaped forms give exactly
+that gradient when differentiated as written, since their bucket KL's gradient equals the full KL's with the
+reconstruction held fixed). With every id stored the tail terms vanish and both are the full-vocabulary
+formulas. Rows may store different numbers of ids (ragged k).
 """
 
 from __future__ import annotations
@@ -17,140 +23,142 @@ import math
 import torch
 
 from tide.losses.common import check_matrix, check_temperature, masked_mean
-from tide.targets import log_tail_mass, topk_log_probs
+from tide.targets import (
+    SparseTargets,
+    TailReconstruction,
+    TeacherAtTemperature,
+    off_stored_log_mass,
+    reconstruct_log_probs,
+)
+
+STUDENT_TAIL = TailReconstruction()
 
 
-def check_teacher(
-    student_logits: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_values: torch.Tensor,
-    teacher_log_partition: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate (N, V) student logits against a (N, k) top-k teacher; returns fp32 logits and long ids."""
+def teacher_at(student_logits: torch.Tensor, teacher: SparseTargets, temperature: float
+               ) -> tuple[torch.Tensor, TeacherAtTemperature]:
+    """Check (N, V) student logits against N sparse targets; returns fp32 logits and the teacher at T on
+    the logits' device."""
     z = check_matrix("student_logits", student_logits)
     n, vocab = z.shape
-    if teacher_ids.ndim != 2 or teacher_ids.shape[0] != n or teacher_values.shape != teacher_ids.shape:
-        raise ValueError(
-            f"teacher_ids and teacher_values must be (N={n}, k), got {tuple(teacher_ids.shape)} "
-            f"and {tuple(teacher_values.shape)}"
-        )
-    if teacher_log_partition.shape != (n,):
-        raise ValueError(f"teacher_log_partition must have shape ({n},), got {tuple(teacher_log_partition.shape)}")
-    k = teacher_ids.shape[1]
-    if not 0 < k <= vocab:
-        raise ValueError(f"teacher top-k width k={k} must lie in [1, V={vocab}] (student slice width)")
-    ids = teacher_ids.to(device=z.device, dtype=torch.long)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-        raise ValueError(f"teacher_ids must lie in [0, {vocab}), got range [{int(ids.min())}, {int(ids.max())}]")
-    return z, ids
+    if not isinstance(teacher, SparseTargets):
+        raise ValueError(f"teacher must be SparseTargets, got {type(teacher).__name__}")
+    if teacher.num_positions != n:
+        raise ValueError(f"teacher targets cover {teacher.num_positions} positions, the student logits {n}")
+    if n and int(teacher.counts.max()) > vocab:
+        raise ValueError(f"teacher stores up to {int(teacher.counts.max())} ids per position, more than V={vocab}")
+    view = teacher.to(z.device).at(check_temperature(temperature), vocab)
+    if view.ids.numel() and (int(view.ids.min()) < 0 or int(view.ids.max()) >= vocab):
+        raise ValueError(f"teacher ids must lie in [0, {vocab}), got range [{int(view.ids.min())}, "
+                         f"{int(view.ids.max())}]")
+    return z, view
 
 
-def teacher_log_parts(
-    ids: torch.Tensor,
-    values: torch.Tensor,
-    log_partition: torch.Tensor,
-    temperature: float,
-    vocab: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Teacher top-k log-probs (N, k) at T and the log tail mass (N,) (None when k = V: no tail ids)."""
-    values = values.to(device)
-    log_partition = log_partition.to(device)
-    log_p_top = topk_log_probs(values, log_partition, temperature)
-    k = ids.shape[1]
-    if k == vocab:
-        return log_p_top, None
-    log_tail = log_tail_mass(values, log_partition, temperature)
-    return log_p_top, log_tail
+def _where(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, value, torch.zeros_like(value))
+
+
+def _stored_log_q(log_q: torch.Tensor, view: TeacherAtTemperature) -> torch.Tensor:
+    """The student's log-probs at the stored ids (N, K); 0 at padding (never used there)."""
+    return _where(view.valid, log_q.gather(1, view.ids))
+
+
+def _others(view: TeacherAtTemperature, vocab: int) -> torch.Tensor:
+    """V − k per row as a float, at least 1 (rows storing every id have no tail to divide)."""
+    return (vocab - view.counts).clamp(min=1).to(view.log_tail.dtype)
+
+
+def floored_log_tail(view: TeacherAtTemperature, vocab: int, min_tail: float) -> torch.Tensor:
+    """log τ with ``min_tail`` where the stored tail is 0 although some ids are unstored (it underflowed)."""
+    if not 0.0 < min_tail < 1.0:
+        raise ValueError(f"min_tail must lie in (0, 1), got {min_tail}")
+    underflow = torch.isneginf(view.log_tail) & (view.counts < vocab)
+    return torch.where(underflow, torch.full_like(view.log_tail, math.log(min_tail)), view.log_tail)
 
 
 def kl_terms(
     student_logits: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_values: torch.Tensor,
-    teacher_log_partition: torch.Tensor,
+    teacher: SparseTargets,
     *,
     temperature: float,
+    tail: TailReconstruction = STUDENT_TAIL,
 ) -> torch.Tensor:
     """Per position KL(p_T^T ‖ p_S^T), fp32 (N,), without the T² factor.
 
-    Args:
-        student_logits: (N, V) over the shared vocabulary slice.
-        teacher_ids, teacher_values: (N, k) cached top-k (values = logits − row max, any float dtype).
-        teacher_log_partition: (N,) ``log Z_T`` stored for ``temperature``.
-    """
-    temperature = check_temperature(temperature)
-    z, ids = check_teacher(student_logits, teacher_ids, teacher_values, teacher_log_partition)
+    ``student_logits`` (N, V) over the shared slice; ``teacher``: the N positions' sparse targets."""
+    z, view = teacher_at(student_logits, teacher, temperature)
     vocab = z.shape[1]
-    log_q = torch.log_softmax(z / temperature, dim=-1)
-    log_q_top = log_q.gather(1, ids)
-    log_p_top, log_tail = teacher_log_parts(ids, teacher_values, teacher_log_partition, temperature, vocab, z.device)
-    terms = (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1)
-    if log_tail is None:
-        return terms
-    other = vocab - ids.shape[1]
-    tail = log_tail.exp()
-    log_per_id = log_tail - math.log(other)
-    self_term = torch.where(tail > 0, tail * log_per_id, torch.zeros_like(tail))
+    log_q = torch.log_softmax(z / view.temperature, dim=-1)
+    if tail.kind == "mixture":
+        log_target = reconstruct_log_probs(view, vocab, tail, log_q)
+        return _where(log_target > -math.inf, log_target.exp() * (log_target - log_q)).sum(-1)
+    log_q_top = _stored_log_q(log_q, view)
+    safe_log_p = _where(view.valid, view.log_p)
+    terms = _where(view.valid, safe_log_p.exp() * (safe_log_p - log_q_top)).sum(-1)
+    tau = view.log_tail.exp()
+    has_tail = tau > 0
+    safe_log_tail = _where(has_tail, view.log_tail)
+    if tail.kind == "student":
+        log_off = off_stored_log_mass(log_q, view)
+        return terms + _where(has_tail, tau * (safe_log_tail - _where(has_tail, log_off)))
+    others = _others(view, vocab)
     sum_other_log_q = log_q.sum(-1) - log_q_top.sum(-1)
-    return terms + self_term - (tail / other) * sum_other_log_q
+    return terms + _where(has_tail, tau * (safe_log_tail - torch.log(others)) - (tau / others) * sum_other_log_q)
 
 
 def reverse_kl_terms(
     student_logits: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_values: torch.Tensor,
-    teacher_log_partition: torch.Tensor,
+    teacher: SparseTargets,
     *,
     temperature: float,
+    tail: TailReconstruction = STUDENT_TAIL,
     min_tail: float = 1e-8,
 ) -> torch.Tensor:
     """Per position KL(p_S^T ‖ p_T^T), fp32 (N,), without the T² factor.
 
-    ``min_tail`` floors the teacher tail mass (k < V only): a tail that rounds to 0 would make the reverse
-    KL infinite wherever the student puts mass outside the top-k. The fp32 log-partition resolves tails to
-    about 1e-7 anyway, so the floor only replaces noise. It has no effect at k = V.
-    """
-    temperature = check_temperature(temperature)
-    if not 0.0 < min_tail < 1.0:
-        raise ValueError(f"min_tail must lie in (0, 1), got {min_tail}")
-    z, ids = check_teacher(student_logits, teacher_ids, teacher_values, teacher_log_partition)
+    ``min_tail`` replaces a stored tail of exactly 0 at a position that leaves ids unstored (it would make
+    the reverse KL infinite wherever the student puts mass there); tails computed over the unstored ids do
+    not round to 0 in practice, so the floor only guards against degenerate inputs. No effect at k = V."""
+    z, view = teacher_at(student_logits, teacher, temperature)
     vocab = z.shape[1]
-    log_q = torch.log_softmax(z / temperature, dim=-1)
+    log_q = torch.log_softmax(z / view.temperature, dim=-1)
+    log_tail = floored_log_tail(view, vocab, min_tail)
+    if tail.kind == "mixture":
+        view = TeacherAtTemperature(view.ids, view.valid, view.log_p, log_tail, view.counts, view.temperature)
+        log_target = reconstruct_log_probs(view, vocab, tail, log_q)
+        return (log_q.exp() * (log_q - log_target)).sum(-1)
+    log_q_top = _stored_log_q(log_q, view)
+    stored_q = _where(view.valid, log_q_top.exp())
+    log_off = off_stored_log_mass(log_q, view)
+    has_off = log_off > -math.inf
+    safe_off = _where(has_off, log_off)
+    safe_tail = _where(has_off, log_tail)
+    if tail.kind == "student":
+        terms = (stored_q * (log_q_top - _where(view.valid, view.log_p))).sum(-1)
+        return terms + _where(has_off, safe_off.exp() * (safe_off - safe_tail))
     neg_entropy = (log_q.exp() * log_q).sum(-1)
-    q_top = log_q.gather(1, ids).exp()
-    log_p_top, log_tail = teacher_log_parts(ids, teacher_values, teacher_log_partition, temperature, vocab, z.device)
-    terms = neg_entropy - (q_top * log_p_top).sum(-1)
-    if log_tail is None:
-        return terms
-    log_per_id = torch.clamp(log_tail, min=math.log(min_tail)) - math.log(vocab - ids.shape[1])
-    return terms - (1.0 - q_top.sum(-1)) * log_per_id
+    terms = neg_entropy - (stored_q * _where(view.valid, view.log_p)).sum(-1)
+    return terms - _where(has_off, safe_off.exp() * (safe_tail - torch.log(_others(view, vocab))))
 
 
 def kl_loss(
     student_logits: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_values: torch.Tensor,
-    teacher_log_partition: torch.Tensor,
+    teacher: SparseTargets,
     *,
     temperature: float,
+    tail: TailReconstruction = STUDENT_TAIL,
 ) -> torch.Tensor:
     """Forward KL distillation: T²·mean over positions of KL(p_T^T ‖ p_S^T)."""
-    terms = kl_terms(student_logits, teacher_ids, teacher_values, teacher_log_partition, temperature=temperature)
-    return temperature**2 * masked_mean(terms)
+    return temperature**2 * masked_mean(kl_terms(student_logits, teacher, temperature=temperature, tail=tail))
 
 
 def reverse_kl_loss(
     student_logits: torch.Tensor,
-    teacher_ids: torch.Tensor,
-    teacher_values: torch.Tensor,
-    teacher_log_partition: torch.Tensor,
+    teacher: SparseTargets,
     *,
     temperature: float,
+    tail: TailReconstruction = STUDENT_TAIL,
     min_tail: float = 1e-8,
 ) -> torch.Tensor:
     """Reverse KL distillation: T²·mean over positions of KL(p_S^T ‖ p_T^T)."""
-    terms = reverse_kl_terms(
-        student_logits, teacher_ids, teacher_values, teacher_log_partition, temperature=temperature, min_tail=min_tail
-    )
+    terms = reverse_kl_terms(student_logits, teacher, temperature=temperature, tail=tail, min_tail=min_tail)
     return temperature**2 * masked_mean(terms)

@@ -23,8 +23,8 @@ import torch
 from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
 from tide.losses.ce import ce_loss
 from tide.losses.kl import kl_loss, reverse_kl_loss
-from tide.losses.tidal import tidal_loss
-from tide.targets import temperature_column
+from tide.losses.tidal import TidalSchedule, tidal_loss
+from tide.targets import SparseTargets, TailReconstruction
 
 TargetKind = Literal["none", "vocab", "chunk"]
 
@@ -50,24 +50,12 @@ class CEInputs:
 class VocabInputs:
     """Shared-vocabulary targets at the N target positions (pipeline B).
 
-    student_logits: (N, V_shared); teacher_ids / teacher_values: (N, k) cached top-k;
-    teacher_log_partitions: (N, n_T) with columns for ``temperatures`` (first 1.0); t: (N,).
-    """
+    student_logits: (N, V_shared); teacher: the N positions' sparse targets (ragged k, log tails at the
+    stored temperatures); t: (N,)."""
 
     student_logits: torch.Tensor
-    teacher_ids: torch.Tensor
-    teacher_values: torch.Tensor
-    teacher_log_partitions: torch.Tensor
-    temperatures: tuple[float, ...]
+    teacher: SparseTargets
     t: torch.Tensor
-
-    def log_partition_at(self, temperature: float) -> torch.Tensor:
-        if self.teacher_log_partitions.ndim != 2 or self.teacher_log_partitions.shape[1] != len(self.temperatures):
-            raise ValueError(
-                f"teacher_log_partitions must be (N, {len(self.temperatures)}) for temperatures "
-                f"{self.temperatures}, got {tuple(self.teacher_log_partitions.shape)}"
-            )
-        return self.teacher_log_partitions[:, temperature_column(self.temperatures, temperature)]
 
 
 @dataclass(frozen=True)
@@ -84,8 +72,10 @@ class ChunkInputs:
 class LossOptions:
     """Options shared by all modes; each mode reads what it needs.
 
-    temperature: None = the mode's default. progress: step / max_steps for TIDAL schedules.
-    min_tail: reverse-KL tail floor (see tide.losses.kl.reverse_kl_terms).
+    temperature: None = the mode's default. progress: step / max_steps for TIDAL schedules. axis, decay,
+    lambda0, lambda_max, weighting: the TIDAL schedule (:attr:`schedule`). tail, tail_uniform_share: how
+    vocabulary modes share the teacher's unstored mass (:attr:`reconstruction`). min_tail: reverse-KL
+    floor for a tail stored as exactly 0 (see tide.losses.kl.reverse_kl_terms).
     calm_clamp: chunk modes' probability clamp (the original's 1e-7), None = the unclamped log-space form.
     """
 
@@ -97,7 +87,21 @@ class LossOptions:
     lambda_max: float = 0.9
     weighting: str = "midrange"
     min_tail: float = 1e-8
+    tail: str = "student"
+    tail_uniform_share: float = 0.1
     calm_clamp: float | None = CALM_CLAMP
+
+    def __post_init__(self) -> None:
+        self.schedule, self.reconstruction  # noqa: B018 - refuse bad options when they are made, not mid-run
+
+    @property
+    def schedule(self) -> TidalSchedule:
+        return TidalSchedule(axis=self.axis, decay=self.decay, lambda0=self.lambda0, lambda_max=self.lambda_max,
+                             weighting=self.weighting)
+
+    @property
+    def reconstruction(self) -> TailReconstruction:
+        return TailReconstruction(kind=self.tail, uniform_share=self.tail_uniform_share)
 
 
 @dataclass(frozen=True)
@@ -133,30 +137,18 @@ def _ce(inputs: CEInputs, options: LossOptions, temperature: None) -> torch.Tens
     )
 
 
-def _vocab_args(inputs: VocabInputs, temperature: float):
-    return inputs.student_logits, inputs.teacher_ids, inputs.teacher_values, inputs.log_partition_at(temperature)
-
-
 def _kl(inputs: VocabInputs, options: LossOptions, temperature: float) -> torch.Tensor:
-    return kl_loss(*_vocab_args(inputs, temperature), temperature=temperature)
+    return kl_loss(inputs.student_logits, inputs.teacher, temperature=temperature, tail=options.reconstruction)
 
 
 def _reverse_kl(inputs: VocabInputs, options: LossOptions, temperature: float) -> torch.Tensor:
-    return reverse_kl_loss(*_vocab_args(inputs, temperature), temperature=temperature, min_tail=options.min_tail)
+    return reverse_kl_loss(inputs.student_logits, inputs.teacher, temperature=temperature,
+                           tail=options.reconstruction, min_tail=options.min_tail)
 
 
 def _tidal(inputs: VocabInputs, options: LossOptions, temperature: float) -> torch.Tensor:
-    return tidal_loss(
-        *_vocab_args(inputs, temperature),
-        inputs.t,
-        temperature=temperature,
-        progress=options.progress,
-        axis=options.axis,
-        decay=options.decay,
-        lambda0=options.lambda0,
-        lambda_max=options.lambda_max,
-        weighting=options.weighting,
-    )
+    return tidal_loss(inputs.student_logits, inputs.teacher, inputs.t, temperature=temperature,
+                      progress=options.progress, schedule=options.schedule, tail=options.reconstruction)
 
 
 def _calm(reverse: bool):
@@ -171,21 +163,9 @@ def _calm(reverse: bool):
 
 def _tidal_calm(reverse: bool):
     def compute(inputs: ChunkInputs, options: LossOptions, temperature: float) -> torch.Tensor:
-        return tidal_calm_loss(
-            inputs.student_logprob,
-            inputs.teacher_logprob,
-            inputs.t,
-            progress=options.progress,
-            active=inputs.active,
-            temperature=temperature,
-            reverse=reverse,
-            axis=options.axis,
-            decay=options.decay,
-            lambda0=options.lambda0,
-            lambda_max=options.lambda_max,
-            weighting=options.weighting,
-            clamp=options.calm_clamp,
-        )
+        return tidal_calm_loss(inputs.student_logprob, inputs.teacher_logprob, inputs.t, progress=options.progress,
+                               active=inputs.active, temperature=temperature, schedule=options.schedule,
+                               reverse=reverse, clamp=options.calm_clamp)
 
     return compute
 

@@ -1,4 +1,4 @@
-"""Synthetic caches for tests and benchmarks: real format-v1 directories (shards + manifest) from generated rows.
+"""Synthetic caches for tests and benchmarks: real cache directories (shards + manifest) from generated rows.
 
 One spec (:class:`SyntheticCacheSpec`: the manifest-level facts), one writer (:func:`write_cache_rows`: rows of
 column values → shards named as a build names them, then the manifest, through ``cache_schema``), and two
@@ -6,13 +6,15 @@ sources of rows:
 
 * training-shaped rows, :class:`SyntheticRow`: ids, noise and the teacher's *full* outputs handed in (tests
   keep a random "teacher-like" logits tensor, benchmarks a tiny model); :func:`write_synthetic_cache` turns
-  them into targets with :func:`tide.targets.sparse_targets`, the code stage one uses. A "shared" row takes
+  them into targets with :func:`tide.targets.sparse_targets` and the cache's codec, the code stage one uses
+  (or into format-v1 columns for a ``format_version=1`` spec, to test the v1 read path). A "shared" row takes
   ``teacher_logits``: {pass: (n_targets, V_teacher) tensor at the row's ``target_positions``}; a "cross" row
   ``chunk_logprob``: {pass: (C,) float array}. :func:`random_base_rows` draws the ids and noise.
 * format-shaped rows, :func:`shared_rows` / :func:`cross_rows`: complete column rows over a small vocabulary
-  whose top-k targets are computed here with numpy, independently of :mod:`tide.targets`, following the
-  format's invariants by construction (peaked teacher distributions, log-partitions over the shared slice,
-  chunk-consistent masks, teacher sequences offset by a template prefix). The full logits stay next to each
+  whose sparse targets are computed here with numpy, independently of :mod:`tide.targets`, following the
+  format's invariants by construction (peaked teacher distributions, a ragged k reaching 90% of the mass,
+  log tails over the unstored ids, chunk-consistent masks, teacher sequences offset by a template prefix),
+  then encoded with :mod:`cache_schema.codec`. The full logits stay next to each
   row (``_logits_<pass>`` keys, removed by :func:`strip` and by the writer) so format tests can compare decoded
   probabilities with an independent softmax. :func:`format_test_spec` is the spec those rows belong to.
 
@@ -31,11 +33,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from cache_schema.codec import SparseArrays, SparseCodec
 from cache_schema.directory import shard_entry, shard_file_name, write_manifest
-from cache_schema.manifest import Manifest, NoiseInfo, StudentInfo, TargetsInfo, TeacherInfo
-from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, table_from_rows
+from cache_schema.manifest import (
+    EncodingInfo,
+    KPolicyInfo,
+    Manifest,
+    NoiseInfo,
+    SparseInfo,
+    StudentInfo,
+    TargetsInfo,
+    TeacherInfo,
+)
+from cache_schema.schemas import ENCODING_PACKED, PIPELINE_CROSS, PIPELINE_SHARED, table_from_rows
 from cache_schema.writer import write_shard
-from tide.targets import sparse_targets
+from tide.targets import KPolicy, sparse_targets
 
 # ------------------------------------------------------------------------------------------------ the spec
 
@@ -44,6 +56,8 @@ from tide.targets import sparse_targets
 class SyntheticCacheSpec:
     """Manifest-level facts of a synthetic cache, and how its rows are cut into shards and row groups.
 
+    ``k`` is the fixed k, or with ``k_policy`` the policy (its ceiling must be ``k``); ``encoding`` and
+    ``id_table`` are format 2's, ``value_dtype`` format 1's (``format_version=1`` writes a v1 cache).
     ``teacher_mask_token_id`` None = the last teacher id."""
 
     pipeline: str
@@ -60,6 +74,10 @@ class SyntheticCacheSpec:
     teacher_vocab_size: int = 0
     temperatures: tuple[float, ...] = (1.0,)
     value_dtype: str = "float32"
+    k_policy: KPolicy | None = None
+    encoding: str = ENCODING_PACKED
+    id_table: tuple[int, ...] = ()
+    format_version: int = 2
     row_group_rows: int = 4
     rows_per_shard: int = 8
     noise_seed: int = 0
@@ -90,12 +108,41 @@ class SyntheticCacheSpec:
                 vocab_size=self.student_vocab_size,
             ),
             teacher_tokenizer_fingerprint=self.teacher_tokenizer_fingerprint,
-            targets=TargetsInfo(passes=list(self.passes), value_dtype=self.value_dtype,
-                                temperatures=[float(t) for t in self.temperatures], k=self.k if shared else None),
+            targets=self._targets_info(),
             noise=NoiseInfo(seed=self.noise_seed, replicas=self.replicas, eps=1e-3, schedule="linear",
                             demo_ratio=0.5, chunk_consistent=not shared),
             build=dict(self.build),
+            format_version=self.format_version,
         )
+
+    @property
+    def policy(self) -> KPolicy:
+        policy = self.k_policy or KPolicy.fixed(int(self.k))
+        if policy.ceiling != self.k:
+            raise ValueError(f"k={self.k} must equal the k policy's ceiling {policy.ceiling}")
+        return policy
+
+    def codec(self) -> SparseCodec:
+        return SparseCodec(self.encoding, num_temperatures=len(self.temperatures), id_table=self.id_table,
+                           vocab_size=self.shared_vocab_size)
+
+    def _targets_info(self) -> TargetsInfo:
+        temperatures = [float(t) for t in self.temperatures]
+        if self.pipeline != PIPELINE_SHARED:
+            return (TargetsInfo(passes=list(self.passes), temperatures=temperatures, value_dtype=self.value_dtype)
+                    if self.format_version == 1 else TargetsInfo(passes=list(self.passes), temperatures=temperatures))
+        if self.format_version == 1:
+            return TargetsInfo(passes=list(self.passes), temperatures=temperatures, value_dtype=self.value_dtype,
+                               k=self.k)
+        policy = self.policy
+        mass = policy.kind == "mass"
+        packed = self.encoding == ENCODING_PACKED
+        return TargetsInfo(passes=list(self.passes), temperatures=temperatures, sparse=SparseInfo(
+            k_policy=KPolicyInfo(kind=policy.kind, ceiling=policy.ceiling, mass=policy.mass if mass else None,
+                                 temperature=policy.temperature if mass else None,
+                                 floor=policy.floor if mass else None),
+            encoding=EncodingInfo(name=self.encoding, value_step=self.codec().value_step if packed else None,
+                                  id_table=list(self.id_table) if packed else None)))
 
 
 def write_cache_rows(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]], spec: SyntheticCacheSpec) -> Manifest:
@@ -180,12 +227,7 @@ def _row_columns(row: SyntheticRow, spec: SyntheticCacheSpec) -> dict[str, Any]:
             if logits.shape[0] != n_items:
                 raise ValueError(f"{row.sample_id}: {name} teacher logits have {logits.shape[0]} rows, "
                                  f"expected one per target position ({n_items})")
-            targets = sparse_targets(logits.float(), gold, k=spec.k, shared_vocab_size=spec.shared_vocab_size,
-                                     temperatures=spec.temperatures)
-            out[f"{name}_topk_ids"] = targets.topk_ids.numpy()
-            out[f"{name}_topk_values"] = targets.topk_values.numpy().astype(spec.value_dtype)
-            out[f"{name}_log_partitions"] = targets.log_partitions.numpy()
-            out[f"{name}_gold_logprob"] = targets.gold_logprob.numpy()
+            out.update(_pass_columns(name, logits.float(), gold, spec))
     else:
         start = np.asarray(row.chunk_start, dtype=np.int32)
         end = np.asarray(row.chunk_end, dtype=np.int32)
@@ -208,6 +250,25 @@ def _row_columns(row: SyntheticRow, spec: SyntheticCacheSpec) -> dict[str, Any]:
     else:
         out["compdemo_group"] = np.zeros(0, dtype=np.uint8)
     return out
+
+
+def _pass_columns(name: str, logits: torch.Tensor, gold: torch.Tensor, spec: SyntheticCacheSpec) -> dict[str, Any]:
+    """One pass's target columns from the teacher logits at a row's target positions, as stage one writes them."""
+    if spec.format_version == 1:
+        targets = sparse_targets(logits, gold, k=spec.k, shared_vocab_size=spec.shared_vocab_size,
+                                 temperatures=spec.temperatures)
+        values = logits[:, : spec.shared_vocab_size] - logits[:, : spec.shared_vocab_size].max(1, keepdim=True).values
+        log_z = torch.stack([torch.logsumexp(values / t, dim=1) for t in spec.temperatures], dim=1)
+        return {f"{name}_topk_ids": targets.topk_ids.numpy(),
+                f"{name}_topk_values": targets.topk_values.numpy().astype(spec.value_dtype),
+                f"{name}_log_partitions": log_z.numpy(), f"{name}_gold_logprob": targets.gold_logprob.numpy()}
+    targets = sparse_targets(logits, gold, k=spec.k, shared_vocab_size=spec.shared_vocab_size,
+                             temperatures=spec.temperatures, policy=spec.policy)
+    valid = targets.valid().numpy()
+    arrays = SparseArrays(targets.counts.numpy().astype(np.int64), targets.topk_ids.numpy()[valid].astype(np.int64),
+                          targets.topk_values.numpy()[valid], targets.log_tails.numpy(),
+                          targets.gold_logprob.numpy())
+    return spec.codec().encode(arrays, name)
 
 
 def write_synthetic_cache(
@@ -272,18 +333,29 @@ TEMPERATURES = (1.0, 2.0)
 TEACHER_PREFIX = 3  # teacher sequences carry 3 extra template tokens in front
 
 
+FORMAT_MASS = 0.9  # the ragged k of format-shaped rows: the fewest ids holding 90% of the mass at T = 1
+FORMAT_FLOOR = 2
+FORMAT_ID_TABLE = (7, 3, 250, 11, 0)  # a few frequent ids, so ranks differ from ids
+
+
 def format_test_spec(
     pipeline: str,
     *,
     k: int = 8,
     value_dtype: str = "float16",
+    encoding: str = ENCODING_PACKED,
+    format_version: int = 2,
     passes: tuple[str, ...] = ("plain", "compdemo"),
     rows_per_shard: int = 6,
     row_group_rows: int = 4,
 ) -> SyntheticCacheSpec:
-    """The spec of :func:`shared_rows` / :func:`cross_rows` caches (their vocabularies, block, temperatures)."""
+    """The spec of :func:`shared_rows` / :func:`cross_rows` caches (their vocabularies, block, temperatures,
+    k policy and id table); ``format_version=1`` for v1 rows (fixed k, ``value_dtype`` values)."""
     shared = pipeline == PIPELINE_SHARED
+    policy = KPolicy(kind="mass", ceiling=k, mass=FORMAT_MASS, temperature=1.0, floor=min(FORMAT_FLOOR, k))
     return SyntheticCacheSpec(
+        k_policy=policy if format_version == 2 else None, encoding=encoding, format_version=format_version,
+        id_table=FORMAT_ID_TABLE if encoding == ENCODING_PACKED else (),
         pipeline=pipeline, student_fingerprint="s" * 16, mask_token_id=STUDENT_VOCAB - 1,
         eos_token_id=SHARED_VOCAB - 1, block_size=BLOCK, max_length=64, student_vocab_size=STUDENT_VOCAB,
         replicas=2, passes=tuple(passes), k=k, shared_vocab_size=SHARED_VOCAB, teacher_vocab_size=TEACHER_VOCAB,
@@ -295,8 +367,11 @@ def format_test_spec(
 
 
 def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """log Σ exp(x) along ``axis``; −inf for an all −inf slice."""
     top = x.max(axis=axis, keepdims=True)
-    return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
 
 
 def _sequence(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
@@ -307,38 +382,55 @@ def _sequence(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
     return ids, maskable, prompt
 
 
-def shared_targets(
-    rng: np.random.Generator, gold: np.ndarray, k: int, value_dtype: str
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Top-k targets of peaked logits (n, SHARED_VOCAB) whose peak sits on the gold id most of the time;
-    returns the target columns and the full logits."""
+def shared_logits(rng: np.random.Generator, gold: np.ndarray) -> np.ndarray:
+    """Peaked teacher logits (n, SHARED_VOCAB) whose peak sits on the gold id most of the time."""
     n = gold.shape[0]
     logits = rng.normal(0.0, 2.0, size=(n, SHARED_VOCAB))
     peak = np.where(rng.random(n) < 0.7, gold, rng.integers(0, SHARED_VOCAB, size=n))
     logits[np.arange(n), peak] += 8.0
+    return logits
+
+
+def shared_targets(logits: np.ndarray, gold: np.ndarray, k: int, *, ragged: bool = True) -> SparseArrays:
+    """Sparse targets of ``logits`` (n, SHARED_VOCAB) in numpy: the top ids by logit, as many as reach
+    :data:`FORMAT_MASS` at T = 1 within [:data:`FORMAT_FLOOR`, k] (``ragged``) or k; log tails over the
+    unstored ids at every temperature of :data:`TEMPERATURES`; gold log-probs at T = 1."""
+    n = gold.shape[0]
     order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     shifted = logits - logits.max(axis=1, keepdims=True)
     values = np.take_along_axis(shifted, order, axis=1)
     log_z = np.stack([logsumexp(shifted / t, axis=1) for t in TEMPERATURES], axis=1)
+    if ragged:
+        cumulative = np.cumsum(np.exp(values - log_z[:, :1]), axis=1)
+        counts = np.clip(1 + (cumulative < FORMAT_MASS).sum(axis=1), min(FORMAT_FLOOR, k), k)
+    else:
+        counts = np.full(n, k)
+    stored = np.arange(k)[None, :] < counts[:, None]
+    unstored = shifted.copy()
+    unstored[np.repeat(np.arange(n), counts), order[stored]] = -np.inf
+    with np.errstate(divide="ignore"):
+        tails = np.stack([logsumexp(unstored / t, axis=1) for t in TEMPERATURES], axis=1) - log_z
     gold_lp = shifted[np.arange(n), gold] - log_z[:, 0]
-    out = {
-        "topk_ids": order.astype(np.int32),
-        "topk_values": values.astype(value_dtype),
-        "log_partitions": log_z.astype(np.float32),
-        "gold_logprob": gold_lp.astype(np.float32),
-    }
-    return out, logits
+    return SparseArrays(counts.astype(np.int64), order[stored].astype(np.int64), values[stored].astype(np.float32),
+                        tails.astype(np.float32), gold_lp.astype(np.float32))
 
 
-def shared_rows(
-    n: int,
-    *,
-    seed: int = 0,
-    k: int = 8,
-    value_dtype: str = "float16",
-    passes: tuple[str, ...] = ("plain", "compdemo"),
-) -> list[dict]:
-    """``n`` pipeline-``shared`` rows (some masked positions dropped, as alignment does)."""
+def v1_columns(logits: np.ndarray, gold: np.ndarray, k: int, value_dtype: str) -> dict[str, np.ndarray]:
+    """Format-v1 target columns of ``logits`` (fixed k, log-partitions over the slice), in numpy."""
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_z = np.stack([logsumexp(shifted / t, axis=1) for t in TEMPERATURES], axis=1)
+    return {"topk_ids": order.astype(np.int32),
+            "topk_values": np.take_along_axis(shifted, order, axis=1).astype(value_dtype),
+            "log_partitions": log_z.astype(np.float32),
+            "gold_logprob": (shifted[np.arange(gold.shape[0]), gold] - log_z[:, 0]).astype(np.float32)}
+
+
+def shared_rows(n: int, *, seed: int = 0, spec: SyntheticCacheSpec | None = None) -> list[dict]:
+    """``n`` pipeline-``shared`` rows of ``spec`` (default :func:`format_test_spec`), some masked positions
+    dropped as alignment does; the full logits stay under ``_logits_<pass>``."""
+    spec = spec or format_test_spec(PIPELINE_SHARED)
+    passes, k = spec.passes, int(spec.k)
     rng = np.random.default_rng(seed)
     rows = []
     for index in range(n):
@@ -365,9 +457,13 @@ def shared_rows(
             "target_teacher_positions": (targets + TEACHER_PREFIX).astype(np.int32),
         }
         for pass_name in passes:
-            parts, logits = shared_targets(rng, ids[targets].astype(np.int64), k, value_dtype)
-            for key, value in parts.items():
-                row[f"{pass_name}_{key}"] = value
+            gold = ids[targets].astype(np.int64)
+            logits = shared_logits(rng, gold)
+            if spec.format_version == 1:
+                for key, value in v1_columns(logits, gold, k, spec.value_dtype).items():
+                    row[f"{pass_name}_{key}"] = value
+            else:
+                row.update(spec.codec().encode(shared_targets(logits, gold, k), pass_name))
             row[f"_logits_{pass_name}"] = logits
         rows.append(row)
     return rows
