@@ -30,6 +30,7 @@ from typing import Any
 
 from cache_schema.directory import CacheDirectory
 from stages.cache_build.config import BuildConfig, check_or_store_config
+from stages.cache_build.exact_build import exact_info, stores_exact
 from stages.cache_build.pipelines import build_pipeline
 from stages.cache_build.shard_builder import ShardBuilder, ShardStats, target_settings
 from stages.cache_build.shard_layout import ShardLayout
@@ -127,12 +128,15 @@ def finalize_build(config: BuildConfig) -> Path:
             "run the remaining ranks (or rerun the build command) before finalising"
         )
     stats = summarise(survey, records)
+    targets = pipeline.targets_info(target_settings(config, survey))
+    if stores_exact(config.targets):
+        targets.exact = exact_info(directory, config.hidden_encoding)  # the head file's size and SHA-256
     manifest = Manifest(
         pipeline=config.pipeline,
         teacher=TeacherInfo(**survey["teacher"]),
         student=StudentInfo(**survey["student"]),
         teacher_tokenizer_fingerprint=survey["teacher_tokenizer_fingerprint"],
-        targets=pipeline.targets_info(target_settings(config, survey)),
+        targets=targets,
         noise=NoiseInfo(
             seed=config.seed,
             replicas=config.replicas,
