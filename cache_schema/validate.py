@@ -3,7 +3,8 @@
 Checks, in order: the manifest (format, version, fields); per shard the file checks of
 :mod:`cache_schema.shard_checks` (presence, size, SHA-256, Parquet readability, row count, schema) and the
 content invariants of :mod:`cache_schema.content_checks` on every row group, then the manifest's target
-counts; then the directory's other files (:mod:`cache_schema.directory`): unlisted shard files, temporary
+counts; then the teacher LM-head file of exact targets (:mod:`cache_schema.head_file`: present, size,
+SHA-256, tensor shape and dtype); then the directory's other files (:mod:`cache_schema.directory`): unlisted shard files, temporary
 files left by a killed writer, the build settings and the journal records against the manifest.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from cache_schema.content_checks import PROBABILITY_TOLERANCE, Collector, GroupChecker, Problem
 from cache_schema.directory import CacheDirectory
 from cache_schema.errors import ManifestError
+from cache_schema.head_file import head_problems
 from cache_schema.manifest import Manifest
 from cache_schema.shard_checks import FIX, check_shard_file
 from cache_schema.target_checks import TARGET_CHECKS
@@ -92,6 +94,9 @@ def validate_cache(
             check_content=check_content,
             max_rows=max_rows_per_check,
         )
+    exact = manifest.targets.exact
+    problems += [Problem(message, exact.head_file) for message in head_problems(
+        root, exact, manifest.teacher.shared_vocab_size, verify_checksum=verify_checksums)]
     return problems + _directory_problems(CacheDirectory(root), manifest)
 
 

@@ -180,7 +180,7 @@ def replica_tradeoff(config: BuildConfig, survey: dict[str, Any]) -> str:
     base = per_sample * 5 + mean_teacher * 4 + mean_t * per_sample * 4  # ids + maskable, teacher ids, masked
     passes = len(config.passes)
     if pipeline.has_vocabulary_targets:  # per target: both positions, then per pass top-k, log Z_T, gold
-        value_bytes = 2 if config.value_dtype == "float16" else 4
+        value_bytes = 4 if config.encoding == "float32" else 2
         per_target = 8 + passes * (config.k * (4 + value_bytes) + 4 * len(config.temperatures) + 4)
         targets = mean_t * prep["covered_tokens"] / max(prep["samples"], 1)
     else:  # per chunk (all are stored): four range ends, two flags, a log-prob per pass
