@@ -83,7 +83,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "exact", "Exact tier: hidden states and the LM head, bytes, step time, int8 error", "bench_exact.py",
-        ("--positions", "384", "--rows", "2", "--seq-len", "96", "--steps", "3",
+        ("--positions", "256", "--rows", "1", "--seq-len", "96", "--steps", "2",
          "--output", "benchmarks/results/exact.json"),
         ("exact.json",),
         timeout_s=2400,

@@ -26,9 +26,9 @@ def check_exact_pass(check: GroupChecker, pass_name: str, items: np.ndarray) -> 
     hidden = column_list(check.table, name)
     if not check.same_length(name, hidden, items, "len(target_positions)").all():
         return
+    codes = codec.unpack(hidden.values)
     if codec.has_scale:
-        codes = hidden.values.astype(np.int64)
-        rows, _ = first_bad((np.abs(codes) > INT8_LEVELS).any(axis=1), hidden.row_of)
+        rows, _ = first_bad((np.abs(codes.astype(np.int64)) > INT8_LEVELS).any(axis=1), hidden.row_of)
         check.out.rows(name, f"int8 codes outside [−{INT8_LEVELS}, {INT8_LEVELS}]", rows, check.base)
         scale_name = hidden_scale_column(pass_name)
         scale = column_list(check.table, scale_name)
@@ -38,6 +38,6 @@ def check_exact_pass(check: GroupChecker, pass_name: str, items: np.ndarray) -> 
             check.out.rows(scale_name, "scale is not a finite non-negative number", rows, check.base,
                            lambda local: f"found {values[first[np.searchsorted(rows, local)]]}")
         return
-    bits = hidden.values.view(np.uint16)
+    bits = codes.view(np.uint16)
     rows, _ = first_bad(((bits & _BF16_EXPONENT) == _BF16_EXPONENT).any(axis=1), hidden.row_of)
     check.out.rows(name, "hidden state holds a bf16 infinity or NaN", rows, check.base)

@@ -61,7 +61,7 @@ def exact_summary(manifest: Manifest, path: Path) -> list[str]:
 def exact_item_line(row: dict, manifest: Manifest, pass_name: str, item: int) -> str:
     """One decoded item: the norm and extreme values of its stored hidden state (and the int8 scale)."""
     codec: HiddenCodec = manifest.targets.exact.codec()
-    columns = {hidden_column(pass_name): np.asarray(row[hidden_column(pass_name)], dtype=codec.code_dtype)}
+    columns = {hidden_column(pass_name): np.asarray(row[hidden_column(pass_name)], dtype=np.int32)}
     if codec.has_scale:
         columns[hidden_scale_column(pass_name)] = np.asarray(row[hidden_scale_column(pass_name)], dtype=np.float32)
     hidden = codec.decode(columns, pass_name)

@@ -203,7 +203,7 @@ def test_exact_cache_holds_the_teachers_hidden_states_and_head(paper_cache, mode
         positions = np.asarray(row["target_teacher_positions"], dtype=np.int64)
         groups = np.asarray(row["compdemo_group"])
         for pass_name, forwards in (("plain", [np.ones(len(positions), bool)]), ("compdemo", [groups == 1, groups == 0])):
-            stored = np.stack(row[f"{pass_name}_hidden"]) if len(positions) else np.zeros((0, 32), np.int16)
+            stored = HiddenCodec("bfloat16", 32).unpack(np.stack(row[f"{pass_name}_hidden"])) if len(positions) else None
             for items in forwards:
                 if not items.any():
                     continue
@@ -238,7 +238,8 @@ def test_int8_cache_in_the_native_regime_decodes_within_its_bound(native_cache, 
         wanted = torch.from_numpy(positions)
         hidden = runner.hidden_at(noised, torch.tensor([clean.shape[1]]), torch.zeros_like(wanted), wanted,
                                   clean_ids=clean).float().numpy()
-        codes, scale = np.stack(row["plain_hidden"]).astype(np.float32), np.asarray(row["plain_hidden_scale"])
+        codes = HiddenCodec("int8-rowscale", 32).unpack(np.stack(row["plain_hidden"])).astype(np.float32)
+        scale = np.asarray(row["plain_hidden_scale"])
         np.testing.assert_allclose(scale, np.abs(hidden).max(axis=1) / 127, rtol=1e-6)
         assert (np.abs(codes * scale[:, None] - hidden) <= scale[:, None] / 2 * (1 + 1e-5)).all()
         checked += len(positions)
@@ -308,7 +309,8 @@ def _loss_and_grads(student, step: StudentStep, batch) -> tuple[float, list[torc
     return out.terms, [p.grad.clone() for p in student.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("target_pass", ["plain", "compdemo"])
+# the plain pass in the default run (the issue's check); CompDemo's two forwards per row with the slow tests
+@pytest.mark.parametrize("target_pass", ["plain", pytest.param("compdemo", marks=pytest.mark.slow)])
 def test_training_from_the_exact_cache_equals_online_distillation(paper_cache, models, target_pass):
     """Losses and parameter gradients of kl, reverse_kl and tidal at T = 1 and 2 (stored) and T = 3 (not
     stored at build time): the exact cache against the online teacher. The stored hidden states and head give
