@@ -61,15 +61,14 @@ from cache_schema.schemas import (
     table_from_rows,
 )
 from cache_schema.writer import write_shard
+from stages.train.pipelines import decoded_targets
 from tide.losses import TidalSchedule, kl_loss, reverse_kl_loss, tidal_loss
 from tide.targets import (
     KPolicy,
     SparseTargets,
     TailReconstruction,
-    pad_ragged_targets,
     reconstruct_log_probs,
     sparse_targets,
-    targets_from_log_partitions,
 )
 
 logger = logging.getLogger("bench_fidelity")
@@ -249,16 +248,7 @@ def store_and_decode(directory: Path, family: Family, case: PolicyCase, encoding
     table = pq.read_table(directory / name, columns=codec.columns(PASS))
     flat = {c: _flat(table.column(c)) for c in codec.columns(PASS)}
     decoded = codec.decode(flat, PASS)
-    if encoding == "v1":
-        k = case.policy.ceiling
-        targets = targets_from_log_partitions(torch.from_numpy(decoded.ids.reshape(-1, k)),
-                                              torch.from_numpy(decoded.values.reshape(-1, k)),
-                                              torch.from_numpy(flat[f"{PASS}_log_partitions"].reshape(n, -1)),
-                                              TEMPERATURES)
-    else:
-        targets = pad_ragged_targets(torch.from_numpy(decoded.counts), torch.from_numpy(decoded.ids),
-                                     torch.from_numpy(decoded.values), torch.from_numpy(decoded.log_tails),
-                                     TEMPERATURES)
+    targets = decoded_targets(codec.decode_padded(flat, PASS), TEMPERATURES)  # as training decodes a batch
     pass_bytes = {c: sizes[c] / n for c in codec.columns(PASS)}
     storage = {"bytes_per_position": sum(pass_bytes.values()), "bytes_by_column": pass_bytes,
                "shard_bytes_per_position": info.bytes / n, "mean_k": float(arrays.counts.mean()),

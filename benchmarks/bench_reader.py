@@ -23,7 +23,7 @@ in two columns). The last two exist only here.
 
 Writes ``benchmarks/results/reader.json``.
 
-    .venv/bin/python benchmarks/bench_reader.py [--rows 48]
+    .venv/bin/python benchmarks/bench_reader.py [--rows 24] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from cache_schema.codec import (
 )
 from cache_schema.reader import CacheReader
 from cache_schema.schemas import ENCODING_FLOAT32, ENCODING_PACKED, table_from_rows
-from cache_schema.writer import write_shard
+from cache_schema.writer import DEFAULT_COMPRESSION_LEVEL, dictionary_columns
 from stages.cache_build.config import BuildConfig
 from stages.cache_build.pipelines import ID_TABLE_SIZE
 from stages.train.collate import CollateSpec
@@ -112,27 +112,30 @@ def to_arrays(targets) -> SparseArrays:
 
 
 def teacher_targets(rows: list[dict], policies: dict[str, KPolicy], id_counts: np.ndarray, seed: int) -> dict:
-    """Per pass and policy, the rows' sparse targets (float32, before encoding), and v1's log-partitions at k = 64."""
+    """Per policy, the rows' sparse targets (float32, before encoding), and v1's log-partitions at k = 64.
+
+    Both passes store the same targets: Parquet compresses every column chunk on its own, so a pass's bytes
+    and decode time do not depend on the other's content, and one teacher draw per row halves the run time.
+    """
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed + 1)
     log_prior = real_text_log_prior(id_counts)
-    out = {name: {p: [] for p in PASSES} for name in (*policies, "log_partitions")}
+    out = {name: [] for name in (*policies, "log_partitions")}
     for row in rows:
         gold = torch.from_numpy(row["input_ids"][row["target_positions"]].astype(np.int64))
-        for pass_name in PASSES:
-            parts = {name: [] for name in out}
-            for start in range(0, gold.numel(), CHUNK):
-                g = gold[start:start + CHUNK]
-                logits = calibrated_logits(g.numel(), log_prior, gen, rng)
-                for name, policy in policies.items():
-                    parts[name].append(to_arrays(sparse_targets(logits, g, k=policy.ceiling, shared_vocab_size=VOCAB,
-                                                                temperatures=TEMPERATURES, policy=policy)))
-                centred = logits - logits.max(dim=1, keepdim=True).values
-                parts["log_partitions"].append(torch.stack([torch.logsumexp(centred / t, 1) for t in TEMPERATURES],
-                                                           1).numpy())
-            for name in policies:
-                out[name][pass_name].append(SparseArrays.concat(parts[name], len(TEMPERATURES)))
-            out["log_partitions"][pass_name].append(np.concatenate(parts["log_partitions"]))
+        parts = {name: [] for name in out}
+        for start in range(0, gold.numel(), CHUNK):
+            g = gold[start:start + CHUNK]
+            logits = calibrated_logits(g.numel(), log_prior, gen, rng)
+            for name, policy in policies.items():
+                parts[name].append(to_arrays(sparse_targets(logits, g, k=policy.ceiling, shared_vocab_size=VOCAB,
+                                                            temperatures=TEMPERATURES, policy=policy)))
+            centred = logits - logits.max(dim=1, keepdim=True).values
+            parts["log_partitions"].append(torch.stack([torch.logsumexp(centred / t, 1) for t in TEMPERATURES],
+                                                       1).numpy())
+        for name in policies:
+            out[name].append(SparseArrays.concat(parts[name], len(TEMPERATURES)))
+        out["log_partitions"].append(np.concatenate(parts["log_partitions"]))
     return out
 
 
@@ -176,11 +179,16 @@ def column_bytes(path: Path) -> dict[str, int]:
     return sizes
 
 
-def write_columns(directory: Path, name: str, rows: list[dict[str, np.ndarray]], row_group_rows: int) -> Path:
+def write_columns(directory: Path, name: str, rows: list[dict[str, np.ndarray]], row_group_rows: int,
+                  dictionary: bool = True) -> Path:
+    """A Parquet file of bench-only columns, compressed as the cache writer compresses shards (``dictionary``:
+    its dictionary columns, else none)."""
     schema = pa.schema([pa.field(c, _arrow_type(v), nullable=False) for c, v in rows[0].items()])
-    write_shard(directory, f"{name}.parquet", table_from_rows(rows, schema), schema=schema,
-                row_group_rows=row_group_rows)
-    return directory / f"{name}.parquet"
+    path = directory / f"{name}.parquet"
+    pq.write_table(table_from_rows(rows, schema), path, row_group_size=row_group_rows, compression="zstd",
+                   compression_level=DEFAULT_COMPRESSION_LEVEL,
+                   use_dictionary=dictionary_columns(schema) if dictionary else False)
+    return path
 
 
 def _flat(table: pa.Table, name: str) -> np.ndarray:
@@ -306,17 +314,19 @@ def rounding(codec, exact: list[SparseArrays]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=48)
-    parser.add_argument("--row-group-rows", type=int, default=24)
+    parser.add_argument("--rows", type=int, default=24)
+    parser.add_argument("--row-group-rows", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "reader.json")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep the tokenized stdlib here between runs (default: a temporary directory)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_reader_"))
+    workdir = Path(tempfile.mkdtemp(prefix="bench_reader_", dir=args.work_dir))
     try:
-        result = run(args, workdir)
+        result = run(args, workdir, tokens_dir=args.work_dir or workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -330,9 +340,9 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict:
+def run(args: argparse.Namespace, workdir: Path, tokens_dir: Path) -> dict:
     rng = np.random.default_rng(args.seed)
-    train, _ = stdlib_tokens(workdir)
+    train, _ = stdlib_tokens(tokens_dir)
     text_counts = np.bincount(train, minlength=VOCAB)[:VOCAB]
     rows = base_rows(args.rows, rng, text_counts)
     trained = np.bincount(np.concatenate([r["input_ids"][r["maskable"]] for r in rows]), minlength=VOCAB)[:VOCAB]
@@ -362,36 +372,35 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             ("rank24-delta8, fixed k = 64", ENCODING_PACKED, "fixed64", tables["4096 (default)"]),
             ("float32 (exact)", ENCODING_FLOAT32, "default", [])):
         directory = workdir / label.split()[0] / policy_name
-        spec = write_cache(directory, rows, {p: targets[policy_name][p] for p in PASSES}, encoding,
+        spec = write_cache(directory, rows, {p: targets[policy_name] for p in PASSES}, encoding,
                            policies[policy_name], table, args.row_group_rows)
         reader = CacheReader(directory)
         codec = codec_for(reader.manifest)
         shard = directory / reader.manifest.shards[0].file
         caches[label] = (directory, reader.manifest, codec)
         record(label, shard, codec.columns(PASS), cache_decoder(codec), policy=policy_name,
-               mean_k=float(np.mean(np.concatenate([a.counts for a in targets[policy_name][PASS]]))),
+               mean_k=float(np.mean(np.concatenate([a.counts for a in targets[policy_name]]))),
                encoding=spec.encoding)
     # bench-only layouts and id-table sizes, pass columns only
     for label, table in tables.items():
-        if label.startswith("4096"):
-            continue
         ranks_of = _ranks(table)
         rows_out = []
-        for arrays in targets["default"][PASS]:
+        for arrays in targets["default"]:
             codes = (ranks_of[arrays.ids] << np.uint32(8)) | quantise_values(arrays.values, arrays.counts).astype(np.uint32)
             rows_out.append({"counts": arrays.counts.astype(np.uint32), "codes": codes,
                              "log_tails": arrays.log_tails.astype(np.float16), "gold": arrays.gold_logprob.astype(np.float16)})
-        path = write_columns(workdir, f"table-{label}", rows_out, args.row_group_rows)
-        record(f"rank24-delta8, id table {label}", path, list(rows_out[0]), bench_decoder("delta", _ids(table)),
-               policy="default")
+        default = label.startswith("4096")  # the default table: its cache is measured above; here without dictionary
+        path = write_columns(workdir, f"table-{label.split()[0]}", rows_out, args.row_group_rows, dictionary=not default)
+        record(f"rank24-delta8, id table {label}" + (", no dictionary pages" if default else ""), path,
+               list(rows_out[0]), bench_decoder("delta", _ids(table)), policy="default")
     id_of = _ids(tables["4096 (default)"])
     ranks_of = _ranks(tables["4096 (default)"])
     for label in ("rank24-abs8", "split"):
-        rows_out = [alternative_columns(label, a, ranks_of, None) for a in targets["default"][PASS]]
+        rows_out = [alternative_columns(label, a, ranks_of, None) for a in targets["default"]]
         path = write_columns(workdir, label, rows_out, args.row_group_rows)
         record(label, path, list(rows_out[0]), bench_decoder(label, id_of), policy="default")
-    rows_out = [alternative_columns("v1", a, ranks_of, z) for a, z in zip(targets["fixed64"][PASS],
-                                                                         targets["log_partitions"][PASS], strict=True)]
+    rows_out = [alternative_columns("v1", a, ranks_of, z) for a, z in zip(targets["fixed64"],
+                                                                         targets["log_partitions"], strict=True)]
     path = write_columns(workdir, "v1", rows_out, args.row_group_rows)
     record("v1 (int32 ids + float16 values, k = 64)", path, list(rows_out[0]), v1_decoder(64), policy="fixed64")
 
@@ -403,7 +412,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "bytes_per_target_item": manifest.num_bytes / manifest.num_targets,
         "column_bytes": column_bytes(directory / manifest.shards[0].file),
         "training": training_speed(directory, args.repeats),
-        "rounding": rounding(codec, targets["default"][PASS]),
+        "rounding": rounding(codec, targets["default"]),
     }
     logger.info("default: %.1f B/masked position, %.0f masked positions/s", default["bytes_per_masked_position"],
                 default["training"]["masked_positions_per_second"])

@@ -50,8 +50,8 @@ _LN2 = float(np.log(2.0))
 class SparseArrays:
     """Sparse targets of N items as flat numpy arrays.
 
-    counts: int64 (N,) entries per item (≥ 1); ids: int64 (Σ counts,) and values: float32 (Σ counts,), item
-    by item, each item's entries by descending value; log_tails: float32 (N, n_T); gold_logprob: float32 (N,).
+    counts: int64 (N,) entries per item (≥ 1); ids: int32 or int64 (Σ counts,) and values: float32 (Σ counts,),
+    item by item, each item's entries by descending value; log_tails: float32 (N, n_T); gold_logprob: float32 (N,).
     """
 
     counts: np.ndarray
@@ -80,6 +80,51 @@ class SparseArrays:
                               ("counts", "ids", "values", "log_tails", "gold_logprob")))
 
 
+@dataclass
+class PaddedArrays:
+    """Sparse targets of N items padded to the widest: what training consumes.
+
+    counts: int64 (N,) ≥ 1; ids: int32 (N, W), padding repeats column 0; values: float32 (N, W), −inf at
+    padding; log_tails: float32 (N, n_T); gold_logprob: float32 (N,). W is the largest count (1 if N = 0)."""
+
+    counts: np.ndarray
+    ids: np.ndarray
+    values: np.ndarray
+    log_tails: np.ndarray
+    gold_logprob: np.ndarray
+
+    @classmethod
+    def from_flat(cls, counts: np.ndarray, ids: np.ndarray, values: np.ndarray, log_tails: np.ndarray,
+                  gold_logprob: np.ndarray, where: str = "targets") -> PaddedArrays:
+        """Pad flat entries (item by item, ``counts`` each) to the widest item; ``where`` names them in errors.
+
+        Boolean-mask assignment into an (N, W) array fills it row-major, i.e. item by item in order: the
+        padding needs no per-entry index arithmetic."""
+        counts = np.asarray(counts).astype(np.int64)
+        if counts.size and int(counts.min()) < 1:
+            raise SchemaError(f"{where}: every item needs at least one stored entry; counts go down to "
+                              f"{int(counts.min())}")
+        total = int(counts.sum())
+        if ids.shape != (total,) or values.shape != (total,):
+            raise SchemaError(f"{where}: {ids.shape[0]} ids and {values.shape[0]} values stored but the counts add "
+                              f"up to {total}")
+        width = int(counts.max()) if counts.size else 1
+        valid = np.arange(width)[None, :] < counts[:, None]
+        starts = np.cumsum(counts) - counts
+        padded_ids = np.empty(valid.shape, dtype=np.int32)
+        padded_ids[:] = ids[starts][:, None]  # padding repeats column 0
+        padded_ids[valid] = ids
+        padded_values = np.full(valid.shape, -np.inf, dtype=np.float32)
+        padded_values[valid] = values
+        return cls(counts, padded_ids, padded_values, np.asarray(log_tails, dtype=np.float32),
+                   np.asarray(gold_logprob, dtype=np.float32))
+
+    def select(self, keep: np.ndarray) -> PaddedArrays:
+        """The items where ``keep`` (bool (N,)) is True, same width."""
+        return PaddedArrays(self.counts[keep], self.ids[keep], self.values[keep], self.log_tails[keep],
+                            self.gold_logprob[keep])
+
+
 # ------------------------------------------------------------------------------------------------- id table
 
 
@@ -105,7 +150,7 @@ class IdRanks:
             raise SchemaError("id table lists an id twice")
         rest = np.ones(vocab_size, dtype=bool)
         rest[listed] = False
-        self.id_of = np.concatenate([listed, np.flatnonzero(rest)]).astype(np.int64)  # rank → id
+        self.id_of = np.concatenate([listed, np.flatnonzero(rest)]).astype(np.int32)  # rank → id
         self.rank_of = np.empty(vocab_size, dtype=np.uint32)  # id → rank
         self.rank_of[self.id_of] = np.arange(vocab_size, dtype=np.uint32)
         self.vocab_size = vocab_size
@@ -136,11 +181,27 @@ def quantise_values(values: np.ndarray, counts: np.ndarray, step: float = VALUE_
 
 
 def dequantise_values(deltas: np.ndarray, counts: np.ndarray, step: float = VALUE_STEP) -> np.ndarray:
-    """float32 values (Σ counts,) from 8-bit deltas: a cumulative sum restarted at each item."""
+    """float32 values (Σ counts,) from 8-bit deltas: one running sum over all entries, less its value before
+    each item's first entry."""
+    counts = np.asarray(counts, dtype=np.int64)
     running = np.cumsum(deltas, dtype=np.int64)
     starts = np.cumsum(counts) - counts
     before = running[starts] - deltas[starts] if starts.size else starts
-    return (-step * (running - np.repeat(before, counts))).astype(np.float32)
+    return (running - np.repeat(before, counts)).astype(np.float32) * np.float32(-step)
+
+
+# ---------------------------------------------------------------------------------------------------- sizes
+
+
+def item_bytes(encoding: str, entries: float, num_temperatures: int) -> float:
+    """Uncompressed bytes of one target item's pass columns: its count (uint32), ``entries`` top entries (one
+    uint32 word for rank24-delta8; an int32 id and a float32 value for float32), a log tail per stored
+    temperature and the gold log-prob (float16 for rank24-delta8, float32 for float32). List offsets, 4 bytes
+    per row and column, are left out: they are per row, not per item."""
+    if encoding not in SPARSE_ENCODINGS:
+        raise SchemaError(f"unknown sparse-target encoding {encoding!r}; expected one of {list(SPARSE_ENCODINGS)}")
+    entry, small = (4, 2) if encoding == ENCODING_PACKED else (8, 4)
+    return 4 + entry * entries + small * (num_temperatures + 1)
 
 
 # ---------------------------------------------------------------------------------------------------- codecs
@@ -189,25 +250,51 @@ class SparseCodec:
         out[gold_logprob_column(pass_name)] = arrays.gold_logprob.astype(small)
         return out
 
+    def num_items(self, columns: Mapping[str, np.ndarray], pass_name: str) -> int:
+        """Items of one row's pass columns, after checking that its entries add up to its counts (so that rows
+        concatenated for one decode cannot trade entries)."""
+        counts = np.asarray(columns[topk_counts_column(pass_name)])
+        entries = columns[self.columns(pass_name)[1]]
+        if len(entries) != int(counts.sum(dtype=np.int64)):
+            raise SchemaError(f"pass {pass_name!r}: {len(entries)} stored entries but the counts add up to "
+                              f"{int(counts.sum(dtype=np.int64))}")
+        return int(counts.shape[0])
+
+    def decode_padded(self, columns: Mapping[str, np.ndarray], pass_name: str) -> PaddedArrays:
+        """Padded sparse targets (what training consumes) from a pass's columns of any number of rows."""
+        flat = self.decode(columns, pass_name)
+        return PaddedArrays.from_flat(flat.counts, flat.ids, flat.values, flat.log_tails, flat.gold_logprob,
+                                      f"pass {pass_name!r}")
+
     def decode(self, columns: Mapping[str, np.ndarray], pass_name: str) -> SparseArrays:
-        """Sparse targets from a pass's columns of any number of rows, concatenated (flat values)."""
-        counts = np.asarray(columns[topk_counts_column(pass_name)], dtype=np.int64)
+        """Sparse targets from a pass's columns of any number of rows, concatenated (flat entries).
+
+        rank24-delta8: a shift and a table lookup give the ids, a running sum the values
+        (:func:`dequantise_values`)."""
+        counts = np.asarray(columns[topk_counts_column(pass_name)]).astype(np.int64)
+        where = f"pass {pass_name!r}"
         if self.encoding == ENCODING_PACKED:
             words = np.asarray(columns[topk_codes_column(pass_name)], dtype=np.uint32)
+            if words.shape[0] != int(counts.sum()):
+                raise SchemaError(f"{where}: {words.shape[0]} stored entries but the counts add up to "
+                                  f"{int(counts.sum())}")
             ranks = words >> np.uint32(8)
             if ranks.size and int(ranks.max()) >= self.ranks.vocab_size:
-                raise SchemaError(f"pass {pass_name!r}: rank {int(ranks.max())} outside the "
-                                  f"{self.ranks.vocab_size}-id shared vocabulary")
+                raise SchemaError(f"{where}: rank {int(ranks.max())} outside the {self.ranks.vocab_size}-id shared "
+                                  "vocabulary")
             ids = self.ranks.id_of[ranks]
-            values = dequantise_values((words & np.uint32(MAX_DELTA)).astype(np.int64), counts, self.value_step)
+            values = dequantise_values((words & np.uint32(MAX_DELTA)).astype(np.uint8), counts, self.value_step)
         else:
-            ids = np.asarray(columns[topk_ids_column(pass_name)], dtype=np.int64)
+            ids = np.asarray(columns[topk_ids_column(pass_name)], dtype=np.int32)
             values = np.asarray(columns[topk_values_column(pass_name)], dtype=np.float32)
-        if ids.shape[0] != int(counts.sum()):
-            raise SchemaError(f"pass {pass_name!r}: {ids.shape[0]} stored entries but the counts add up to "
-                              f"{int(counts.sum())}")
         tails = np.asarray(columns[log_tails_column(pass_name)], dtype=np.float32)
         gold = np.asarray(columns[gold_logprob_column(pass_name)], dtype=np.float32)
+        if tails.size != counts.shape[0] * self.num_temperatures or gold.shape != counts.shape:
+            raise SchemaError(f"{where}: {counts.shape[0]} items but {tails.size} log tails for "
+                              f"{self.num_temperatures} temperatures and {gold.shape[0]} gold log-probs")
+        if ids.shape != (int(counts.sum()),) or values.shape != ids.shape:
+            raise SchemaError(f"{where}: {ids.shape[0]} ids and {values.shape[0]} values stored but the counts add "
+                              f"up to {int(counts.sum())}")
         return SparseArrays(counts, ids, values, tails.reshape(counts.shape[0], self.num_temperatures), gold)
 
 
@@ -223,8 +310,17 @@ class V1Codec:
         return [topk_ids_column(pass_name), topk_values_column(pass_name), log_partitions_column(pass_name),
                 gold_logprob_column(pass_name)]
 
+    def num_items(self, columns: Mapping[str, np.ndarray], pass_name: str) -> int:
+        return int(np.asarray(columns[gold_logprob_column(pass_name)]).shape[0])
+
     def decode(self, columns: Mapping[str, np.ndarray], pass_name: str) -> SparseArrays:
-        ids = np.asarray(columns[topk_ids_column(pass_name)], dtype=np.int64).reshape(-1, self.k)
+        padded = self.decode_padded(columns, pass_name)
+        return SparseArrays(padded.counts, padded.ids.reshape(-1), padded.values.reshape(-1), padded.log_tails,
+                            padded.gold_logprob)
+
+    def decode_padded(self, columns: Mapping[str, np.ndarray], pass_name: str) -> PaddedArrays:
+        """Fixed-k targets (every item full width) with log tails log(1 − Σ_topk p) from the log-partitions."""
+        ids = np.asarray(columns[topk_ids_column(pass_name)], dtype=np.int32).reshape(-1, self.k)
         values = np.asarray(columns[topk_values_column(pass_name)], dtype=np.float64).reshape(-1, self.k)
         n = ids.shape[0]
         log_z = np.asarray(columns[log_partitions_column(pass_name)], dtype=np.float64).reshape(n, len(self.temperatures))
@@ -233,8 +329,7 @@ class V1Codec:
         log_top = top + np.log(np.exp(scaled - top[:, :, None]).sum(axis=2)) - log_z
         tails = log1mexp(np.minimum(log_top, 0.0)).astype(np.float32)
         gold = np.asarray(columns[gold_logprob_column(pass_name)], dtype=np.float32)
-        return SparseArrays(np.full(n, self.k, dtype=np.int64), ids.reshape(-1), values.reshape(-1).astype(np.float32),
-                            tails, gold)
+        return PaddedArrays(np.full(n, self.k, dtype=np.int64), ids, values.astype(np.float32), tails, gold)
 
 
 def codec_for(manifest: Any) -> SparseCodec | V1Codec:

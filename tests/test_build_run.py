@@ -373,6 +373,7 @@ def test_the_replica_cost_is_logged_before_the_teacher_is_loaded(models, tmp_pat
     # 6 samples survive preparation; plain + the two CompDemo forwards per row
     assert "noise replicas: 2" in line and "6 samples x 2 = 12 rows" in line and "36 teacher forwards" in line
     assert "replicas = epochs" in line
+    assert "before compression at most (a mass policy keeps up to k entries)" in line  # the default k policy
 
 
 def test_two_sources_give_shards_that_mix_both_in_proportion(models, tmp_path):

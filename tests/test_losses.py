@@ -178,7 +178,6 @@ def test_tidal_with_lambda_zero_is_zero_and_lambda_one_is_kl():
 def _reconstruction(z_s: torch.Tensor, st: SparseTargets, temp: float, tail: str, share: float = 0.1) -> torch.Tensor:
     """The reconstructed teacher (N, V), fp64, written from its definition: exact stored probabilities, τ shared
     off the stored ids like the (constant) student, uniformly, or both; the student treated as a constant."""
-    vocab = z_s.shape[1]
     q = torch.softmax(z_s.detach().double() / temp, -1)
     column = st.temperatures.index(temp)
     valid = st.valid()

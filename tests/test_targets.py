@@ -15,10 +15,8 @@ from tide.targets import (
     log1mexp,
     normalize_temperatures,
     off_stored_log_mass,
-    pad_ragged_targets,
     reconstruct_log_probs,
     sparse_targets,
-    targets_from_log_partitions,
     temperature_column,
 )
 
@@ -65,8 +63,6 @@ def test_log_tail_of_a_confident_position_does_not_underflow():
     st = sparse_targets(logits, _zeros(1), k=1, shared_vocab_size=4, temperatures=[1.0])
     expected = math.log(math.exp(-60.0) + math.exp(-61.0) + math.exp(-62.0))
     assert float(st.log_tails[0, 0]) == pytest.approx(expected, abs=1e-5)
-    v1 = targets_from_log_partitions(st.topk_ids, st.topk_values, torch.logsumexp(logits, dim=1)[:, None], [1.0])
-    assert float(v1.log_tails[0, 0]) == -math.inf  # what v1's log-partition route gives
 
 
 def test_gold_logprob_equals_log_softmax_and_nan_outside_slice():
@@ -155,30 +151,6 @@ def test_off_stored_mass_is_a_log_sum_exp_over_the_unstored_ids():
     every = SparseTargets(topk_ids=torch.tensor([[0, 1, 2, 3]]), topk_values=torch.zeros(1, 4),
                           counts=torch.tensor([4]), log_tails=torch.tensor([[-math.inf]]), temperatures=(1.0,))
     assert float(off_stored_log_mass(log_q, every.at(1.0))[0]) == -math.inf
-
-
-def test_pad_ragged_targets_matches_a_python_loop():
-    counts = torch.tensor([2, 1, 3])
-    ids = torch.tensor([4, 7, 9, 1, 2, 3])
-    values = torch.tensor([0.0, -1.0, 0.0, 0.0, -0.5, -2.0])
-    tails = torch.tensor([[-1.0], [-2.0], [-3.0]])
-    st = pad_ragged_targets(counts, ids, values, tails, [1.0])
-    assert torch.equal(st.topk_ids, torch.tensor([[4, 7, 4], [9, 9, 9], [1, 2, 3]]))
-    expected_values = torch.tensor([[0.0, -1.0, -math.inf], [0.0, -math.inf, -math.inf], [0.0, -0.5, -2.0]])
-    assert torch.equal(st.topk_values, expected_values)
-    assert torch.equal(st.counts, counts)
-    with pytest.raises(ValueError, match="at least one stored entry"):
-        pad_ragged_targets(torch.tensor([1, 0]), ids[:1], values[:1], tails[:2], [1.0])
-
-
-def test_v1_log_partitions_give_the_tail_one_minus_the_top_mass():
-    logits = _logits(n=6, vocab=30, seed=7, scale=1.5)
-    values, ids = (logits - logits.max(1, keepdim=True).values).topk(5, dim=1)
-    log_z = torch.stack([torch.logsumexp((logits - logits.max(1, keepdim=True).values) / t, 1) for t in (1.0, 2.0)], 1)
-    st = targets_from_log_partitions(ids, values, log_z, [1.0, 2.0])
-    for j, temp in enumerate((1.0, 2.0)):
-        top = torch.softmax(logits.double() / temp, dim=-1).gather(1, ids).sum(-1)
-        torch.testing.assert_close(st.log_tails[:, j].double(), torch.log1p(-top), rtol=1e-4, atol=1e-5)
 
 
 def test_log1mexp_matches_direct_formula_and_is_stable():

@@ -10,11 +10,11 @@ import logging
 import numpy as np
 import pytest
 
+from cache_schema.codec import SparseArrays, SparseCodec, V1Codec
 from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec, collate_rows
 from stages.train.data import CacheStream, StreamConfig, columns_for
 from stages.train.order import DataCursor, first_replayed_epoch, mix, permutation, replica_for_epoch
-from cache_schema.codec import SparseArrays, SparseCodec, V1Codec
 from stages.train.pipelines import CrossPipeline, SharedPipeline
 from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
 

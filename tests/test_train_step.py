@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from cache_schema.codec import SparseCodec
 from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec
 from stages.train.data import CacheStream, StreamConfig, columns_for
-from cache_schema.codec import SparseCodec
 from stages.train.pipelines import CrossPipeline, SharedPipeline, train_pipeline
 from stages.train.step import StudentStep
 from tide.losses import LossOptions

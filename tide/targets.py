@@ -240,54 +240,6 @@ class SparseTargets:
                                     counts=self.counts.long(), temperature=temperature)
 
 
-def pad_ragged_targets(
-    counts: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor,
-    log_tails: torch.Tensor,
-    temperatures: Sequence[float],
-    gold_logprob: torch.Tensor | None = None,
-) -> SparseTargets:
-    """Targets from flat ragged entries: ``ids`` / ``values`` (Σ counts,), row i owning ``counts[i]`` entries
-    in order; padded to the widest row as the module docstring says."""
-    counts = counts.long()
-    n = int(counts.shape[0])
-    if n and int(counts.min()) < 1:
-        raise ValueError(f"every position needs at least one stored entry, got counts down to {int(counts.min())}")
-    total = int(counts.sum())
-    if ids.shape != (total,) or values.shape != (total,):
-        raise ValueError(f"ids and values must be flat with Σ counts = {total} entries, got {tuple(ids.shape)} "
-                         f"and {tuple(values.shape)}")
-    width = int(counts.max()) if n else 1
-    starts = torch.cumsum(counts, 0) - counts
-    row = torch.repeat_interleave(torch.arange(n), counts)
-    column = torch.arange(total) - starts[row]
-    first = ids[starts] if n else ids[:0]
-    padded_ids = first[:, None].expand(n, width).clone()
-    padded_ids[row, column] = ids
-    padded_values = torch.full((n, width), -math.inf, dtype=torch.float32)
-    padded_values[row, column] = values.float()
-    return SparseTargets(topk_ids=padded_ids, topk_values=padded_values, counts=counts, log_tails=log_tails.float(),
-                         temperatures=tuple(float(t) for t in temperatures), gold_logprob=gold_logprob)
-
-
-def targets_from_log_partitions(
-    ids: torch.Tensor, values: torch.Tensor, log_partitions: torch.Tensor, temperatures: Sequence[float]
-) -> SparseTargets:
-    """Fixed-k targets from format-v1 columns: top-k ``ids`` / ``values`` (N, k) and log Σ_v exp(v/T) over the
-    slice (N, n_T). The tail is 1 − Σ_topk p in log space, as v1 defines it (it rounds to 0 near 1e-7)."""
-    values = values.float()
-    temps = _check_temperatures(temperatures)
-    columns = []
-    for column, temperature in enumerate(temps):
-        log_top = torch.logsumexp(values / temperature, dim=1) - log_partitions[:, column].float()
-        columns.append(log1mexp(torch.clamp(log_top, max=0.0)))
-    n, k = ids.shape
-    return SparseTargets(topk_ids=ids, topk_values=values, counts=torch.full((n,), k, dtype=torch.long),
-                         log_tails=torch.stack(columns, dim=1) if n else torch.zeros(0, len(temps)),
-                         temperatures=temps)
-
-
 @torch.no_grad()
 def sparse_targets(
     logits: torch.Tensor,

@@ -8,9 +8,10 @@ forwards and the tokens they carry. From those it estimates
 * teacher FLOPs: 2 × parameters × tokens × the pipeline's sequence copies per token (a forward pass; the
   parameter count is read from the weight files' headers, no tensor is loaded; a mixture-of-experts
   teacher activates fewer parameters per token, so its figure is an upper bound);
-* cache bytes, from the format's measured bytes (:data:`MEASURED`): per masked position for everything but
-  the targets, per target item and stored pass for the targets (top-k columns scaled by k, the value type
-  and the number of temperatures), and per Parquet row group (footer and page headers).
+* cache bytes, from the format's measured bytes: per masked position for everything but the targets, per
+  target item and stored pass for the targets (the encoding's raw bytes of k entries and the stored
+  temperatures, times its measured compression — an upper bound under a mass k policy, which keeps fewer
+  entries where the teacher is confident), and per Parquet row group (footer and page headers).
 
 Nothing is written to the output directory.
 """
@@ -22,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cache_schema.codec import item_bytes
+from cache_schema.schemas import ENCODING_FLOAT32, ENCODING_PACKED, PIPELINE_CROSS
 from stages.cache_build.config import BuildConfig
 from stages.cache_build.passes import pass_kinds
 from stages.cache_build.pipelines import build_pipeline
@@ -30,17 +33,17 @@ from stages.cache_build.survey import iter_prepared, load_tokenizers
 logger = logging.getLogger(__name__)
 
 # Compressed bytes measured on built caches (zstd Parquet, the format of cache_schema):
-# shared — benchmarks/results/reader.json (k = 64, float16 values, temperatures [1, 2], 512-token rows):
-#   225 B per target item per pass; 14 B per masked position for the other columns;
+# shared — 14 B per masked position for the columns other than the targets; the target columns of a pass
+#   compress to a share of their raw bytes (cache_schema.codec.item_bytes), measured by
+#   benchmarks/bench_reader.py (benchmarks/results/reader.json, the calibrated teacher at the paper's shape):
+#   rank24-delta8 0.56 (frequent ids have small ranks; equal value steps repeat), float32 0.68;
 # cross — tiny-teacher builds of 40 HumanEval-derived samples (256 tokens, 2 replicas): 4.5 B per chunk
 #   target per pass and the same 14 B per masked position;
 # both — the same builds with 2 and 16 rows per row group: 3,900 B of footer and page headers per row group.
-MEASURED = {
-    "shared": {"per_masked_position": 14.0, "per_target_per_pass": 225.0, "raw_target_bytes": 64 * (4 + 2) + 4 * 2 + 4},
-    "cross": {"per_masked_position": 14.0, "per_target_per_pass": 4.5, "raw_target_bytes": None},
-}
+PER_MASKED_POSITION = 14.0
+TARGET_COMPRESSION = {ENCODING_PACKED: 0.56, ENCODING_FLOAT32: 0.68}
+CHUNK_TARGET_BYTES_PER_PASS = 4.5
 BYTES_PER_ROW_GROUP = 3900.0
-VALUE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 @dataclass
@@ -77,7 +80,8 @@ class DryRunReport:
             f"teacher forwards   {self.teacher_forwards}",
             f"teacher tokens     {self.teacher_tokens}",
             f"teacher FLOPs      {flops} (forward passes, {self.teacher_parameters or '?'} parameters)",
-            f"cache bytes        ~{self.cache_bytes / 2**20:.1f} MiB (estimate from measured bytes per position)",
+            f"cache bytes        ~{self.cache_bytes / 2**20:.1f} MiB (estimate from measured bytes per position; "
+            "an upper bound under a mass k policy)",
         ]
 
 
@@ -100,11 +104,12 @@ def weight_parameters(teacher: str) -> int | None:
 
 
 def target_bytes_per_pass(config: BuildConfig) -> float:
-    measured = MEASURED[config.pipeline]
-    if measured["raw_target_bytes"] is None:
-        return measured["per_target_per_pass"]
-    raw = config.k * (4 + VALUE_BYTES[config.value_dtype]) + 4 * len(config.temperatures) + 4
-    return measured["per_target_per_pass"] * raw / measured["raw_target_bytes"]
+    """Compressed bytes of one target item's columns of one pass. A mass policy keeps at most k entries and
+    usually far fewer, so for it this is an upper bound (the teacher decides; the dry run has none)."""
+    if config.pipeline == PIPELINE_CROSS:
+        return CHUNK_TARGET_BYTES_PER_PASS
+    raw = item_bytes(config.encoding, config.k, len(config.temperatures))
+    return TARGET_COMPRESSION[config.encoding] * raw
 
 
 def row_groups(rows: int, config: BuildConfig) -> int:
@@ -145,8 +150,7 @@ def dry_run(config: BuildConfig) -> DryRunReport:
     if report.teacher_parameters is not None:
         copies = pipeline.forward_cost_factor(config.regime)
         report.teacher_flops = 2.0 * report.teacher_parameters * report.teacher_tokens * copies
-    measured = MEASURED[config.pipeline]
-    report.cache_bytes = (report.masked_positions * measured["per_masked_position"]
+    report.cache_bytes = (report.masked_positions * PER_MASKED_POSITION
                           + report.targets * len(config.passes) * target_bytes_per_pass(config)
                           + row_groups(report.rows, config) * BYTES_PER_ROW_GROUP)
     return report

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cache_schema.codec import item_bytes
 from cache_schema.directory import CacheDirectory
 from stages.cache_build.config import BuildConfig, BuildConfigError
 from stages.cache_build.pipelines import build_pipeline
@@ -179,17 +180,19 @@ def replica_tradeoff(config: BuildConfig, survey: dict[str, Any]) -> str:
     per_sample = prep["student_tokens"] / max(prep["samples"], 1)
     base = per_sample * 5 + mean_teacher * 4 + mean_t * per_sample * 4  # ids + maskable, teacher ids, masked
     passes = len(config.passes)
-    if pipeline.has_vocabulary_targets:  # per target: both positions, then per pass top-k, log Z_T, gold
-        value_bytes = 4 if config.encoding == "float32" else 2
-        per_target = 8 + passes * (config.k * (4 + value_bytes) + 4 * len(config.temperatures) + 4)
+    if pipeline.has_vocabulary_targets:  # per target: both positions, then per pass its k entries, tails, gold
+        # k is the most a mass policy keeps, so the figure is an upper bound for it and exact for a fixed k
+        per_target = 8 + passes * item_bytes(config.encoding, config.k, len(config.temperatures))
         targets = mean_t * prep["covered_tokens"] / max(prep["samples"], 1)
     else:  # per chunk (all are stored): four range ends, two flags, a log-prob per pass
         per_target, targets = 18 + 4 * passes, prep["chunks"] / max(prep["samples"], 1)
     size = rows * (base + targets * per_target)
+    bound = " at most (a mass policy keeps up to k entries)" if pipeline.has_vocabulary_targets and \
+        config.k_policy == "mass" else ""
     return (
         f"noise replicas: {replicas} (epoch e trains on replica e mod {replicas}; training beyond {replicas} "
         f"epochs replays noise). Cost, linear in replicas: {samples} samples x {replicas} = {rows} rows, about "
         f"{rows * per_row_forwards} teacher forwards over {teacher_tokens:.3g} teacher tokens, about "
-        f"{size / 2**30:.3g} GiB before compression. The original distilled online: one teacher pass per sample "
-        f"per epoch, the same teacher compute as replicas = epochs."
+        f"{size / 2**30:.3g} GiB before compression{bound}. The original distilled online: one teacher pass "
+        f"per sample per epoch, the same teacher compute as replicas = epochs."
     )

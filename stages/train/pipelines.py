@@ -17,12 +17,13 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from cache_schema.codec import SparseArrays, SparseCodec, V1Codec, codec_for
+from cache_schema.codec import PaddedArrays, SparseCodec, V1Codec, codec_for
+from cache_schema.errors import SchemaError
 from cache_schema.manifest import Manifest
 from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, chunk_logprob_column
 from tide.exact_targets import ExactTeacher
 from tide.objective import ChunkTargets, VocabTargets, chunk_token_index, index_among
-from tide.targets import SparseTargets, pad_ragged_targets
+from tide.targets import SparseTargets
 
 # Columns every training run reads, whatever the pipeline and mode.
 BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "maskable", "masked_positions")
@@ -51,6 +52,13 @@ class ChunkItems:
     end: torch.Tensor
     teacher_logprob: torch.Tensor
     active: torch.Tensor
+
+
+def decoded_targets(decoded: PaddedArrays, temperatures: tuple[float, ...]) -> SparseTargets:
+    """The losses' targets over a codec's padded decode (the arrays are shared, not copied)."""
+    return SparseTargets(topk_ids=torch.from_numpy(decoded.ids), topk_values=torch.from_numpy(decoded.values),
+                         counts=torch.from_numpy(decoded.counts), log_tails=torch.from_numpy(decoded.log_tails),
+                         temperatures=temperatures)
 
 
 def row_column(row: Mapping[str, object], name: str, label: str) -> np.ndarray:
@@ -100,28 +108,35 @@ class SharedPipeline:
         return ["target_positions", *self.codec.columns(target_pass)]
 
     def row_items(self, row: Mapping[str, object], label: str, b: int, n: int, target_pass: str) -> dict:
-        """The row's raw pass columns (decoded once per batch, in :meth:`concat_items`), items past ``n`` cut."""
+        """The row's raw pass columns (decoded once per batch, in :meth:`concat_items`) and which of its items
+        lie before ``n``."""
         positions = row_column(row, "target_positions", label).astype(np.int64)
-        keep = positions < n
         columns = {name: row_column(row, name, label) for name in self.codec.columns(target_pass)}
         try:
-            targets = self.codec.decode(columns, target_pass)
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"{label}: the {target_pass} targets do not decode: {exc}") from None
-        if targets.counts.shape[0] != positions.shape[0]:
-            raise ValueError(f"{label}: {targets.counts.shape[0]} {target_pass} target items for "
-                             f"{positions.shape[0]} target positions")
-        return {"row": np.full(int(keep.sum()), b, dtype=np.int64), "position": positions[keep],
-                "targets": targets.select(keep)}
+            items = self.codec.num_items(columns, target_pass)
+        except SchemaError as exc:
+            raise ValueError(f"{label}: {exc}") from None
+        if items != positions.shape[0]:
+            raise ValueError(f"{label}: {items} {target_pass} target items for {positions.shape[0]} target positions")
+        keep = positions < n
+        return {"row": np.full(int(keep.sum()), b, dtype=np.int64), "position": positions[keep], "keep": keep,
+                "columns": columns, "label": label, "pass": target_pass}
 
     def concat_items(self, parts: list[dict]) -> VocabItems:
-        merged = SparseArrays.concat([p["targets"] for p in parts], len(self.temperatures))
-        teacher = pad_ragged_targets(torch.from_numpy(merged.counts), torch.from_numpy(merged.ids),
-                                     torch.from_numpy(merged.values), torch.from_numpy(merged.log_tails),
-                                     self.temperatures)
+        target_pass = parts[0]["pass"]
+        columns = {name: np.concatenate([p["columns"][name].reshape(-1) for p in parts])
+                   for name in parts[0]["columns"]}
+        try:
+            decoded = self.codec.decode_padded(columns, target_pass)
+        except SchemaError as exc:
+            rows = ", ".join(p["label"] for p in parts)
+            raise ValueError(f"the {target_pass} targets of rows {rows} do not decode: {exc}") from None
+        keep = np.concatenate([p["keep"] for p in parts])
+        if not keep.all():
+            decoded = decoded.select(keep)
         return VocabItems(row=torch.from_numpy(np.concatenate([p["row"] for p in parts])),
                           position=torch.from_numpy(np.concatenate([p["position"] for p in parts])),
-                          teacher=teacher)
+                          teacher=decoded_targets(decoded, self.temperatures))
 
     def loss_targets(self, items: VocabItems, flat_masked: torch.Tensor, row_t: torch.Tensor,
                      seq_len: int) -> VocabTargets:
