@@ -367,6 +367,48 @@ def plot_fidelity(data: dict, path: Path) -> Path | None:
     return path
 
 
+def render_exact(results: dict[str, dict]) -> list[str]:
+    data = results.get("exact.json")
+    if data is None:
+        return []
+    lines = ["Setup:", ""]
+    lines += key_values(data, [
+        ("shared vocabulary", "config.shared_vocab"), ("teacher hidden size", "config.teacher_hidden"),
+        ("student hidden size", "config.student_hidden"), ("student layers", "config.student_layers"),
+        ("teacher positions", "config.positions"), ("timed batch (rows × length)", "config.rows"),
+        ("sequence length", "config.seq_len"), ("sparse default", "config.sparse_default"),
+        ("step temperature", "config.step_temperature"), ("device", "config.device"),
+    ])
+    families = data.get("families", {})
+    lines += ["", "Bytes per target position and pass (zstd Parquet):", ""]
+    lines += table(
+        ("family", "exact bf16", "exact int8", "sparse default", "full bf16 logits", "full / exact bf16",
+         "exact bf16 / sparse"),
+        [(name, dig(f, "bytes.exact_bfloat16_bytes_per_position"), dig(f, "bytes.exact_int8-rowscale_bytes_per_position"),
+          dig(f, "bytes.sparse_default_bytes_per_position"), dig(f, "bytes.full_logits_bf16_bytes_per_position"),
+          dig(f, "bytes.full_bf16_over_exact_bfloat16"), dig(f, "bytes.exact_bfloat16_over_sparse_default"))
+         for name, f in families.items()],
+    )
+    lines += ["", "int8-rowscale: KL(full ‖ recon) per position (nats):", ""]
+    lines += table(
+        ("family", "T=1 mean", "T=1 p99", "T=1 max", "T=2 mean", "T=2 max", "hidden rel. L2 error"),
+        [(name, dig(f, "int8_kl.T1.mean"), dig(f, "int8_kl.T1.p99"), dig(f, "int8_kl.T1.max"), dig(f, "int8_kl.T2.mean"),
+          dig(f, "int8_kl.T2.max"), dig(f, "int8_kl.hidden_relative_l2_error_mean")) for name, f in families.items()],
+    )
+    steps = data.get("steps", {})
+    lines += ["", "Training step (forward + objective + backward):", ""]
+    lines += table(("variant", "median step (s)", "min step (s)", "target items"),
+                   [(name, v.get("median_step_s"), v.get("min_step_s"), v.get("target_items")) for name, v in steps.items()])
+    lines += [""]
+    lines += key_values(data, [
+        ("**exact bf16 / sparse default step (tidal)**", "exact_bfloat16_over_sparse_step_tidal"),
+        ("exact int8 / sparse default step (tidal)", "exact_int8-rowscale_over_sparse_step_tidal"),
+        ("exact bf16 / sparse default step (kl)", "exact_bfloat16_over_sparse_step_kl"),
+        ("teacher recompute FLOPs / student head FLOPs", "teacher_recompute_flops_over_student_head"),
+    ])
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "build": render_build,
     "train_step": render_train_step,
@@ -376,6 +418,7 @@ RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "moe": render_moe,
     "alignment": render_alignment,
     "remote": render_remote,
+    "exact": render_exact,
 }
 
 

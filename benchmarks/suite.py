@@ -88,6 +88,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         timeout_s=2400,
     ),
     Benchmark(
+        "exact", "Exact tier: hidden states and the LM head, bytes, step time, int8 error", "bench_exact.py",
+        ("--positions", "256", "--rows", "1", "--seq-len", "96", "--steps", "2",
+         "--output", "benchmarks/results/exact.json"),
+        ("exact.json",),
+        timeout_s=2400,
+    ),
+    Benchmark(
         "moe", "LLaDA2 MoE block: grouped matmul over the per-expert loop", "bench_moe.py",
         ("--tokens", "4096", "--repeats", "3", "--out", "benchmarks/results/moe.json"),
         ("moe.json",),

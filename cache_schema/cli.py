@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from cache_schema.codec import codec_for
 from cache_schema.errors import CacheError
+from cache_schema.exact_inspect import exact_columns, exact_item_line, exact_summary
 from cache_schema.manifest import Manifest, ShardInfo
 from cache_schema.schemas import PIPELINE_SHARED, chunk_logprob_column, pass_columns
 from cache_schema.store import Store, open_store
@@ -182,6 +183,7 @@ def _pass_bytes(manifest: Manifest, store: Store) -> dict[str, int]:
              for column in pass_columns(manifest.pipeline, name, format_version=manifest.format_version,
                                         **({"encoding": manifest.targets.sparse.encoding.name}
                                            if manifest.targets.sparse is not None else {}))}
+    owner.update(exact_columns(manifest))
     totals = dict.fromkeys(manifest.targets.passes, 0)
     for entry in manifest.shards:
         meta = _parquet(store, entry).metadata
@@ -202,9 +204,10 @@ def _decode_shared(row: dict, manifest: Manifest) -> list[str]:
     lines = []
     positions = row["target_positions"]
     input_ids = row["input_ids"]
-    codec = codec_for(manifest)
+    sparse = manifest.format_version == 1 or manifest.targets.sparse is not None
+    codec = codec_for(manifest) if sparse else None
     decoded = {}
-    for pass_name in manifest.targets.passes:
+    for pass_name in manifest.targets.passes if sparse else ():
         columns = {name: np.asarray(_flat(row[name])) for name in codec.columns(pass_name)}
         decoded[pass_name] = codec.decode(columns, pass_name)
     for item in range(min(_ITEMS_SHOWN, len(positions))):
@@ -226,6 +229,8 @@ def _decode_shared(row: dict, manifest: Manifest) -> list[str]:
                 f"      {pass_name:8s} k={count} top ids:p [{shown}], tail mass {tail:.3g}, "
                 f"gold log-p {_fmt(float(targets.gold_logprob[item]))}"
             )
+        if manifest.targets.exact is not None:
+            lines += [exact_item_line(row, manifest, pass_name, item) for pass_name in manifest.targets.passes]
     return lines
 
 
@@ -339,6 +344,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         for name, size in _pass_bytes(manifest, store).items():
             print(f"  pass {name:9s} {_per(size, total_targets)} bytes per target item, "
                   f"{_per(size, masked_total)} per masked position (its target columns)")
+        for line in exact_summary(manifest, store):
+            print(line)
     except Exception as exc:  # a damaged shard: the table below still lists every shard
         print(f"  pass bytes unreadable ({type(exc).__name__}); run `validate` for details")
     if manifest.pipeline != PIPELINE_SHARED:

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from cache_schema.errors import ManifestError, UnknownFormatVersionError
+from cache_schema.exact_targets import ExactInfo, with_exact_columns
 from cache_schema.schemas import (
     ENCODING_PACKED,
     PASSES,
@@ -220,6 +221,7 @@ class TargetsInfo:
     sparse: SparseInfo | None = None
     value_dtype: str | None = None
     k: int | None = None
+    exact: ExactInfo | None = None  # exact targets (teacher hidden states + LM-head file), shared v2 only
 
     @property
     def width(self) -> int | None:
@@ -259,16 +261,21 @@ class TargetsInfo:
                 raise ManifestError(f"manifest field 'targets.{name}' belongs to format 1; format 2 describes the "
                                     "targets in 'targets.sparse'")
         if pipeline == PIPELINE_SHARED:
-            if self.sparse is None:
-                raise ManifestError("manifest field 'targets.sparse' is required for pipeline 'shared'")
-            self.sparse.k_policy.check()
-            self.sparse.encoding.check(int(shared_vocab_size))
-        elif self.sparse is not None:
-            raise ManifestError("manifest field 'targets.sparse' is only meaningful for pipeline 'shared'")
+            if self.sparse is None and self.exact is None:
+                raise ManifestError("manifest field 'targets.sparse' is required for pipeline 'shared' (or "
+                                    "'targets.exact', for a cache of exact targets)")
+            if self.sparse is not None:
+                self.sparse.k_policy.check()
+                self.sparse.encoding.check(int(shared_vocab_size))
+            if self.exact is not None:
+                self.exact.check()
+        elif self.sparse is not None or self.exact is not None:
+            raise ManifestError("manifest fields 'targets.sparse' and 'targets.exact' are only meaningful for "
+                                "pipeline 'shared'")
 
     def _check_v1(self, pipeline: str) -> None:
-        if self.sparse is not None:
-            raise ManifestError("manifest field 'targets.sparse' belongs to format 2")
+        if self.sparse is not None or self.exact is not None:
+            raise ManifestError("manifest fields 'targets.sparse' and 'targets.exact' belong to format 2")
         if self.value_dtype not in VALUE_DTYPES:
             raise ManifestError(
                 f"manifest field 'targets.value_dtype' must be one of {list(VALUE_DTYPES)}; got {self.value_dtype!r}"
@@ -286,6 +293,8 @@ class TargetsInfo:
             out["sparse"] = {"k_policy": _without_none(self.sparse.k_policy),
                              "encoding": _without_none(self.sparse.encoding)}
         out.update({name: getattr(self, name) for name in ("value_dtype", "k") if getattr(self, name) is not None})
+        if self.exact is not None:
+            out["exact"] = dataclasses.asdict(self.exact)
         return out
 
     @classmethod
@@ -294,6 +303,8 @@ class TargetsInfo:
             raise ManifestError(f"manifest field 'targets' must be a JSON object; got {type(data).__name__}")
         fields = dict(data)
         sparse = SparseInfo.from_dict(fields.pop("sparse")) if "sparse" in fields else None
+        if "exact" in fields:
+            fields["exact"] = _section(ExactInfo, fields["exact"], "targets.exact")
         return _section(cls, {**fields, **({"sparse": sparse} if sparse is not None else {})}, "targets")
 
 
@@ -400,7 +411,11 @@ class Manifest:
             return shared_schema_v1(k=targets.k, value_dtype=targets.value_dtype, num_temperatures=num_temperatures,
                                     passes=targets.passes)
         encoding = targets.sparse.encoding.name if targets.sparse is not None else ENCODING_PACKED
-        return schema_for(self.pipeline, passes=targets.passes, num_temperatures=num_temperatures, encoding=encoding)
+        schema = schema_for(self.pipeline, passes=targets.passes, num_temperatures=num_temperatures, encoding=encoding,
+                            sparse=targets.sparse is not None or self.pipeline != PIPELINE_SHARED)
+        if targets.exact is not None:
+            schema = with_exact_columns(schema, targets.passes, targets.exact.codec())
+        return schema
 
     # --- checks and (de)serialisation ------------------------------------------------------------------------
 

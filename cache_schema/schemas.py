@@ -173,20 +173,24 @@ def _check_positive(name: str, value: object) -> int:
     return value
 
 
-def shared_schema(*, encoding: str = ENCODING_PACKED, num_temperatures: int, passes: Iterable[str]) -> pa.Schema:
+def shared_schema(*, encoding: str = ENCODING_PACKED, num_temperatures: int, passes: Iterable[str],
+                  sparse: bool = True) -> pa.Schema:
     """Arrow schema of a format-v2 pipeline-B ("shared") cache.
 
     Args:
         encoding: the sparse-target encoding, one of :data:`SPARSE_ENCODINGS`.
         num_temperatures: number of stored temperatures n_T (>= 1, the first being 1.0).
         passes: the teacher passes present, a non-empty subset of ``("plain", "compdemo")``.
+        sparse: False for a cache of exact targets alone (no sparse pass columns; the exact columns are
+            added by :func:`cache_schema.exact_targets.with_exact_columns`).
     """
     _check_positive("num_temperatures", num_temperatures)
     exact = _check_encoding(encoding) == ENCODING_FLOAT32
     small = pa.float32() if exact else pa.float16()
     fields = _common_fields()
     fields += [_field(name, pa.list_(pa.int32())) for name in SHARED_ITEM_COLUMNS]
-    for name in _check_passes(passes):
+    names = _check_passes(passes)
+    for name in names if sparse else ():
         fields.append(_field(topk_counts_column(name), pa.list_(pa.uint32())))
         if exact:
             fields += [_field(topk_ids_column(name), pa.list_(pa.int32())),
@@ -239,10 +243,12 @@ def schema_for(
     passes: Iterable[str],
     num_temperatures: int = 1,
     encoding: str = ENCODING_PACKED,
+    sparse: bool = True,
 ) -> pa.Schema:
-    """The format-v2 schema of either pipeline; ``encoding`` and ``num_temperatures`` matter for ``shared``."""
+    """The format-v2 schema of either pipeline; ``encoding``, ``num_temperatures`` and ``sparse`` matter for
+    ``shared``."""
     if _check_pipeline(pipeline) == PIPELINE_SHARED:
-        return shared_schema(encoding=encoding, num_temperatures=num_temperatures, passes=passes)
+        return shared_schema(encoding=encoding, num_temperatures=num_temperatures, passes=passes, sparse=sparse)
     return cross_schema(passes=passes)
 
 

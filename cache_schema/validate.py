@@ -3,9 +3,10 @@
 Checks, in order: the manifest (format, version, fields); per shard the file checks of
 :mod:`cache_schema.shard_checks` (presence, size, SHA-256, Parquet readability, row count, schema) and the
 content invariants of :mod:`cache_schema.content_checks` on every row group, then the manifest's target
-counts; then the directory's other files (:mod:`cache_schema.directory`): unlisted shard files, temporary
-files left by a killed writer, the dataset card's data files, the build settings and the journal records
-against the manifest.
+counts; then the teacher LM-head file of exact targets (:mod:`cache_schema.head_file`: present, size,
+SHA-256, tensor shape and dtype); then the directory's other files (:mod:`cache_schema.directory`): unlisted
+shard files, temporary files left by a killed writer, the dataset card's data files, the build settings and
+the journal records against the manifest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cache_schema.card import CARD_FILE, card_data_files, is_generated
 from cache_schema.content_checks import PROBABILITY_TOLERANCE, Collector, GroupChecker, Problem
 from cache_schema.directory import CacheDirectory
 from cache_schema.errors import ManifestError, StoreError
+from cache_schema.head_file import head_problems
 from cache_schema.manifest import Manifest
 from cache_schema.shard_checks import FIX, ShardFileCheck, check_shard_file
 from cache_schema.store import Store, open_store
@@ -103,6 +105,9 @@ def validate_cache(
             check_content=check_content,
             max_rows=max_rows_per_check,
         )
+    exact = manifest.targets.exact
+    problems += [Problem(message, exact.head_file) for message in head_problems(
+        store, exact, manifest.teacher.shared_vocab_size, verify_checksum=verify_checksums)]
     return problems + _directory_problems(CacheDirectory(store), manifest)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cache_schema.directory import CacheDirectory
+from cache_schema.exact_targets import HIDDEN_BF16, HIDDEN_ENCODINGS
 from cache_schema.manifest import REGIMES
 from cache_schema.schemas import (
     ENCODING_PACKED,
@@ -28,6 +29,7 @@ from cache_schema.schemas import (
     PIPELINES,
     SPARSE_ENCODINGS,
 )
+from stages.cache_build.exact_build import TARGET_KINDS
 from stages.cache_build.preparation import DUPLICATE_MODES, SPECIAL_TEXT_MODES, TEACHER_CONTEXTS
 from stages.cache_build.sources import PAPER_SOURCES
 from stages.options import OptionsError, option
@@ -124,6 +126,14 @@ class BuildConfig:
     encoding: str = option(ENCODING_PACKED, group=_TARGETS, choices=SPARSE_ENCODINGS,
                            help="storage of the top entries: rank24-delta8 packs a frequency rank and an 8-bit value "
                                 "step into 4 bytes; float32 stores int32 ids and float32 values (exact)")
+    targets: str = option("sparse", group=_TARGETS, choices=TARGET_KINDS,
+                          help="what a shared cache stores per target position: sparse (the top entries of "
+                               "--k-policy, tail masses, gold log-prob), exact (the teacher's final hidden state, "
+                               "with its LM-head rows once in the cache: the whole distribution at any temperature; "
+                               "about 2 bytes per teacher hidden unit), or both")
+    hidden_encoding: str = option(HIDDEN_BF16, group=_TARGETS, choices=HIDDEN_ENCODINGS,
+                                  help="exact targets: bfloat16 (the teacher's precision) or int8-rowscale (half the "
+                                       "bytes: an 8-bit code per value and a scale per position)")
     temperatures: list[float] | None = option(None, group=_TARGETS, metavar="T",
                                               default_text=_per_pipeline("temperatures"),
                                               help="stored temperatures, starting with 1.0, space- or comma-separated")
@@ -228,6 +238,12 @@ class BuildConfig:
             (self.encoding in SPARSE_ENCODINGS,
              f"encoding={self.encoding!r}: expected one of {SPARSE_ENCODINGS}"),
             (self.k_policy in K_POLICIES, f"k_policy={self.k_policy!r}: expected one of {K_POLICIES}"),
+            (self.targets in TARGET_KINDS, f"targets={self.targets!r}: expected one of {TARGET_KINDS}"),
+            (self.targets == "sparse" or self.pipeline != PIPELINE_CROSS,
+             f"targets={self.targets!r}: exact targets need pipeline shared (the teacher's shared vocabulary); "
+             "pipeline cross stores chunk log-probs"),
+            (self.hidden_encoding in HIDDEN_ENCODINGS,
+             f"hidden_encoding={self.hidden_encoding!r}: expected one of {HIDDEN_ENCODINGS}"),
             (0.0 < self.k_mass <= 1.0, f"k_mass={self.k_mass}: must lie in (0, 1]"),
             (self.k_mass_temperature > 0, f"k_mass_temperature={self.k_mass_temperature}: must be positive"),
             (self.k_floor >= 1, f"k_floor={self.k_floor}: must be at least 1"),

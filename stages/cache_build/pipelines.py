@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from cache_schema.codec import SparseArrays, SparseCodec, id_table_from_counts
+from cache_schema.exact_targets import HIDDEN_BF16, HiddenCodec, with_exact_columns
 from cache_schema.manifest import EncodingInfo, KPolicyInfo, SparseInfo, TargetsInfo
 from cache_schema.schemas import (
     ENCODING_PACKED,
@@ -31,6 +32,13 @@ from cache_schema.schemas import (
     PIPELINE_SHARED,
     chunk_logprob_column,
     schema_for,
+)
+from stages.cache_build.exact_build import (
+    HIDDEN_RESULT,
+    hidden_results,
+    item_hidden,
+    stores_exact,
+    stores_sparse,
 )
 from stages.cache_build.passes import (
     PASS_SOURCES,
@@ -58,7 +66,9 @@ ID_TABLE_SIZE = 4096
 @dataclass(frozen=True)
 class TargetSettings:
     """The build settings the teacher outputs depend on; ``policy``, ``encoding`` and ``id_table`` are the
-    shared pipeline's (``id_table``: ids by descending frequency, from the survey)."""
+    shared pipeline's (``id_table``: ids by descending frequency, from the survey). ``kind``: which targets a
+    shared cache stores (sparse, exact or both, :mod:`stages.cache_build.exact_build`); exact targets are
+    ``hidden_size``-wide hidden states in ``hidden_encoding``."""
 
     passes: tuple[str, ...]
     temperatures: tuple[float, ...]
@@ -66,10 +76,17 @@ class TargetSettings:
     encoding: str = ENCODING_PACKED
     id_table: tuple[int, ...] = ()
     shared_vocab_size: int | None = None
+    kind: str = "sparse"
+    hidden_encoding: str = HIDDEN_BF16
+    hidden_size: int | None = None
 
     def codec(self) -> SparseCodec:
         return SparseCodec(self.encoding, num_temperatures=len(self.temperatures), id_table=self.id_table,
                            vocab_size=self.shared_vocab_size)
+
+    def hidden_codec(self) -> HiddenCodec | None:
+        """The exact targets' codec, None when the cache stores none."""
+        return HiddenCodec(self.hidden_encoding, self.hidden_size) if stores_exact(self.kind) else None
 
 
 class IdCounter:
@@ -121,14 +138,18 @@ class SharedBuildPipeline:
     pads_teacher_to_blocks = True  # the original's WeDLM collator EOS-pads the cut teacher to whole blocks
 
     def schema(self, targets: TargetSettings) -> pa.Schema:
-        return schema_for(self.name, passes=targets.passes, num_temperatures=len(targets.temperatures),
-                          encoding=targets.encoding)
+        schema = schema_for(self.name, passes=targets.passes, num_temperatures=len(targets.temperatures),
+                            encoding=targets.encoding, sparse=stores_sparse(targets.kind))
+        hidden = targets.hidden_codec()
+        return schema if hidden is None else with_exact_columns(schema, targets.passes, hidden)
 
     def survey_counter(self) -> IdCounter:
         return IdCounter()
 
     def targets_info(self, settings: TargetSettings) -> TargetsInfo:
-        """The manifest's ``targets`` section."""
+        """The manifest's ``targets`` section (its ``exact`` part is added from the head file at finalisation)."""
+        if not stores_sparse(settings.kind):
+            return TargetsInfo(passes=list(settings.passes), temperatures=list(settings.temperatures))
         policy = settings.policy
         mass = policy.kind == "mass"
         k_policy = KPolicyInfo(kind=policy.kind, ceiling=policy.ceiling, mass=policy.mass if mass else None,
@@ -191,17 +212,23 @@ class SharedBuildPipeline:
 
     def run_batch(self, runner: Any, batch: list[TeacherRequest], arrays: PaddedBatch, tensor: Any,
                   targets: TargetSettings) -> None:
-        """Sparse targets at the batch's wanted positions, stored per request (numpy) in ``results``."""
+        """Sparse targets and / or hidden states at the batch's wanted positions (one teacher forward), stored
+        per request (numpy) in ``results``."""
         policy = targets.policy
-        found = runner.topk_targets(
-            tensor(arrays.noised), tensor(arrays.lengths), tensor(arrays.row_index), tensor(arrays.position),
-            tensor(arrays.gold), k=policy.ceiling, shared_vocab_size=targets.shared_vocab_size,
-            temperatures=list(targets.temperatures), clean_ids=tensor(arrays.clean),
-            targets_fn=functools.partial(sparse_targets, policy=policy),
-        )
-        fields = {"counts": found.counts, "ids": found.topk_ids, "values": found.topk_values,
-                  "log_tails": found.log_tails, "gold_logprob": found.gold_logprob}
-        parts = {name: np.split(t.cpu().numpy(), arrays.splits) for name, t in fields.items()}
+        hidden = runner.hidden_at(tensor(arrays.noised), tensor(arrays.lengths), tensor(arrays.row_index),
+                                  tensor(arrays.position), clean_ids=tensor(arrays.clean))
+        fields = {}
+        if stores_sparse(targets.kind):
+            found = runner.topk_from_hidden(
+                hidden, tensor(arrays.gold), k=policy.ceiling, shared_vocab_size=targets.shared_vocab_size,
+                temperatures=list(targets.temperatures), targets_fn=functools.partial(sparse_targets, policy=policy),
+            )
+            fields = {name: t.cpu().numpy() for name, t in {
+                "counts": found.counts, "ids": found.topk_ids, "values": found.topk_values,
+                "log_tails": found.log_tails, "gold_logprob": found.gold_logprob}.items()}
+        if stores_exact(targets.kind):
+            fields[HIDDEN_RESULT] = hidden_results(hidden)
+        parts = {name: np.split(array, arrays.splits) for name, array in fields.items()}
         for index, request in enumerate(batch):
             request.results = {name: part[index] for name, part in parts.items()}
 
@@ -213,11 +240,15 @@ class SharedBuildPipeline:
         row["target_teacher_positions"] = np.asarray(unit_noise.target_teacher_positions, dtype=np.int32)
         num_items = row["target_positions"].shape[0]
         by_kind = {request.kind: request for request in requests}
-        codec = targets.codec()
+        codec, hidden = targets.codec(), targets.hidden_codec()
         for pass_name in targets.passes:
             parts = [by_kind[kind] for kind in PASS_SOURCES[pass_name] if kind in by_kind]
-            row.update(codec.encode(_item_targets(parts, num_items, len(targets.temperatures), sample, replica,
-                                                  pass_name), pass_name))
+            if stores_sparse(targets.kind):
+                row.update(codec.encode(_item_targets(parts, num_items, len(targets.temperatures), sample, replica,
+                                                      pass_name), pass_name))
+            if hidden is not None:
+                where = f"sample {sample.sample_id} replica {replica}: pass {pass_name!r}"
+                row.update(hidden.encode(item_hidden(parts, num_items, hidden, where), pass_name))
         return row
 
     def num_targets(self, row: dict[str, Any]) -> int:
@@ -226,7 +257,7 @@ class SharedBuildPipeline:
     def tail_mass(self, requests: list[TeacherRequest], passes: tuple[str, ...]) -> tuple[float, int]:
         """(Σ tail mass at T = 1, positions) of the plain pass (CompDemo's if no plain pass)."""
         chosen = [r for r in requests if r.kind == PLAIN] if "plain" in passes else requests
-        tails = [np.exp(r.results["log_tails"][:, 0].astype(np.float64)) for r in chosen]
+        tails = [np.exp(r.results["log_tails"][:, 0].astype(np.float64)) for r in chosen if "log_tails" in r.results]
         return float(sum(t.sum() for t in tails)), int(sum(t.shape[0] for t in tails))
 
 

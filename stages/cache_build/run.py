@@ -32,6 +32,7 @@ from typing import Any
 
 from cache_schema.directory import CacheDirectory
 from stages.cache_build.config import BuildConfig, check_or_store_config
+from stages.cache_build.exact_build import exact_info, stores_exact
 from stages.cache_build.input_check import check_inputs_unchanged
 from stages.cache_build.ownership import check_shard_names, claim_output
 from stages.cache_build.pipelines import build_pipeline
@@ -142,12 +143,15 @@ def finalize_build(config: BuildConfig) -> str:
         logger.info("removing %s, left by a killed writer", leftover)
         directory.store.remove(leftover)
     stats = summarise(survey, records)
+    targets = pipeline.targets_info(target_settings(config, survey))
+    if stores_exact(config.targets):
+        targets.exact = exact_info(directory, config.hidden_encoding)  # the head file's size and SHA-256
     manifest = Manifest(
         pipeline=config.pipeline,
         teacher=TeacherInfo(**survey["teacher"]),
         student=StudentInfo(**survey["student"]),
         teacher_tokenizer_fingerprint=survey["teacher_tokenizer_fingerprint"],
-        targets=pipeline.targets_info(target_settings(config, survey)),
+        targets=targets,
         noise=NoiseInfo(
             seed=config.seed,
             replicas=config.replicas,

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from cache_schema.directory import CacheDirectory
 from stages.cache_build.config import BuildConfig, BuildConfigError
+from stages.cache_build.exact_build import with_exact_setup
 from stages.cache_build.passes import pack_batches, pad_batch, pass_kinds
 from stages.cache_build.pipelines import TargetSettings, build_pipeline
 from stages.cache_build.unit_checks import check_teacher_outputs, check_token_ids, naming_the_batch
@@ -47,7 +49,8 @@ def target_settings(config: BuildConfig, survey: dict[str, Any]) -> TargetSettin
     return TargetSettings(passes=tuple(config.passes), temperatures=tuple(config.temperatures),
                           policy=config.target_policy(), encoding=config.encoding,
                           id_table=tuple(survey.get("id_table", ())),
-                          shared_vocab_size=survey["teacher"]["shared_vocab_size"])
+                          shared_vocab_size=survey["teacher"]["shared_vocab_size"],
+                          kind=config.targets, hidden_encoding=config.hidden_encoding)
 
 
 class ShardBuilder:
@@ -70,7 +73,7 @@ class ShardBuilder:
             raise BuildConfigError(
                 f"teacher {config.teacher}: loaded mask id {self.runner.mask_token_id} differs from the survey's {expected}"
             )
-        self.targets = target_settings(config, survey)
+        self.targets = with_exact_setup(target_settings(config, survey), model, CacheDirectory(config.output))
         self.vocab_sizes = {"student_vocab": survey["student"]["vocab_size"],
                             "teacher_vocab": survey["teacher"]["vocab_size"]}
         pad = getattr(model.config, "pad_token_id", None)

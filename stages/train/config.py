@@ -18,6 +18,7 @@ from typing import Any
 
 from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, PIPELINES
 from stages.options import OptionsError, option
+from stages.train.exact_pipeline import TEACHER_TARGETS
 from stages.train.resume_check import RunFacts
 from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE
 from tide.losses.registry import DEFAULT_VOCAB_TEMPERATURE
@@ -102,7 +103,8 @@ class TrainConfig:
     temperature: float = option(
         0.0, group=_OBJECTIVE,
         help=f"distillation temperature (0: the mode's default, {DEFAULT_CHUNK_TEMPERATURE} for chunk modes, "
-             f"{DEFAULT_VOCAB_TEMPERATURE} for vocabulary modes); vocabulary modes need it stored in the cache",
+             f"{DEFAULT_VOCAB_TEMPERATURE} for vocabulary modes); vocabulary modes need it stored in the cache, "
+             "unless they train on exact targets (any temperature)",
     )
     tidal_axis: str = option("both", group=_OBJECTIVE, choices=AXES, help="TIDAL interpolation axis")
     tidal_decay: str = option("cosine", group=_OBJECTIVE, choices=DECAYS, help="TIDAL λ progress curve")
@@ -116,6 +118,11 @@ class TrainConfig:
                             "uniformly and the rest like the student (mixture)")
     tail_uniform_share: float = option(0.1, group=_OBJECTIVE,
                                        help="the uniform share of the teacher's unstored mass under --tail mixture")
+    teacher_targets: str = option("auto", group=_OBJECTIVE, choices=TEACHER_TARGETS,
+                                  help="the targets of a shared cache that vocabulary modes train on: exact (the "
+                                       "teacher's hidden states and LM head: its whole distribution, at any "
+                                       "temperature), sparse (the top entries and their tail masses); auto: exact "
+                                       "where the cache stores them")
     distill_weight: float = option(1.0, group=_OBJECTIVE,
                                    help="weight of the distillation terms added to the CE term")
     ce_weight: float = option(1.0, group=_OBJECTIVE, help="weight of the BD3LM CE term in distillation modes")
@@ -214,6 +221,7 @@ class TrainConfig:
             ("distill_weight", self.distill_weight >= 0, "must be >= 0"),
             ("tail", self.tail in TAIL_KINDS, f"must be one of {TAIL_KINDS}"),
             ("tail_uniform_share", 0 < self.tail_uniform_share < 1, "must be in (0, 1)"),
+            ("teacher_targets", self.teacher_targets in TEACHER_TARGETS, f"must be one of {TEACHER_TARGETS}"),
             ("ce_weight", self.ce_weight >= 0, "must be >= 0"),
             ("seed", self.seed >= 0, "must be >= 0"),
             ("shuffle_window", self.shuffle_window >= 0, "must be >= 0 (0: a full permutation)"),

@@ -119,7 +119,8 @@ def total_optimizer_steps(stream: CacheStream, config: TrainConfig) -> tuple[int
 def prepare_run(config: TrainConfig, reader: CacheReader) -> tuple[RunPlan, object]:
     """Every refusal that needs no model weights: mode vs cache, tokenizer fingerprint, layout."""
     manifest = reader.manifest
-    plan = plan_run(manifest, mode=config.mode, comp_demo=config.comp_demo, temperature=config.temperature or None)
+    plan = plan_run(manifest, mode=config.mode, comp_demo=config.comp_demo, temperature=config.temperature or None,
+                    cache_dir=reader.path, teacher_targets=config.teacher_targets)
     tokenizer = AutoTokenizer.from_pretrained(config.student)
     check_student_tokenizer(manifest, tokenizer_fingerprint(tokenizer), student=config.student)
     return plan, tokenizer

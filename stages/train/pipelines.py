@@ -9,6 +9,7 @@ positions, decoded by the cache's codec (format v2's encodings, or v1's columns)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +21,7 @@ from cache_schema.codec import PaddedArrays, SparseCodec, V1Codec, codec_for
 from cache_schema.errors import SchemaError
 from cache_schema.manifest import Manifest
 from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, chunk_logprob_column
+from tide.exact_targets import ExactTeacher
 from tide.objective import ChunkTargets, VocabTargets, chunk_token_index, index_among
 from tide.targets import SparseTargets
 
@@ -32,11 +34,12 @@ class VocabItems:
     """Sparse teacher targets of a batch, one entry per target item.
 
     row, position: int64 (N,); teacher: the items' :class:`tide.targets.SparseTargets` (ids and values padded
-    to the batch's widest item, log tails per stored temperature, the first being 1.0)."""
+    to the batch's widest item, log tails per stored temperature, the first being 1.0), or their
+    :class:`tide.exact_targets.ExactTeacher` (exact targets, :mod:`stages.train.exact_pipeline`)."""
 
     row: torch.Tensor
     position: torch.Tensor
-    teacher: SparseTargets
+    teacher: SparseTargets | ExactTeacher
 
 
 @dataclass
@@ -99,6 +102,7 @@ class SharedPipeline:
     name: str = PIPELINE_SHARED
     target_kind: str = "vocab"
     items_class: type = VocabItems
+    any_temperature: bool = False  # vocabulary modes train at a stored temperature only
 
     def columns(self, target_pass: str) -> list[str]:
         return ["target_positions", *self.codec.columns(target_pass)]
@@ -187,8 +191,15 @@ class CrossPipeline:
                             teacher_logprob=items.teacher_logprob[active], t=row_t.float()[rows])
 
 
-def train_pipeline(manifest: Manifest) -> SharedPipeline | CrossPipeline:
-    """The training view of a cache's pipeline, from its manifest."""
+def train_pipeline(manifest: Manifest, cache_dir: str | os.PathLike[str] | None = None,
+                   teacher_targets: str = "auto") -> SharedPipeline | CrossPipeline:
+    """The training view of a cache's pipeline, from its manifest; for a shared cache with exact targets,
+    ``teacher_targets`` picks them or the sparse ones (:func:`stages.train.exact_pipeline.use_exact`), and the
+    exact ones need the cache directory ``cache_dir`` (the LM-head file)."""
     if manifest.pipeline != PIPELINE_SHARED:
         return CrossPipeline()
+    from stages.train.exact_pipeline import exact_pipeline, use_exact  # it builds on this module's VocabItems
+
+    if use_exact(manifest, teacher_targets):
+        return exact_pipeline(manifest, cache_dir)
     return SharedPipeline(codec=codec_for(manifest), temperatures=tuple(float(t) for t in manifest.targets.temperatures))

@@ -91,16 +91,19 @@ def _modes_for(kind: str) -> str:
     return ", ".join(name for name, entry in LOSSES.items() if entry.targets == kind)
 
 
-def plan_run(manifest: Manifest, *, mode: str, comp_demo: bool, temperature: float | None) -> RunPlan:
+def plan_run(manifest: Manifest, *, mode: str, comp_demo: bool, temperature: float | None,
+             cache_dir: str | Path | None = None, teacher_targets: str = "auto") -> RunPlan:
     """Refuse a mode the cache cannot serve; otherwise say which targets to read.
 
-    ``temperature`` None means the mode's default (its loss-registry entry's)."""
+    ``temperature`` None means the mode's default (its loss-registry entry's). ``cache_dir`` and
+    ``teacher_targets``: see :func:`stages.train.pipelines.train_pipeline` (exact targets read the cache's
+    LM-head file)."""
     try:
         entries = parse_mode(mode)
     except ValueError as exc:
         raise CacheMismatchError(f"--mode {mode!r}: {exc}") from None
     kind = required_targets(entries)
-    pipeline = train_pipeline(manifest)
+    pipeline = train_pipeline(manifest, cache_dir, teacher_targets)
     passes = list(manifest.targets.passes)
     if kind != "none" and kind != pipeline.target_kind:
         raise CacheMismatchError(
@@ -123,7 +126,7 @@ def plan_run(manifest: Manifest, *, mode: str, comp_demo: bool, temperature: flo
         return RunPlan(pipeline=None, target_pass=target_pass, temperature=None, temperatures=temperatures)
     entry = next(e for e in entries if e.targets == kind)
     chosen = float(temperature) if temperature else float(entry.default_temperature)
-    if kind == "vocab" and chosen not in temperatures:
+    if kind == "vocab" and chosen not in temperatures and not pipeline.any_temperature:
         raise CacheMismatchError(
             f"temperature {chosen} is not stored in the cache (stored: {list(temperatures)}); vocabulary "
             "modes need the log-partition at their temperature: pick one of the stored temperatures or "

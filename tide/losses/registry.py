@@ -20,8 +20,10 @@ from typing import Literal
 
 import torch
 
+from tide.exact_targets import ExactTeacher
 from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
 from tide.losses.ce import ce_loss
+from tide.losses.full import exact_kl, exact_reverse_kl, exact_tidal
 from tide.losses.kl import kl_loss, reverse_kl_loss
 from tide.losses.tidal import TidalSchedule, tidal_loss
 from tide.targets import SparseTargets, TailReconstruction
@@ -51,10 +53,10 @@ class VocabInputs:
     """Shared-vocabulary targets at the N target positions (pipeline B).
 
     student_logits: (N, V_shared); teacher: the N positions' sparse targets (ragged k, log tails at the
-    stored temperatures); t: (N,)."""
+    stored temperatures), or their exact targets (hidden states and the teacher's head); t: (N,)."""
 
     student_logits: torch.Tensor
-    teacher: SparseTargets
+    teacher: SparseTargets | ExactTeacher
     t: torch.Tensor
 
 
@@ -107,7 +109,8 @@ class LossOptions:
 @dataclass(frozen=True)
 class LossEntry:
     """One mode and its properties: the teacher targets it needs ("none", "vocab" or "chunk"), its
-    default temperature (None for CE), whether it follows the TIDAL λ schedule, and its loss function.
+    default temperature (None for CE), whether it follows the TIDAL λ schedule, and its loss function;
+    ``exact``: the full-vocabulary form a vocabulary mode takes against an :class:`ExactTeacher`.
 
     Code that needs to know something about a mode asks its entry; nothing else lists mode names."""
 
@@ -117,6 +120,7 @@ class LossEntry:
     compute: Callable[..., torch.Tensor] = field(repr=False)
     description: str = ""
     uses_tidal_schedule: bool = False
+    exact: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
 
     def temperature(self, options: LossOptions) -> float | None:
         if self.default_temperature is None:
@@ -128,6 +132,10 @@ class LossEntry:
         expected = {"none": CEInputs, "vocab": VocabInputs, "chunk": ChunkInputs}[self.targets]
         if not isinstance(inputs, expected):
             raise ValueError(f"loss {self.name!r} takes {expected.__name__}, got {type(inputs).__name__}")
+        if isinstance(inputs, VocabInputs) and isinstance(inputs.teacher, ExactTeacher):
+            if self.exact is None:
+                raise ValueError(f"loss {self.name!r} has no form for exact teacher targets")
+            return self.exact(inputs, options, self.temperature(options))
         return self.compute(inputs, options, self.temperature(options))
 
 
@@ -172,9 +180,11 @@ def _tidal_calm(reverse: bool):
 
 _ENTRIES = [
     LossEntry("ce", "none", None, _ce, "BD3LM cross-entropy only"),
-    LossEntry("kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _kl, "forward KL(p_T^T || p_S^T) · T^2"),
-    LossEntry("reverse_kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _reverse_kl, "reverse KL(p_S^T || p_T^T) · T^2"),
-    LossEntry("tidal", "vocab", DEFAULT_VOCAB_TEMPERATURE, _tidal, "TIDAL interpolated forward KL · T^2", True),
+    LossEntry("kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _kl, "forward KL(p_T^T || p_S^T) · T^2", exact=exact_kl),
+    LossEntry("reverse_kl", "vocab", DEFAULT_VOCAB_TEMPERATURE, _reverse_kl, "reverse KL(p_S^T || p_T^T) · T^2",
+              exact=exact_reverse_kl),
+    LossEntry("tidal", "vocab", DEFAULT_VOCAB_TEMPERATURE, _tidal, "TIDAL interpolated forward KL · T^2", True,
+              exact=exact_tidal),
     LossEntry("calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _calm(False), "CALM chunk binary cross-entropy"),
     LossEntry("reverse_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _calm(True), "reverse CALM (TIDE-Cross)"),
     LossEntry("tidal_calm", "chunk", DEFAULT_CHUNK_TEMPERATURE, _tidal_calm(False), "TIDAL-CALM", True),

@@ -244,13 +244,31 @@ class TeacherRunner:
         ``shared_vocab_size`` defaults to ``model.config.shared_vocab_size``."""
         if gold_ids.shape != row_index.shape:
             raise ValueError(f"gold_ids must have shape {tuple(row_index.shape)}, got {tuple(gold_ids.shape)}")
+        hidden = self.hidden_at(noised_ids, lengths, row_index, position, clean_ids=clean_ids)
+        return self.topk_from_hidden(hidden, gold_ids, k=k, shared_vocab_size=shared_vocab_size,
+                                     temperatures=temperatures, targets_fn=targets_fn)
+
+    @torch.inference_mode()
+    def topk_from_hidden(
+        self,
+        hidden: torch.Tensor,
+        gold_ids: torch.Tensor,
+        *,
+        k: int,
+        shared_vocab_size: int | None = None,
+        temperatures: tuple[float, ...] | list[float] = (1.0,),
+        targets_fn: Callable[..., Any] | None = None,
+    ) -> Any:
+        """:meth:`topk_targets` from final hidden states (N, H) already gathered by :meth:`hidden_at` (a build
+        that also stores those hidden states runs the teacher once)."""
+        if gold_ids.shape != hidden.shape[:1]:
+            raise ValueError(f"gold_ids must have shape {tuple(hidden.shape[:1])}, got {tuple(gold_ids.shape)}")
         if shared_vocab_size is None:
             shared_vocab_size = getattr(self.model.config, "shared_vocab_size", None)
         if shared_vocab_size is None:
             raise ValueError("shared_vocab_size is unknown: pass it or set config.shared_vocab_size")
         if targets_fn is None:
             from tide.targets import sparse_targets as targets_fn
-        hidden = self.hidden_at(noised_ids, lengths, row_index, position, clean_ids=clean_ids)
         gold = gold_ids.to(hidden.device).long()
 
         def chunk_targets(logits: torch.Tensor, rows: slice) -> Any:
