@@ -146,7 +146,7 @@ class InMemoryShardBuilder(ShardBuilder):
     """:class:`ShardBuilder` around a teacher built in memory (its own constructor loads a checkpoint)."""
 
     def __init__(self, config: BuildConfig, runner: TeacherRunner, shared_vocab_size: int | None,
-                 device: torch.device) -> None:
+                 device: torch.device, student_vocab: int) -> None:
         self.config, self.device, self.runner = config, device, runner
         self.pipeline = RecordingPipeline(build_pipeline(config.pipeline))
         self.targets = target_settings(config, shared_vocab_size)
@@ -154,6 +154,8 @@ class InMemoryShardBuilder(ShardBuilder):
         self.pad_id = int(pad) if pad is not None else 0
         self.kinds = pass_kinds(config.passes)
         self.cost_factor = self.pipeline.forward_cost_factor(config.regime)
+        # the bounds of the build's token-id check (the synthetic ids are drawn below them)
+        self.vocab_sizes = {"student_vocab": student_vocab, "teacher_vocab": int(runner.model.config.vocab_size)}
 
 
 def measure_build(builder: InMemoryShardBuilder, units: list, device: torch.device) -> dict[str, Any]:
@@ -253,7 +255,7 @@ def run(name: str, record: PartRecord, device: torch.device, tiny: bool) -> None
                             "lm_head_chunk": config.lm_head_chunk, **DATA[name][size]})
     runner = TeacherRunner(model, regime=config.regime, block_size=config.block_size,
                            head_chunk_size=config.lm_head_chunk)
-    builder = InMemoryShardBuilder(config, runner, shared_vocab, device)
+    builder = InMemoryShardBuilder(config, runner, shared_vocab, device, DATA[name][size]["student_vocab"])
     samples = synthetic_samples(pipeline, config, teacher_vocab=runner.mask_token_id, **DATA[name][size])
     units = [(sample, 0) for sample in samples]
     if record.measure("warmup_seconds", lambda: timed(device, lambda: builder.build(units[:2]))[1], needs=5) is None:

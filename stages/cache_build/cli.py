@@ -130,7 +130,9 @@ def register_build_command(subparsers: Any) -> argparse.ArgumentParser:
         help=BUILD_HELP,
         description="Build a TIDE logits cache: prepare the data, draw seeded noise, run the teacher at masked "
                     "positions and write zstd Parquet shards plus manifest.json. Re-running the same command "
-                    "resumes; a changed setting against an existing output is refused. The paper's builds: "
+                    "resumes; a changed setting or input against an existing output is refused, and so is an "
+                    "output holding files no build of this configuration wrote (--overwrite starts again). "
+                    "docs/reliability.md lists every guarantee. The paper's builds: "
                     "--config configs/build/llada2.yaml (pipeline A) or configs/build/wedlm.yaml (B).",
     )
     add_build_arguments(parser)

@@ -368,7 +368,7 @@ def prepare_samples(
 
     A row whose conversation (sample key) an earlier row already had is dropped and counted as
     ``duplicate`` (``settings.duplicates="drop"``) or kept and counted in ``stats.duplicates_kept``; the
-    keys seen are held in memory (8 bytes each plus a set entry)."""
+    keys seen are held in memory (about 100 bytes per sample)."""
     skip_counter = SkipCounter() if skip_counter is None else skip_counter
     seen: set[int] = set()
     for raw in source_iter:
