@@ -12,6 +12,7 @@ rows) with every other setting at its ``tide-cache build`` default.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import Any
 
@@ -27,6 +28,7 @@ from stages.cache_build.shard_builder import ShardBuilder, target_settings
 from tide.alignment.chunks import ChunkTable
 from tide.models.teacher import TeacherRunner
 from tide.runtime import default_dtype
+from tide.targets import sparse_targets
 
 # Model shapes: LLaDA2MoeConfig's defaults are LLaDA2.0-mini's; WeDLM-8B is Qwen3-8B's shape.
 LLADA2 = {"real": {}, "tiny": dict(
@@ -149,7 +151,8 @@ class InMemoryShardBuilder(ShardBuilder):
                  device: torch.device, student_vocab: int) -> None:
         self.config, self.device, self.runner = config, device, runner
         self.pipeline = RecordingPipeline(build_pipeline(config.pipeline))
-        self.targets = target_settings(config, shared_vocab_size)
+        # no survey here: an empty id table ranks ids by their value (the codec's order for unseen ids)
+        self.targets = target_settings(config, {"teacher": {"shared_vocab_size": shared_vocab_size}})
         pad = getattr(runner.model.config, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
         self.kinds = pass_kinds(config.passes)
@@ -187,8 +190,9 @@ def runner_call(builder: InMemoryShardBuilder, inputs: dict[str, torch.Tensor]) 
     runner, targets = builder.runner, builder.targets
     args = (inputs["noised"], inputs["lengths"], inputs["row_index"], inputs["position"], inputs["gold"])
     if builder.pipeline.has_vocabulary_targets:
-        return runner.topk_targets(*args, k=targets.k, shared_vocab_size=targets.shared_vocab_size,
-                                   temperatures=list(targets.temperatures), clean_ids=inputs["clean"])
+        return runner.topk_targets(*args, k=targets.policy.ceiling, shared_vocab_size=targets.shared_vocab_size,
+                                   temperatures=list(targets.temperatures), clean_ids=inputs["clean"],
+                                   targets_fn=functools.partial(sparse_targets, policy=targets.policy))
     return runner.gold_logprobs(*args, clean_ids=inputs["clean"])
 
 

@@ -218,12 +218,14 @@ class SparseCodec:
     """One encoding of a pass's sparse targets: its columns, the encoder of one row, the batch decoder."""
 
     def __init__(self, encoding: str, *, num_temperatures: int, id_table: Sequence[int] | None = None,
-                 vocab_size: int | None = None, value_step: float | None = None) -> None:
+                 vocab_size: int | None = None, value_step: float | None = None,
+                 max_entries: int | None = None) -> None:
         if encoding not in SPARSE_ENCODINGS:
             raise SchemaError(f"unknown sparse-target encoding {encoding!r}; expected one of {list(SPARSE_ENCODINGS)}")
         self.encoding = encoding
         self.num_temperatures = int(num_temperatures)
         self.value_step = VALUE_STEP if value_step is None else float(value_step)
+        self.max_entries = max_entries  # the manifest's k ceiling: a row keeping more contradicts it
         self.ranks = None
         if encoding == ENCODING_PACKED:
             if id_table is None or vocab_size is None:
@@ -252,12 +254,15 @@ class SparseCodec:
 
     def num_items(self, columns: Mapping[str, np.ndarray], pass_name: str) -> int:
         """Items of one row's pass columns, after checking that its entries add up to its counts (so that rows
-        concatenated for one decode cannot trade entries)."""
+        concatenated for one decode cannot trade entries) and that no item keeps more than ``max_entries``."""
         counts = np.asarray(columns[topk_counts_column(pass_name)])
         entries = columns[self.columns(pass_name)[1]]
         if len(entries) != int(counts.sum(dtype=np.int64)):
             raise SchemaError(f"pass {pass_name!r}: {len(entries)} stored entries but the counts add up to "
                               f"{int(counts.sum(dtype=np.int64))}")
+        if self.max_entries is not None and counts.size and int(counts.max()) > self.max_entries:
+            raise SchemaError(f"pass {pass_name!r}: an item keeps {int(counts.max())} entries but the manifest's k "
+                              f"ceiling is {self.max_entries}")
         return int(counts.shape[0])
 
     def decode_padded(self, columns: Mapping[str, np.ndarray], pass_name: str) -> PaddedArrays:
@@ -339,4 +344,5 @@ def codec_for(manifest: Any) -> SparseCodec | V1Codec:
         return V1Codec(int(targets.k), targets.temperatures)
     encoding = targets.sparse.encoding
     return SparseCodec(encoding.name, num_temperatures=len(targets.temperatures), id_table=encoding.id_table,
-                       vocab_size=manifest.teacher.shared_vocab_size, value_step=encoding.value_step)
+                       vocab_size=manifest.teacher.shared_vocab_size, value_step=encoding.value_step,
+                       max_entries=targets.sparse.k_policy.ceiling)

@@ -65,7 +65,7 @@ def _undecodable_column(d):
     meta = pq.ParquetFile(shard).metadata
     group = meta.row_group(meta.num_row_groups - 1)
     column = next(group.column(i) for i in range(group.num_columns)
-                  if group.column(i).path_in_schema.startswith("plain_topk_values"))
+                  if group.column(i).path_in_schema.startswith("plain_topk_codes"))
     data = bytearray(shard.read_bytes())
     for offset in range(column.data_page_offset + 40, column.data_page_offset + column.total_compressed_size - 4):
         data[offset] ^= 0x5A
@@ -88,7 +88,8 @@ CASES = {
     "sha256": (_set_shard("sha256", "0" * 64), SHARD0, True),
     "bytes": (_set_shard("bytes", 5), SHARD0, True),
     "num_targets": (_set_shard("num_targets", 1), SHARD0, False),  # a count training never reads
-    "k": (_edit(lambda m: m["targets"].__setitem__("k", 4)), SHARD0, True),
+    # ragged v2 counts: the ceiling is checked where targets are read (validate; vocabulary modes, test_codec)
+    "k": (_edit(lambda m: m["targets"]["sparse"]["k_policy"].__setitem__("ceiling", 4)), SHARD0, False),
     "format_version": (_edit(lambda m: m.__setitem__("format_version", 99)), "manifest.json", True),
     "dotdot_name": (_set_shard("file", "../outside.parquet"), "manifest.json", True),
     "not_json": (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json", True),

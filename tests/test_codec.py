@@ -139,6 +139,11 @@ def test_decode_refuses_inconsistent_columns():
                                np.zeros(int(arrays.counts[1:].sum()), np.float32), arrays.log_tails,
                                arrays.gold_logprob)
     assert codec.num_items(columns, "plain") == 5
+    widest = int(arrays.counts.max())
+    capped = SparseCodec("rank24-delta8", num_temperatures=2, id_table=[5, 9, 1], vocab_size=VOCAB,
+                         max_entries=widest - 1)
+    with pytest.raises(SchemaError, match=f"keeps {widest} entries but the manifest's k ceiling is {widest - 1}"):
+        capped.num_items(columns, "plain")
 
 
 def test_v1_tail_is_one_minus_the_top_mass_and_underflows_where_v2_does_not():
