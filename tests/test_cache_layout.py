@@ -53,7 +53,7 @@ def test_layout_puts_only_shards_under_data_and_the_card_lists_them(cache):
         assert f"`{shard.file}` | {shard.rows} | {shard.bytes} |" in card and shard.sha256 in card
     for column in manifest.arrow_schema().names:
         assert f"`{column}`" in card
-    assert f"| k | {manifest.targets.k} |" in card and f"| seed | {manifest.noise.seed} |" in card
+    assert f"| sparse.k_policy.ceiling | {manifest.targets.sparse.k_policy.ceiling} |" in card and f"| seed | {manifest.noise.seed} |" in card
     assert manifest.teacher.name in card
 
 

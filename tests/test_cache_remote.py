@@ -107,7 +107,7 @@ def test_s3_build_killed_resumed_validated_and_trained_like_local(tiny_models, b
     config = BuildConfig(sources=str(tiny_models["sources"]), teacher=str(tiny_models["teacher"]),
                          student_tokenizer=str(tiny_models["student_tokenizer"]), output=url, max_length=64,
                          teacher_max_length=96, block_size=16, replicas=2, rows_per_shard=2, rows_per_row_group=1,
-                         k=8, passes=["plain"], value_dtype="float32", seed=3, progress=False, device="cpu")
+                         k=8, k_policy="fixed", passes=["plain"], encoding="float32", seed=3, progress=False, device="cpu")
 
     def kill(shard):
         raise _Killed(f"killed after shard {shard}")
