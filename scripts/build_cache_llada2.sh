@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage one, pipeline A (cross tokenizer): build a LLaDA2 logits cache with the paper's settings, i.e.
-# `tide-cache build --config configs/build/llada2.yaml` (the settings: that file over tide-cache build's
+# `tide-cache build --config configs/cache/llada2.yaml` (the settings: that file over tide-cache build's
 # defaults, listed by `tide-cache build --help`; flags given here override both).
 # Launches with `accelerate launch` when more than one GPU is visible; re-running resumes.
 #
@@ -16,4 +16,4 @@ for arg in "$@"; do
     if [[ "${arg}" == "-h" || "${arg}" == "--help" ]]; then sed -n '2,11p' "${SELF}"; exit 0; fi
 done
 source scripts/_paper.sh
-paper_build configs/build/llada2.yaml "$@"
+paper_build configs/cache/llada2.yaml "$@"

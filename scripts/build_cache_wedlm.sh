@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage one, pipeline B (shared vocabulary): build a WeDLM logits cache with the paper's settings, i.e.
-# `tide-cache build --config configs/build/wedlm.yaml` (the settings: that file over tide-cache build's
+# `tide-cache build --config configs/cache/wedlm.yaml` (the settings: that file over tide-cache build's
 # defaults, listed by `tide-cache build --help`; flags given here override both). The stored temperatures
 # include T = 2.0, the vocabulary modes' default.
 # Launches with `accelerate launch` when more than one GPU is visible; re-running resumes.
@@ -17,4 +17,4 @@ for arg in "$@"; do
     if [[ "${arg}" == "-h" || "${arg}" == "--help" ]]; then sed -n '2,12p' "${SELF}"; exit 0; fi
 done
 source scripts/_paper.sh
-paper_build configs/build/wedlm.yaml "$@"
+paper_build configs/cache/wedlm.yaml "$@"

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 # the file names say the teacher; the teacher's config.json model_type decides the pipeline
 TEACHER_MODEL_TYPES = {"llada2": "llada2_moe", "wedlm": "wedlm"}
 # the paper's files (configs/ may hold others, e.g. the quickstart's, which are not paper variants)
-BUILD_CONFIGS = [REPO / "configs" / "build" / f"{teacher}.yaml" for teacher in TEACHER_MODEL_TYPES]
+BUILD_CONFIGS = [REPO / "configs" / "cache" / f"{teacher}.yaml" for teacher in TEACHER_MODEL_TYPES]
 TRAIN_CONFIGS = sorted(p for teacher in TEACHER_MODEL_TYPES for p in (REPO / "configs" / "train" / teacher).glob("*.yaml"))
 PIPELINE_TARGETS = {"cross": "chunk", "shared": "vocab"}  # what each pipeline's cache holds
 PATHS = {"teacher": "/t", "student_tokenizer": "/s", "sources": "builtin:synthetic:2", "output": "/o"}
@@ -74,11 +74,11 @@ def test_train_config_parses_validates_and_repeats_no_default(path):
 
 
 def test_variants_differ_and_no_setting_is_shared_by_every_file_of_a_directory():
-    groups = {"configs/build": BUILD_CONFIGS}
+    groups = {"configs/cache": BUILD_CONFIGS}
     for path in TRAIN_CONFIGS:
         groups.setdefault(_name(path.parent), []).append(path)
     for directory, paths in groups.items():
-        cls = BuildConfig if directory == "configs/build" else TrainConfig
+        cls = BuildConfig if directory == "configs/cache" else TrainConfig
         contents = {p.stem: read_options_file(cls, p) for p in paths}
         assert len(contents) >= 2
         values = list(contents.values())
@@ -135,7 +135,7 @@ def test_build_script_passes_the_pipeline_file(path):
                      "--sources", "x.jsonl", "--output", "/o")
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout)
-    assert argv[:5] == ["-m", "stages.cli", "build", "--config", f"configs/build/{path.stem}.yaml"]
+    assert argv[:5] == ["-m", "stages.cli", "build", "--config", f"configs/cache/{path.stem}.yaml"]
     parser = argparse.ArgumentParser()
     add_build_arguments(parser)  # the wrapper's command line parses with the real flags
     config = build_config_from_args(parser.parse_args(argv[3:]))

@@ -133,7 +133,7 @@ def register_build_command(subparsers: Any) -> argparse.ArgumentParser:
                     "resumes; a changed setting or input against an existing output is refused, and so is an "
                     "output holding files no build of this configuration wrote (--overwrite starts again). "
                     "docs/reliability.md lists every guarantee. The paper's builds: "
-                    "--config configs/build/llada2.yaml (pipeline A) or configs/build/wedlm.yaml (B).",
+                    "--config configs/cache/llada2.yaml (pipeline A) or configs/cache/wedlm.yaml (B).",
     )
     add_build_arguments(parser)
     parser.set_defaults(func=run_build_command)

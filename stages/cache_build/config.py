@@ -2,7 +2,7 @@
 
 The options themselves (flags, YAML, typed values) come from :mod:`stages.options`. Pipeline-dependent
 defaults (teacher length, stored temperatures) are filled by :meth:`BuildConfig.resolve` from the detected
-pipeline; the paper's per-pipeline builds are ``configs/build/*.yaml``.
+pipeline; the paper's per-pipeline builds are ``configs/cache/*.yaml``.
 
 The resolved configuration is stored in the output directory when a build starts
 (``build_config.json``); a later run against the same directory must resolve to the same *content*
