@@ -317,7 +317,11 @@ def _print_rows(manifest: Manifest, store: Store, count: int) -> None:
                     f"teacher L={len(row['teacher_input_ids'])} items={items}"
                 )
                 decode = _decode_shared if manifest.pipeline == PIPELINE_SHARED else _decode_cross
-                for line in decode(row, manifest):
+                try:
+                    lines = decode(row, manifest)
+                except (TypeError, ValueError, CacheError) as exc:  # damaged pages may decode to nulls
+                    raise ValueError(f"{entry.file} row group {group}: {type(exc).__name__}: {exc}") from None
+                for line in lines:
                     print(line)
                 shown += 1
 

@@ -1,10 +1,13 @@
 """The content invariants of a cache's row groups, vectorised with numpy over a whole row group.
 
-Checked: ids inside the vocabularies, positions inside their sequences, chunk bounds, sorted top-k values,
-probability mass ≤ 1 (v1) or the k policy and log tails (v2), timestep range, per-item list lengths and
-CompDemo groups. Each problem names the
-shard, the row (0-based within the shard) and the field; a check that fails on many rows reports the
-first few and a count.
+Checked: ids inside the vocabularies, positions inside their sequences, chunk bounds, finite and sorted
+top-k values, probability mass ≤ 1 (v1) or the k policy and log tails (v2), timestep range, per-item list
+lengths and CompDemo groups. Each problem names the shard, the row (0-based from ``base``) and the field; a
+check that fails on many rows reports the first few and a count.
+
+The checks run on the columns the table holds: ``tide-cache validate`` reads every column, so it runs them
+all; training reads only the columns it trains on (:mod:`cache_schema.group_guard`), and a check whose
+columns it did not read is skipped there, since nothing of those columns reaches the student.
 """
 
 from __future__ import annotations
@@ -151,6 +154,11 @@ class GroupChecker:
         self.out = out
         self.rows = table.num_rows
         self.tol = tolerance(manifest)
+        self.names = frozenset(table.schema.names)
+
+    def has(self, *names: str) -> bool:
+        """Whether the row group holds every column ``names`` (training reads a subset of the columns)."""
+        return self.names.issuperset(names)
 
     # -- generic element checks -----------------------------------------------------------------------------
 
@@ -223,11 +231,14 @@ class GroupChecker:
     # -- common columns -------------------------------------------------------------------------------------
 
     def common(self) -> dict[str, ColumnList]:
+        """The columns every cache has; returns the list columns it decoded (``teacher_input_ids`` only
+        when the row group holds it)."""
         m, out, base = self.m, self.out, self.base
-        key = scalar_column(self.table, "sample_key")
-        out.rows(
-            "sample_key", "sample_key is negative (must be in [0, 2**63))", np.flatnonzero(key < 0), base
-        )
+        if self.has("sample_key"):
+            key = scalar_column(self.table, "sample_key")
+            out.rows(
+                "sample_key", "sample_key is negative (must be in [0, 2**63))", np.flatnonzero(key < 0), base
+            )
         replica = scalar_column(self.table, "replica")
         out.rows(
             "replica",
@@ -259,8 +270,11 @@ class GroupChecker:
         maskable = column_list(self.table, "maskable")
         maskable_ok = self.same_length("maskable", maskable, seq_len, "len(input_ids)")
 
-        teacher = column_list(self.table, "teacher_input_ids")
-        self.in_range("teacher_input_ids", teacher, m.teacher.vocab_size, "teacher.vocab_size")
+        found = {"input_ids": ids, "maskable": maskable}
+        if self.has("teacher_input_ids"):
+            found["teacher_input_ids"] = column_list(self.table, "teacher_input_ids")
+            self.in_range("teacher_input_ids", found["teacher_input_ids"], m.teacher.vocab_size,
+                          "teacher.vocab_size")
 
         masked = column_list(self.table, "masked_positions")
         self.in_range("masked_positions", masked, seq_len, "len(input_ids)")
@@ -278,14 +292,12 @@ class GroupChecker:
             base,
             lambda local: f"position {masked.values[first[np.searchsorted(rows, local)]]}",
         )
-        return {
-            "input_ids": ids,
-            "maskable": maskable,
-            "teacher_input_ids": teacher,
-            "masked_positions": masked,
-        }
+        found["masked_positions"] = masked
+        return found
 
     def compdemo_group(self, items: np.ndarray) -> None:
+        if not self.has("compdemo_group"):
+            return
         group = column_list(self.table, "compdemo_group")
         if "compdemo" in self.m.targets.passes:
             self.same_length("compdemo_group", group, items, "the number of target items")

@@ -47,3 +47,8 @@ class ShardWriteError(CacheError):
 
 class StoreError(CacheError):
     """A cache location cannot be reached: an unknown URL, a missing filesystem package, a failed request."""
+
+
+class ContentError(CacheError):
+    """A row group read for training breaks a content invariant of the format, or its columns do not decode;
+    the message names the shard, the row group and (for content) the row."""

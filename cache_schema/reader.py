@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cache_schema.errors import SchemaError, ShardError
+from cache_schema.group_guard import GroupGuard, unreadable_group
 from cache_schema.manifest import Manifest
 from cache_schema.shard_checks import check_shard_file, checksum_problem
 from cache_schema.store import Store, open_store
@@ -184,7 +185,10 @@ class CacheReader:
     ``checksums`` says when each shard's SHA-256 is compared with the manifest's: ``"lazy"`` (default) the
     first time a row group of the shard is read, by the process that reads it, so a start on a large cache
     costs footers only; ``"open"`` every shard on construction; ``"off"`` never (``tide-cache validate``
-    still checks them all).
+    still checks them all). With ``content_checks`` every row group read is checked once against the content
+    invariants ``validate`` checks, on the columns read (:mod:`cache_schema.group_guard`; training turns
+    them on), and a failing one raises :class:`cache_schema.errors.ContentError`. A row group whose pages do
+    not decode raises it too, naming the shard and row group, with or without the checks.
 
     Row groups are read on demand; :meth:`prefetch` starts reading the next ones on ``read_ahead`` background
     threads (each read asks for just the row group's column chunks, coalesced into few requests), and
@@ -192,7 +196,8 @@ class CacheReader:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | Store, *, checksums: str = "lazy", read_ahead: int = DEFAULT_READ_AHEAD
+        self, path: str | os.PathLike[str] | Store, *, checksums: str = "lazy", read_ahead: int = DEFAULT_READ_AHEAD,
+        content_checks: bool = False,
     ) -> None:
         if checksums not in CHECKSUMS:
             raise ValueError(f"checksums must be one of {list(CHECKSUMS)}; got {checksums!r}")
@@ -228,6 +233,7 @@ class CacheReader:
         self._pending: OrderedDict[tuple[int, tuple[str, ...] | None], Future[pa.Table]] = OrderedDict()
         self._pending_lock = threading.Lock()
         self._thread = threading.local()
+        self._guard = GroupGuard(self.manifest, self.path) if content_checks else None
         logger.debug("opened cache %s: %d rows in %d row groups", self.path, first, len(units))
 
     @property
@@ -294,7 +300,12 @@ class CacheReader:
         unit = self.units[index]
         self.verify_shard(unit.shard_index)
         with self._parquet(unit.shard_index) as parquet:
-            table = parquet.read_row_group(unit.row_group, columns=columns)
+            try:
+                table = parquet.read_row_group(unit.row_group, columns=columns)
+            except Exception as exc:  # damaged pages raise Arrow, OS and decoding errors alike
+                raise unreadable_group(unit.shard, unit.row_group, self.path, exc) from exc
+        if self._guard is not None:
+            self._guard.check(index, unit.shard, unit.row_group, table)  # in the read-ahead thread when prefetched
         return table.replace_schema_metadata(None)
 
     # -- reading ---------------------------------------------------------------------------------------------

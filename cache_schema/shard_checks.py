@@ -1,6 +1,6 @@
 """The file-level checks of one listed shard, shared by the reader (which refuses the first problem) and
 ``validate`` (which reports them all): presence, size, SHA-256, Parquet readability (the footer), row count,
-schema. Without the SHA-256 the checks read only the file's size and its Parquet footer: what the trainer's
+schema, and the manifest facts the shard records (:mod:`cache_schema.shard_facts`). Without the SHA-256 the checks read only the file's size and its Parquet footer: what the trainer's
 start-up can afford on a cache of hundreds of GB (the reader hashes each shard when it first reads it)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from cache_schema.manifest import Manifest
 from cache_schema.schemas import schemas_match
+from cache_schema.shard_facts import fact_problems
 from cache_schema.store import Store
 
 FIX = "rebuild this shard with `tide-cache build` or restore it from a good copy"
@@ -69,6 +70,7 @@ def check_shard_file(store: Store, manifest: Manifest, index: int, *, verify_che
     differences = schemas_match(found_schema, manifest.arrow_schema())
     if differences:
         out.problems.append(f"schema disagrees with the manifest: {'; '.join(differences)}; {FIX}")
+    out.problems += fact_problems(manifest, parquet.metadata.metadata)
     out.parquet = parquet
     out.schema_matches = not differences
     return out

@@ -2,7 +2,8 @@
 
 Checks, in order: the manifest (format, version, fields); per shard the file checks of
 :mod:`cache_schema.shard_checks` (presence, size, SHA-256, Parquet readability, row count, schema) and the
-content invariants of :mod:`cache_schema.content_checks` on every row group, then the manifest's target
+content invariants of :mod:`cache_schema.content_checks` on every row group and the uniqueness of
+(sample_id, replica) across the cache (:mod:`cache_schema.row_keys`), then the manifest's target
 counts; then the teacher LM-head file of exact targets (:mod:`cache_schema.head_file`: present, size,
 SHA-256, tensor shape and dtype); then the directory's other files (:mod:`cache_schema.directory`): unlisted
 shard files, temporary files left by a killed writer, the dataset card's data files, the build settings and
@@ -19,6 +20,7 @@ from cache_schema.directory import CacheDirectory
 from cache_schema.errors import ManifestError, StoreError
 from cache_schema.head_file import head_problems
 from cache_schema.manifest import Manifest
+from cache_schema.row_keys import SeenKeys, check_unique_rows
 from cache_schema.shard_checks import FIX, ShardFileCheck, check_shard_file
 from cache_schema.store import Store, open_store
 from cache_schema.target_checks import TARGET_CHECKS
@@ -32,17 +34,18 @@ __all__ = ["Problem", "validate_cache", "PROBABILITY_TOLERANCE"]
 
 
 def _validate_shard(
-    store: Store, manifest: Manifest, index: int, *, verify_checksums: bool, check_content: bool, max_rows: int
+    store: Store, manifest: Manifest, index: int, seen: SeenKeys, *, verify_checksums: bool, check_content: bool,
+    max_rows: int,
 ) -> list[Problem]:
     found = check_shard_file(store, manifest, index, verify_checksums=verify_checksums)
     try:
-        return _shard_problems(found, manifest, index, check_content=check_content, max_rows=max_rows)
+        return _shard_problems(found, manifest, index, seen, check_content=check_content, max_rows=max_rows)
     finally:
         found.close()
 
 
 def _shard_problems(
-    found: ShardFileCheck, manifest: Manifest, index: int, *, check_content: bool, max_rows: int
+    found: ShardFileCheck, manifest: Manifest, index: int, seen: SeenKeys, *, check_content: bool, max_rows: int
 ) -> list[Problem]:
     entry = manifest.shards[index]
     out = Collector(entry.file, max_rows)
@@ -66,6 +69,7 @@ def _shard_problems(
         try:
             checker = GroupChecker(manifest, table, base, out)
             targets += TARGET_CHECKS[manifest.pipeline](checker, checker.common())
+            seen.add(check_unique_rows(checker, seen))  # across row groups and shards
         except Exception as exc:  # damaged bytes can decode to arbitrary values; report, never crash
             out.add(f"row group {group} (rows from {base}) could not be checked: {type(exc).__name__}: {exc}")
             return out.finish()
@@ -96,11 +100,13 @@ def validate_cache(
     except (ManifestError, StoreError) as exc:
         return [Problem(str(exc), field="manifest")]
     problems: list[Problem] = []
+    seen = SeenKeys()
     for index in range(len(manifest.shards)):
         problems += _validate_shard(
             store,
             manifest,
             index,
+            seen,
             verify_checksums=verify_checksums,
             check_content=check_content,
             max_rows=max_rows_per_check,

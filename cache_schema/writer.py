@@ -24,6 +24,7 @@ from cache_schema.errors import SchemaError, ShardWriteError
 from cache_schema.files import sha256_of_stream
 from cache_schema.manifest import DATA_DIR, ShardInfo, is_shard_name
 from cache_schema.schemas import num_target_items, schemas_match, table_from_rows
+from cache_schema.shard_facts import with_facts
 from cache_schema.store import Store, open_store
 
 __all__ = [
@@ -104,6 +105,7 @@ def write_shard(
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
     overwrite: bool = False,
+    facts: Mapping[str, Any] | None = None,
 ) -> ShardInfo:
     """Write one zstd Parquet shard atomically and return its manifest entry.
 
@@ -117,6 +119,8 @@ def write_shard(
         row_group_rows: rows per Parquet row group (the reader's unit of streaming).
         compression_level: zstd level.
         overwrite: replace an existing shard of the same name instead of refusing.
+        facts: the manifest facts recorded in the shard's key-value metadata (format v2,
+            :func:`cache_schema.shard_facts.shard_facts`; the reader cross-checks them with the manifest).
 
     The shard is written to a local temporary file (next to the target on a local store, in the system's
     temporary directory for a remote one), hashed, and then renamed or uploaded in one piece. If ``data``
@@ -158,7 +162,7 @@ def write_shard(
                     schema = table.schema
                 table = _conform(table, schema, file_name)
                 if writer is None:
-                    writer = _open_writer(tmp, schema, compression_level)
+                    writer = _open_writer(tmp, with_facts(schema, facts), compression_level)
                 rows += table.num_rows
                 num_targets += num_target_items(table)
                 pending.append(table)
@@ -169,7 +173,7 @@ def write_shard(
                     raise ShardWriteError(
                         f"shard {file_name}: no data and no schema; cannot write an empty shard"
                     )
-                writer = _open_writer(tmp, schema, compression_level)
+                writer = _open_writer(tmp, with_facts(schema, facts), compression_level)
             flush(force=True)
             writer.close()
             writer = None
@@ -214,6 +218,7 @@ class AsyncShardWriter:
         compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         max_pending: int = 2,
         overwrite: bool = False,
+        facts: Mapping[str, Any] | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1; got {max_pending}")
@@ -223,6 +228,7 @@ class AsyncShardWriter:
             "row_group_rows": row_group_rows,
             "compression_level": compression_level,
             "overwrite": overwrite,
+            "facts": facts,
         }
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_pending)
         self._infos: list[ShardInfo] = []

@@ -3,7 +3,7 @@
 ``tide-cache validate``, ``tide-cache inspect`` and ``tide-train``.
 
 The cases: a flipped byte, a truncated, deleted or swapped shard, the manifest's row count, SHA-256, byte
-count, target count, k or format version edited, a ``../`` shard name, a manifest that is not JSON or lacks
+count, target count, k ceiling, temperatures or format version edited, a ``../`` shard name, a manifest that is not JSON or lacks
 a field, no manifest, and a column whose pages no longer decode (the manifest's checksum updated to
 match, as a file damaged after it was listed)."""
 
@@ -60,12 +60,13 @@ def _swap(d):
 
 
 def _undecodable_column(d):
-    """Scramble one column chunk's page bytes of the last row group, then list the new checksum."""
+    """Scramble one column chunk's page bytes of the last row group, then list the new checksum (a column
+    every run reads, so a ``ce`` run over both replicas meets it)."""
     shard = _shard(d, 1)
     meta = pq.ParquetFile(shard).metadata
     group = meta.row_group(meta.num_row_groups - 1)
     column = next(group.column(i) for i in range(group.num_columns)
-                  if group.column(i).path_in_schema.startswith("plain_topk_codes"))
+                  if group.column(i).path_in_schema.startswith("input_ids"))
     data = bytearray(shard.read_bytes())
     for offset in range(column.data_page_offset + 40, column.data_page_offset + column.total_compressed_size - 4):
         data[offset] ^= 0x5A
@@ -88,14 +89,15 @@ CASES = {
     "sha256": (_set_shard("sha256", "0" * 64), SHARD0, True),
     "bytes": (_set_shard("bytes", 5), SHARD0, True),
     "num_targets": (_set_shard("num_targets", 1), SHARD0, False),  # a count training never reads
-    # ragged v2 counts: the ceiling is checked where targets are read (validate; vocabulary modes, test_codec)
-    "k": (_edit(lambda m: m["targets"]["sparse"]["k_policy"].__setitem__("ceiling", 4)), SHARD0, False),
+    # the shards record the k policy and temperatures they were built with: a different manifest is refused
+    "k": (_edit(lambda m: m["targets"]["sparse"]["k_policy"].__setitem__("ceiling", 4)), SHARD0, True),
+    "temperatures": (_edit(lambda m: m["targets"].__setitem__("temperatures", [1.0, 4.0])), SHARD0, True),
     "format_version": (_edit(lambda m: m.__setitem__("format_version", 99)), "manifest.json", True),
     "dotdot_name": (_set_shard("file", "../outside.parquet"), "manifest.json", True),
     "not_json": (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json", True),
     "missing_field": (_edit(lambda m: m.pop("targets")), "manifest.json", True),
     "no_manifest": (lambda d: (d / "manifest.json").unlink(), "manifest.json", True),
-    "undecodable_column": (_undecodable_column, SHARD1, False),  # read mid-run: the reader-side step's
+    "undecodable_column": (_undecodable_column, SHARD1, True),  # read mid-run: the row group's read names it
 }
 
 
@@ -120,12 +122,13 @@ def test_each_corruption_is_reported_in_lines_naming_the_file(case, intact, tmp_
     errors = [line for line in err.splitlines() if "error" in line]
     if rc != 0:
         assert len(errors) == 1 and named in errors[0], err
-    else:  # inspect reads no checksums: a summary of a shard that still decodes is fine
-        assert not errors and case in ("flipped_byte", "swapped", "rows", "sha256", "bytes", "num_targets", "k"), err
+    else:  # inspect reads no checksums nor shard facts: a summary of a shard that still decodes is fine
+        assert not errors and case in ("flipped_byte", "swapped", "rows", "sha256", "bytes", "num_targets", "k",
+                                       "temperatures"), err
 
     if train_refuses:
         assert train_main(["--cache", str(cache), "--student", str(student_dir), "--output", str(tmp_path / "out"),
-                           "--mode", "ce", "--max-steps", "2", "--batch-size", "2", "--no-progress"]) == 1
+                           "--mode", "ce", "--epochs", "2", "--batch-size", "2", "--no-progress"]) == 1
         err = capfd.readouterr().err
         lines = [line for line in err.splitlines() if line.startswith("tide-train: error:")]
         assert "Traceback" not in err and len(lines) == 1 and named.split(".")[0] in lines[0], err

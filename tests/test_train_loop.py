@@ -38,7 +38,7 @@ def student_dir(tmp_path_factory, student_tokenizer):
 
 
 def make_cache(path, tokenizer, *, fingerprint=None, passes=("plain", "compdemo"), temperatures=(1.0, 2.0),
-               pipeline="shared", num_samples=6):
+               pipeline="shared", num_samples=6, **spec_overrides):
     eos, mask = tokenizer.eos_token_id, tokenizer.mask_token_id
     rows = random_base_rows(num_samples=num_samples, replicas=2, seq_len=SEQ, block_size=BLOCK, vocab_size=1000,
                             eos_token_id=eos, prompt_len=3, seed=5)
@@ -57,7 +57,7 @@ def make_cache(path, tokenizer, *, fingerprint=None, passes=("plain", "compdemo"
         eos_token_id=eos, block_size=BLOCK, max_length=SEQ, student_vocab_size=151_936, replicas=2,
         passes=passes, k=8 if pipeline == "shared" else None, shared_vocab_size=SHARED if pipeline == "shared" else None,
         teacher_vocab_size=151_936, temperatures=temperatures, value_dtype="float16", row_group_rows=3,
-        rows_per_shard=6,
+        rows_per_shard=6, **spec_overrides,
     )
     return write_synthetic_cache(path, rows, spec)
 

@@ -109,7 +109,8 @@ def run_build(
     )
     if todo:
         builder = ShardBuilder(config, survey, _resolve_device(config, info))
-        _build_shards(config, directory, layout, todo, builder, student_tok, teacher_tok, hooks, info)
+        _build_shards(config, directory, layout, todo, builder, student_tok, teacher_tok, hooks, info,
+                      build_facts(config, survey))
     logger.info("rank %d finished its shards in %.1f s", info.rank, time.perf_counter() - wall_start)
     info.barrier()
     if finalize and info.rank == 0:
@@ -207,6 +208,16 @@ def pin_dtype(config: BuildConfig) -> BuildConfig:
 # ---------------------------------------------------------------------------------------------- shards
 
 
+def build_facts(config: BuildConfig, survey: dict[str, Any]) -> dict[str, Any]:
+    """The manifest facts every shard records (:mod:`cache_schema.shard_facts`), from the sources
+    :func:`finalize_build` writes the manifest from, so the two agree."""
+    from cache_schema.manifest import StudentInfo, TeacherInfo
+    from cache_schema.shard_facts import shard_facts
+
+    targets = build_pipeline(config.pipeline).targets_info(target_settings(config, survey))
+    return shard_facts(config.pipeline, targets, TeacherInfo(**survey["teacher"]), StudentInfo(**survey["student"]))
+
+
 def _distinct_samples(layout: ShardLayout, shards: list[int]) -> int:
     total, last = 0, -1
     for shard in sorted(shards):
@@ -226,6 +237,7 @@ def _build_shards(
     teacher_tok: Any,
     hooks: BuildHooks,
     info: RankInfo,
+    facts: dict[str, Any],
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -242,7 +254,7 @@ def _build_shards(
     recorded = 0
     writer = AsyncShardWriter(
         directory.store, schema=builder.pipeline.schema(builder.targets), row_group_rows=config.rows_per_row_group,
-        overwrite=True, max_pending=2,
+        overwrite=True, max_pending=2, facts=facts,
     )
 
     def record_written() -> None:

@@ -95,6 +95,8 @@ def collate_rows(rows: Sequence[Mapping[str, object]], spec: CollateSpec) -> Bat
         row_maskable = row_column(row, "maskable", label).astype(bool)
         maskable[b, :n] = row_maskable[:n]
         positions = row_column(row, "masked_positions", label).astype(np.int64)
+        if positions.size and positions.min() < 0:  # a negative index would mark a position from the end
+            raise ValueError(f"{label}: masked position {int(positions.min())} is negative")
         positions = positions[positions < n]
         masked[b, positions] = True
         if (masked[b] & ~maskable[b]).any():

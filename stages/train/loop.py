@@ -192,7 +192,8 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(logs / "tensorboard")),
     )
     set_seed(config.seed)
-    reader = CacheReader(config.cache, checksums="open" if config.verify_checksums else "lazy")
+    # every row group read is checked against validate's content invariants once (docs/reliability.md)
+    reader = CacheReader(config.cache, checksums="open" if config.verify_checksums else "lazy", content_checks=True)
     manifest = reader.manifest
     plan, tokenizer = prepare_run(config, reader)
     config = config.for_pipeline(manifest.pipeline)  # per-pipeline defaults: batch size, TIDAL weight

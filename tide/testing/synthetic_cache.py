@@ -46,6 +46,7 @@ from cache_schema.manifest import (
     TeacherInfo,
 )
 from cache_schema.schemas import ENCODING_PACKED, PIPELINE_CROSS, PIPELINE_SHARED, table_from_rows
+from cache_schema.shard_facts import manifest_facts
 from cache_schema.writer import write_shard
 from tide.targets import KPolicy, sparse_targets
 
@@ -162,10 +163,12 @@ def write_cache_shards(out_dir: str | os.PathLike, shards: Iterable[Sequence[Map
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = spec.manifest()
     schema = manifest.arrow_schema()
+    facts = manifest_facts(manifest) if manifest.format_version >= 2 else None  # as a v1 build wrote them: none
     for index, group in enumerate(shards):
         table = table_from_rows(strip(group), schema)
         manifest.shards.append(write_shard(out_dir, shard_entry(shard_file_name(index, num_shards)), table,
-                                           schema=schema, row_group_rows=spec.row_group_rows, overwrite=True))
+                                           schema=schema, row_group_rows=spec.row_group_rows, overwrite=True,
+                                           facts=facts))
     if len(manifest.shards) != num_shards:
         raise ValueError(f"{len(manifest.shards)} shards given, {num_shards} announced")
     write_manifest(out_dir, manifest)
