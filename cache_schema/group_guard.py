@@ -18,11 +18,13 @@ import pyarrow as pa
 from cache_schema.content_checks import Collector, GroupChecker, Problem
 from cache_schema.errors import ContentError
 from cache_schema.manifest import Manifest
-from cache_schema.row_keys import SeenKeys, check_unique_rows
+from cache_schema.row_keys import ROW_KEY_COLUMNS, SeenKeys, check_unique_rows
 from cache_schema.target_checks import TARGET_CHECKS, TARGET_KEY_COLUMN
 
 __all__ = ["GroupGuard", "unreadable_group"]
 
+# the columns every training read holds (GroupChecker.common checks them); a read without them trains nothing
+TRAINED_COLUMNS = ("replica", "t", "input_ids", "maskable", "masked_positions")
 REFUSAL = "training stops at a row group that fails a content check rather than skip its rows"
 
 
@@ -44,20 +46,24 @@ class GroupGuard:
     def __init__(self, manifest: Manifest, cache: str) -> None:
         self.manifest = manifest
         self.cache = cache
-        self._checked: set[int] = set()
+        # (unit, columns read): a read of other columns (held-out validation reads sample_key alone) is
+        # checked on its own columns; uniqueness once per unit, or a re-read would find its own keys
+        self._checked: set[tuple[int, tuple[str, ...]]] = set()
+        self._unique: set[int] = set()
         self._seen = SeenKeys()
         self._lock = threading.Lock()  # guards the seen keys and the checked units
 
     @property
     def checked(self) -> int:
-        """Row groups checked so far (each once)."""
-        return len(self._checked)
+        """Row groups checked so far (each counted once, whatever columns were read)."""
+        return len({unit for unit, _ in self._checked})
 
     def check(self, unit: int, shard: str, group: int, table: pa.Table) -> None:
         """Raise :class:`ContentError` naming the first problem of row group ``group`` of ``shard`` (the reader's
         unit ``unit``); rows are numbered within the row group, as the training stream numbers them."""
-        if unit in self._checked:
-            return
+        key = (unit, tuple(table.column_names))
+        if key in self._checked or not set(TRAINED_COLUMNS).issubset(table.column_names):
+            return  # a read of bookkeeping columns alone (held-out hashing reads sample_key) trains nothing
         out = Collector(shard, max_rows=1)
         try:
             checker = GroupChecker(self.manifest, table, 0, out)
@@ -68,14 +74,18 @@ class GroupGuard:
             raise ContentError(f"{_where(shard, group)}: could not be checked ({type(exc).__name__}: {exc}); "
                                f"{REFUSAL}; run tide-cache validate {self.cache}") from None
         with self._lock:
-            if unit in self._checked:  # another thread checked it meanwhile
+            if key in self._checked:  # another thread checked it meanwhile
                 return
-            keys = check_unique_rows(checker, self._seen)
+            keys = None
+            if unit not in self._unique and checker.has(*ROW_KEY_COLUMNS):
+                keys = check_unique_rows(checker, self._seen)
             problems = out.finish()
             if problems:
                 raise ContentError(self._message(shard, group, problems))
-            self._seen.add(keys)  # only a row group that passes: a refused one read again is refused again
-            self._checked.add(unit)
+            if keys is not None:  # only a row group that passes: a refused one read again is refused again
+                self._seen.add(keys)
+                self._unique.add(unit)
+            self._checked.add(key)
 
     def _message(self, shard: str, group: int, problems: list[Problem]) -> str:
         first = problems[0]

@@ -15,7 +15,9 @@ import pyarrow as pa
 
 from cache_schema.content_checks import GroupChecker, scalar_column
 
-__all__ = ["SeenKeys", "check_unique_rows", "row_keys"]
+__all__ = ["ROW_KEY_COLUMNS", "SeenKeys", "check_unique_rows", "row_keys"]
+
+ROW_KEY_COLUMNS = ("sample_id", "replica")
 
 
 def row_keys(table: pa.Table) -> np.ndarray:
