@@ -10,7 +10,7 @@ trained tokens, as a build counts it. Then, for every alternative layout of a pa
 * bytes per target item per pass: compressed bytes of the pass's columns (zstd level 3, the writer's
   defaults) / target items; for the default encoding also bytes per masked position of the whole cache;
 * decode speed on one thread: a row group's pass columns → padded ids, values and log tails
-  (:func:`tide.targets.pad_ragged_targets`), target items per second;
+  (:meth:`cache_schema.codec.PaddedArrays.from_flat`, then the losses' tensors), target items per second;
 * for the production encodings, the training path: row groups → :class:`stages.train.data.CacheStream`
   batches with the pass's :class:`tide.targets.SparseTargets`, masked positions per second;
 * the rounding of the default encoding against the float32 targets: values (nats), log tails (nats) and the
@@ -50,6 +50,7 @@ from cache_schema.codec import (
     MAX_DELTA,
     VALUE_STEP,
     IdRanks,
+    PaddedArrays,
     SparseArrays,
     V1Codec,
     codec_for,
@@ -64,8 +65,8 @@ from stages.cache_build.config import BuildConfig
 from stages.cache_build.pipelines import ID_TABLE_SIZE
 from stages.train.collate import CollateSpec
 from stages.train.data import CacheStream, StreamConfig, columns_for
-from stages.train.pipelines import train_pipeline
-from tide.targets import KPolicy, pad_ragged_targets, sparse_targets
+from stages.train.pipelines import decoded_targets, train_pipeline
+from tide.targets import KPolicy, sparse_targets
 from tide.testing.synthetic_cache import SyntheticCacheSpec, write_cache_rows
 
 logger = logging.getLogger("bench_reader")
@@ -209,9 +210,10 @@ def decode_speed(path: Path, decode, repeats: int) -> float:
         items = 0
         for table in tables:
             counts, ids, values, tails = decode(table)
-            padded = pad_ragged_targets(torch.from_numpy(counts), torch.from_numpy(ids), torch.from_numpy(values),
-                                        torch.from_numpy(tails), TEMPERATURES)
-            items += padded.num_positions
+            # training's padding (v1 decoders give (N, k) arrays: every count is k, so flattening is exact)
+            padded = PaddedArrays.from_flat(counts, ids.reshape(-1), values.reshape(-1), tails,
+                                            np.zeros(counts.shape[0], dtype=np.float32))
+            items += decoded_targets(padded, TEMPERATURES).counts.shape[0]
         best = min(best, time.perf_counter() - start)
     return items / best
 

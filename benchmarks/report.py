@@ -156,20 +156,29 @@ def render_reader(results: dict[str, dict]) -> list[str]:
         return []
     lines = ["Setup:", ""]
     lines += key_values(data, [
-        ("vocabulary", "config.vocab"), ("k", "config.k"), ("value dtype", "config.value_dtype"),
-        ("temperatures", "config.temperatures"), ("student sequence length", "config.student_length"),
-        ("rows", "config.rows"), ("passes", "config.passes"), ("rows per row group", "config.row_group_rows"),
-        ("compression", "config.compression"),
+        ("vocabulary", "config.vocab"), ("teacher", "config.teacher"), ("temperatures", "config.temperatures"),
+        ("student sequence length", "config.student_length"), ("rows", "config.rows"),
+        ("passes", "config.passes"), ("rows per row group", "config.row_group_rows"),
+        ("compression", "config.compression"), ("torch threads", "config.torch_threads"),
+        ("default k policy", "default.policy"),
     ])
-    lines += ["", "Results:", ""]
+    lines += ["", "The default encoding (rank24-delta8, the k policy above) on the whole cache:", ""]
     lines += key_values(data, [
-        ("**reader throughput (masked positions / s)**", "decode.masked_positions_per_second"),
-        ("**bytes per masked position**", "bytes_per_masked_position"),
-        ("bytes per target item", "bytes_per_target_item"),
-        ("raw top-k bytes per target per pass", "raw_top_k_bytes_per_target_per_pass"),
-        ("shard bytes", "shard_bytes"), ("masked positions", "masked_positions"),
-        ("write time (s)", "write_seconds"),
+        ("**bytes per masked position (both passes)**", "default.bytes_per_masked_position"),
+        ("bytes per target item (all columns)", "default.bytes_per_target_item"),
+        ("**training path: masked positions / s (one thread)**", "default.training.masked_positions_per_second"),
+        ("value rounding, max (nats)", "default.rounding.value_nats_max"),
+        ("log-tail rounding, max (nats)", "default.rounding.log_tail_nats_max"),
+        ("tail mass, max relative error", "default.rounding.tail_mass_relative_max"),
+        ("gold log-prob rounding, max (nats)", "default.rounding.gold_logprob_nats_max"),
     ])
+    alternatives = data.get("alternatives") or []
+    if alternatives:
+        lines += ["", "One pass's targets per layout: compressed bytes per target item and the decode speed of a "
+                  "row group's pass columns to training's padded tensors (one thread):", ""]
+        lines += table(("layout", "mean k", "bytes / target / pass", "decode (targets / s)"),
+                       [(a["name"], a.get("mean_k", "-"), a["bytes_per_target_per_pass"],
+                         a["decode_targets_per_second"]) for a in alternatives])
     return lines + ["", *all_figures(data)]
 
 
@@ -433,10 +442,15 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
         rows.append((f"train step from cache / online step ({name})", data.get("cache_over_online"), "bench_train_step"))
     reader = results.get("reader", {}).get("reader.json")
     if reader:
-        rows.append(("bytes per masked position (k = 64, fp16, 2 passes)", reader.get("bytes_per_masked_position"),
+        rows.append(("bytes per masked position (default encoding and k policy, 2 passes)",
+                     dig(reader, "default.bytes_per_masked_position"), "bench_reader"))
+        default = next((a for a in reader.get("alternatives", []) if a["name"].endswith("(default)")), {})
+        rows.append(("bytes per target item per pass (default)", default.get("bytes_per_target_per_pass"),
                      "bench_reader"))
-        rows.append(("reader throughput (masked positions / s)", dig(reader, "decode.masked_positions_per_second"),
-                     "bench_reader"))
+        rows.append(("pass decode to training tensors, targets / s, one thread (default)",
+                     default.get("decode_targets_per_second"), "bench_reader"))
+        rows.append(("training path, masked positions / s, one thread",
+                     dig(reader, "default.training.masked_positions_per_second"), "bench_reader"))
     remote = results.get("remote", {}).get("remote.json")
     if remote:
         rows.append(("tide-train start-up, shards hashed first / lazy checksums (≥ 2 GB cache)",

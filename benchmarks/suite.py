@@ -71,7 +71,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark(
         "reader", "Cache size and reader throughput", "bench_reader.py",
-        ("--rows", "48", "--out", "benchmarks/results/reader.json"),
+        ("--rows", "24", "--out", "benchmarks/results/reader.json"),
         ("reader.json",),
         timeout_s=900,
     ),
