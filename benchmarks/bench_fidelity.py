@@ -17,8 +17,12 @@ midrange weight), on the scored positions:
   over all the family's positions (every position of these rows is a masked target position);
 * KL(full ‖ reconstruction) of the reconstructed teacher.
 
-The ``v1`` encoding is format v1 (int32 ids, float16 values, log-partitions) at fixed k, for reference.
-Writes ``benchmarks/results/fidelity.json``.
+The policies are fixed k ∈ {16, 32, 64, 128} and a frontier of mass policies (mass 0.8–0.99 at T = 1 with
+the default floor 16 and ceiling 64, ceilings 32 and 128, no floor); the default policy (mass 0.9 at T = 1,
+16..64) and fixed 64 are also stored as ``float32`` (exact values), fixed 64 as ``v1`` too (format v1:
+int32 ids, float16 values, log-partitions). ``acceptance`` compares issue 12's default cell (default
+policy, rank24-delta8, default reconstruction) with the uniform tail at fixed k = 64 (rank24-delta8) on
+every family; its verdict is taken on ``kn_python`` at T = 2. Writes ``benchmarks/results/fidelity.json``.
 
     .venv/bin/python benchmarks/bench_fidelity.py [--positions 256] [--storage-positions 2048] [--out PATH]
 """
@@ -91,16 +95,32 @@ class PolicyCase:
     encodings: tuple[str, ...]
 
 
+DEFAULT_POLICY = "mass 0.9 @T1, 16..64"  # tide-cache build's defaults: --k-policy mass --k-mass 0.9 --k-floor 16 --k 64
 POLICIES: tuple[PolicyCase, ...] = (
     PolicyCase("fixed 16", KPolicy.fixed(16), (ENCODING_PACKED,)),
     PolicyCase("fixed 32", KPolicy.fixed(32), (ENCODING_PACKED,)),
     PolicyCase("fixed 64", KPolicy.fixed(64), (ENCODING_PACKED, ENCODING_FLOAT32, "v1")),
     PolicyCase("fixed 128", KPolicy.fixed(128), (ENCODING_PACKED,)),
-    PolicyCase("mass 0.9 @T1, 16..32", KPolicy("mass", 32, 0.9, 1.0, 16), (ENCODING_PACKED, ENCODING_FLOAT32)),
+    # the frontier: mass targets at the default ceiling, then ceilings at the default mass
+    PolicyCase("mass 0.8 @T1, 16..64", KPolicy("mass", 64, 0.8, 1.0, 16), (ENCODING_PACKED,)),
+    PolicyCase(DEFAULT_POLICY, KPolicy("mass", 64, 0.9, 1.0, 16), (ENCODING_PACKED, ENCODING_FLOAT32)),
     PolicyCase("mass 0.95 @T1, 16..64", KPolicy("mass", 64, 0.95, 1.0, 16), (ENCODING_PACKED,)),
+    PolicyCase("mass 0.99 @T1, 16..64", KPolicy("mass", 64, 0.99, 1.0, 16), (ENCODING_PACKED,)),
+    PolicyCase("mass 0.9 @T1, 16..32", KPolicy("mass", 32, 0.9, 1.0, 16), (ENCODING_PACKED,)),
+    PolicyCase("mass 0.9 @T1, 16..128", KPolicy("mass", 128, 0.9, 1.0, 16), (ENCODING_PACKED,)),
     PolicyCase("mass 0.99 @T1, 16..128", KPolicy("mass", 128, 0.99, 1.0, 16), (ENCODING_PACKED,)),
     PolicyCase("mass 0.9 @T1, 1..64 (no floor)", KPolicy("mass", 64, 0.9, 1.0, 1), (ENCODING_PACKED,)),
 )
+
+# Issue 12's acceptance: at the default (policy, encoding, reconstruction) on the real-text family at T = 2,
+# at most BYTES_LIMIT bytes per position per pass, and gradient errors no larger than the uniform tail's at
+# fixed k = 64 (same encoding) for every loss, at least MIN_GAIN times smaller for reverse_kl and tidal.
+DEFAULT_CELL = (DEFAULT_POLICY, ENCODING_PACKED, TailReconstruction().kind)
+COMPARISON_CELL = ("fixed 64", ENCODING_PACKED, "uniform")
+ACCEPTANCE_FAMILY = "kn_python"
+ACCEPTANCE_TEMPERATURE = "T=2"
+BYTES_LIMIT = 64.0
+MIN_GAIN = {"kl": 1.0, "reverse_kl": 5.0, "tidal": 5.0}
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -266,6 +286,48 @@ def _flat(column: pa.ChunkedArray) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False)
 
 
+# ------------------------------------------------------------------------------------------------ acceptance
+
+
+def _cell(cells: list[dict], policy: str, encoding: str) -> dict:
+    return next(c for c in cells if c["policy"] == policy and c["encoding"] == encoding)
+
+
+def acceptance(families: dict[str, dict]) -> dict:
+    """The default cell against the comparison cell, per family, student and temperature; ``passes`` is the
+    issue's verdict: the acceptance family at the acceptance temperature, every student."""
+    out: dict = {"default": dict(zip(("policy", "encoding", "tail"), DEFAULT_CELL, strict=True)),
+                 "comparison": dict(zip(("policy", "encoding", "tail"), COMPARISON_CELL, strict=True)),
+                 "family": ACCEPTANCE_FAMILY, "temperature": ACCEPTANCE_TEMPERATURE,
+                 "bytes_limit": BYTES_LIMIT, "required_gain": MIN_GAIN, "families": {}}
+    for name, family in families.items():
+        default, comparison = _cell(family["cells"], *DEFAULT_CELL[:2]), _cell(family["cells"], *COMPARISON_CELL[:2])
+        students: dict = {}
+        for student, by_temperature in default["results"].items():
+            students[student] = {}
+            for temperature, by_tail in by_temperature.items():
+                mine = by_tail[DEFAULT_CELL[2]]
+                theirs = comparison["results"][student][temperature][COMPARISON_CELL[2]]
+                losses = {}
+                for loss in LOSSES:
+                    a, b = mine[loss]["grad_rel_l2"], theirs[loss]["grad_rel_l2"]
+                    losses[loss] = {"default_grad_rel_l2": a, "comparison_grad_rel_l2": b,
+                                    "default_grad_cosine": mine[loss]["grad_cosine"],
+                                    "comparison_grad_cosine": theirs[loss]["grad_cosine"],
+                                    "gain": b / a if a else None, "passes": a * MIN_GAIN[loss] <= b}
+                students[student][temperature] = {"losses": losses,
+                                                  "passes": all(v["passes"] for v in losses.values())}
+        bytes_per_position = default["bytes_per_position"]
+        out["families"][name] = {
+            "bytes_per_position": bytes_per_position,
+            "comparison_bytes_per_position": comparison["bytes_per_position"],
+            "bytes_passes": bytes_per_position <= BYTES_LIMIT, "students": students,
+            "passes": bytes_per_position <= BYTES_LIMIT
+            and all(s[ACCEPTANCE_TEMPERATURE]["passes"] for s in students.values())}
+    out["passes"] = out["families"].get(ACCEPTANCE_FAMILY, {}).get("passes")
+    return out
+
+
 # -------------------------------------------------------------------------------------------------- driver
 
 
@@ -297,7 +359,7 @@ def run(names: list[str], scored: int, positions: int, seed: int, workdir: Path)
         "uniform_share": TailReconstruction().uniform_share,
         "tidal": {"progress": PROGRESS, "axis": "both", "decay": "cosine", "lambda0": 0.1, "lambda_max": 0.9,
                   "weighting": "midrange"},
-        "id_table_size": ID_TABLE_SIZE, "compression": "zstd level 3 (cache_schema.write_shard defaults), one row group",
+        "default_policy": DEFAULT_POLICY, "id_table_size": ID_TABLE_SIZE, "compression": "zstd level 3 (cache_schema.write_shard defaults), one row group",
         "policies": {case.name: {"kind": case.policy.kind, "ceiling": case.policy.ceiling, "mass": case.policy.mass,
                                  "temperature": case.policy.temperature, "floor": case.policy.floor}
                      for case in POLICIES},
@@ -328,6 +390,7 @@ def run(names: list[str], scored: int, positions: int, seed: int, workdir: Path)
             "full_losses": {student: {key: {n: v[0] for n, v in ref.items()} for key, ref in refs.items()}
                             for student, refs in references.items()},
             "cells": cells}
+    result["acceptance"] = acceptance(result["families"])
     return result
 
 

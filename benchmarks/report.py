@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suite import BENCH_DIR, BENCHMARKS, FIGURE, RESULTS, Benchmark, logger
+from benchmarks.suite import BENCH_DIR, BENCHMARKS, FIDELITY_FIGURE, FIGURE, RESULTS, Benchmark, logger
 
 # ------------------------------------------------------------------------------------------------ rendering
 
@@ -376,6 +376,156 @@ def plot_fidelity(data: dict, path: Path) -> Path | None:
     return path
 
 
+FIDELITY_LOSSES = ("kl", "reverse_kl", "tidal")
+FIDELITY_TEMPERATURES = ("T=1", "T=2")
+
+
+def _gradient_cell(entry: dict | None) -> str:
+    """'rel-L2 · cosine · loss error' of one loss."""
+    if not entry:
+        return "-"
+    return " · ".join(fmt(entry.get(key)) for key in ("grad_rel_l2", "grad_cosine", "loss_rel_error"))
+
+
+def _bold(text: Any, marked: bool) -> Any:
+    return f"**{text}**" if marked else text
+
+
+def _is_cell(cell: dict, tail: str, spec: dict | None) -> bool:
+    return bool(spec) and (cell.get("policy"), cell.get("encoding"), tail) == (
+        spec.get("policy"), spec.get("encoding"), spec.get("tail"))
+
+
+def render_fidelity_v2(results: dict[str, dict]) -> list[str]:
+    data = results.get("fidelity.json")
+    if data is None:
+        return []
+    config = data.get("config", {})
+    verdict = data.get("acceptance", {})
+    default, comparison = verdict.get("default"), verdict.get("comparison")
+    lines = [
+        f"Stored temperatures {fmt(config.get('temperatures'))}; {fmt(config.get('scored_positions_per_family'))} "
+        f"scored positions per family, {fmt(config.get('storage_positions_per_family'))} in the storage measurement "
+        f"({fmt(config.get('target_positions_per_row'))} per cache row), compression {config.get('compression', '-')}; "
+        f"id table of {fmt(config.get('id_table_size'))} ids; mixture uniform share {fmt(config.get('uniform_share'))}; "
+        f"TIDAL at progress {fmt(dig(config, 'tidal.progress'))}. Bytes = compressed bytes of the pass's columns "
+        "per target position (one pass; every position is a masked target position). Every cell of the tables "
+        "is `gradient rel-L2 · gradient cosine · loss error` against full-logit distillation.",
+        "",
+    ]
+    if FIDELITY_FIGURE.is_file():
+        lines += [f"![bytes vs gradient error]({FIDELITY_FIGURE.name})", ""]
+    lines += _render_acceptance(verdict)
+    for name, family in data.get("families", {}).items():
+        lines += [f"### {name}", "", f"{family.get('description', '')}; vocabulary {fmt(family.get('vocab'))}.", ""]
+        stats = family.get("stats", {})
+        lines += table(("distribution", "T", "entropy", "top-1 probability", "mass outside the top 64"),
+                       [(who, temp, v.get("entropy"), v.get("top1"), v.get("mass_outside_top64"))
+                        for who, by_temp in stats.items() for temp, v in by_temp.items()])
+        lines.append("")
+        cells = family.get("cells", [])
+        students = list(cells[0].get("results", {})) if cells else []
+        for student in students:
+            lines += [f"Student `{student}` (**bold**: the acceptance pair):", ""]
+            rows = []
+            for cell in cells:
+                tails = next(iter(cell["results"][student].values()))
+                for tail in tails:
+                    marked = _is_cell(cell, tail, default) or _is_cell(cell, tail, comparison)
+                    rows.append((*(_bold(text, marked) for text in (cell.get("policy"), cell.get("encoding"), tail)),
+                                 cell.get("bytes_per_position"), cell.get("mean_k"),
+                                 dig(cell, f"results.{student}.T=2.{tail}.kl_full_to_reconstruction"),
+                                 *(_gradient_cell(dig(cell, f"results.{student}.{temp}.{tail}.{loss}"))
+                                   for temp in FIDELITY_TEMPERATURES for loss in FIDELITY_LOSSES)))
+            lines += table(("policy", "encoding", "tail", "bytes / position / pass", "mean k", "KL(full‖rec) T=2",
+                            *(f"{loss} {temp}" for temp in FIDELITY_TEMPERATURES for loss in FIDELITY_LOSSES)),
+                           rows)
+            lines.append("")
+    return lines
+
+
+def _render_acceptance(verdict: dict) -> list[str]:
+    """Issue 12's acceptance: the default cell against the uniform tail at fixed k = 64, per family."""
+    if not verdict:
+        return []
+    default, comparison = verdict.get("default", {}), verdict.get("comparison", {})
+    gains = verdict.get("required_gain", {})
+    lines = [
+        f"**Acceptance** (issue 12; verdict on `{verdict.get('family')}` at {verdict.get('temperature')}): the "
+        f"default — {default.get('policy')}, {default.get('encoding')}, tail {default.get('tail')} — needs at most "
+        f"{fmt(verdict.get('bytes_limit'))} bytes per position per pass and a gradient rel-L2 at least "
+        + ", ".join(f"{fmt(g)}× smaller for {loss}" for loss, g in gains.items())
+        + f" than {comparison.get('policy')}, {comparison.get('encoding')}, tail {comparison.get('tail')}. "
+        f"**Verdict: {'pass' if verdict.get('passes') else 'fail'}.**",
+        "",
+    ]
+    rows = []
+    for name, family in verdict.get("families", {}).items():
+        for student, by_temp in family.get("students", {}).items():
+            for temp, entry in by_temp.items():
+                losses = entry.get("losses", {})
+                rows.append((name, student, temp, family.get("bytes_per_position"),
+                             family.get("comparison_bytes_per_position"),
+                             *(f"{fmt(v.get('default_grad_rel_l2'))} / {fmt(v.get('comparison_grad_rel_l2'))} "
+                               f"({fmt(v.get('gain'))}×)" for v in losses.values()),
+                             "pass" if entry.get("passes") else "fail"))
+    loss_names = next((list(e.get("losses", {})) for f in verdict.get("families", {}).values()
+                       for s in f.get("students", {}).values() for e in s.values()), [])
+    lines += table(("family", "student", "T", "bytes / position / pass (default)", "bytes (comparison)",
+                    *(f"{loss} rel-L2 default / comparison (gain)" for loss in loss_names), "gradient criteria"),
+                   rows)
+    return lines + [""]
+
+
+def plot_fidelity_v2(data: dict, path: Path) -> Path | None:
+    """Bytes per position against gradient rel-L2 at T = 2: a row per (family, student), a column per loss."""
+    families = data.get("families", {})
+    panels = [(name, student, family) for name, family in families.items()
+              for student in (family.get("cells") or [{}])[0].get("results", {})]
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    verdict = data.get("acceptance", {})
+    fig, axes = plt.subplots(len(panels), len(FIDELITY_LOSSES), figsize=(5.2 * len(FIDELITY_LOSSES), 3.6 * len(panels)),
+                             squeeze=False)
+    for row, (name, student, family) in enumerate(panels):
+        for column, loss in enumerate(FIDELITY_LOSSES):
+            ax = axes[row][column]
+            for index, tail in enumerate(("student", "uniform", "mixture")):
+                for kind, marker in (("fixed", "s"), ("mass", "o")):
+                    cells = [c for c in family["cells"] if c["policy"].startswith(kind)]
+                    points = [(c["bytes_per_position"], dig(c, f"results.{student}.T=2.{tail}.{loss}.grad_rel_l2"))
+                              for c in cells]
+                    points = [p for p in points if p[1] is not None]
+                    ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, color=f"C{index}",
+                               alpha=0.75, label=f"{tail}, {kind} k")
+            for spec, marker, label in ((verdict.get("default"), "*", "default"),
+                                        (verdict.get("comparison"), "X", "uniform, fixed 64")):
+                cell = next((c for c in family["cells"] if spec and (c["policy"], c["encoding"]) ==
+                             (spec["policy"], spec["encoding"])), None)
+                value = dig(cell, f"results.{student}.T=2.{spec['tail']}.{loss}.grad_rel_l2") if cell else None
+                if value is not None:
+                    ax.scatter([cell["bytes_per_position"]], [value], marker=marker, s=180, color="black",
+                               facecolors="none" if marker == "*" else "black", label=label, zorder=3)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.grid(True, alpha=0.3)
+            ax.set_title(f"{name} / {student}: {loss}, T = 2", fontsize=9)
+            ax.set_xlabel("bytes per position per pass")
+            ax.set_ylabel("gradient rel-L2 vs full logits")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Sparse-target cache: bytes against gradient error (T = 2)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def render_exact(results: dict[str, dict]) -> list[str]:
     data = results.get("exact.json")
     if data is None:
@@ -422,6 +572,7 @@ RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "build": render_build,
     "train_step": render_train_step,
     "fidelity_k": render_fidelity,
+    "fidelity": render_fidelity_v2,
     "reader": render_reader,
     "teacher_runner": render_teacher_runner,
     "moe": render_moe,
@@ -465,6 +616,7 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
                              "bench_fidelity_k"))
                 rows.append((f"k = 64 KL(full ‖ reconstruction), T = 1 ({name})",
                              dig(e, "kl_full_to_reconstruction.T=1.mean"), "bench_fidelity_k"))
+    rows += _fidelity_headline(results.get("fidelity", {}).get("fidelity.json"))
     runner = results.get("teacher_runner", {}).get("teacher_runner.json")
     if runner:
         rows.append(("TeacherRunner / full-logits peak memory", _ratio(runner.get("runner_peak_rss_delta_mib"),
@@ -480,6 +632,25 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
                      entry.get("max_over_min"), "bench_alignment"))
         rows.append((f"the same without the sample key's hash of the whole content ({name})",
                      entry.get("without_sample_key_max_over_min"), "bench_alignment"))
+    return rows
+
+
+def _fidelity_headline(data: dict | None) -> list[tuple[str, Any, str]]:
+    """Issue 12's acceptance figures: the default's bytes and its gradient gains over the uniform k = 64 tail."""
+    verdict = (data or {}).get("acceptance", {})
+    family = verdict.get("families", {}).get(verdict.get("family"))
+    if not family:
+        return []
+    temp = verdict.get("temperature")
+    rows: list[tuple[str, Any, str]] = [
+        (f"default k policy, rank24-delta8: bytes / position / pass ({verdict.get('family')}; limit "
+         f"{fmt(verdict.get('bytes_limit'))})", family.get("bytes_per_position"), "bench_fidelity")]
+    for student, by_temp in family.get("students", {}).items():
+        for loss, entry in by_temp.get(temp, {}).get("losses", {}).items():
+            rows.append((f"gradient rel-L2, uniform tail at k = 64 / default, {loss}, {temp} "
+                         f"({verdict.get('family')}, {student}; needed ≥ {fmt(verdict.get('required_gain', {}).get(loss))})",
+                         entry.get("gain"), "bench_fidelity"))
+    rows.append(("issue 12 acceptance", "pass" if verdict.get("passes") else "fail", "bench_fidelity"))
     return rows
 
 
@@ -520,6 +691,9 @@ def render_document(machine: dict[str, Any], statuses: dict[str, dict[str, Any]]
     fidelity = results["fidelity_k"].get("fidelity_k.json")
     if fidelity:
         plot_fidelity(fidelity, FIGURE)
+    sparse_fidelity = results["fidelity"].get("fidelity.json")
+    if sparse_fidelity:
+        plot_fidelity_v2(sparse_fidelity, FIDELITY_FIGURE)
     lines = [
         "# Benchmarks",
         "",

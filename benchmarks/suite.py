@@ -24,6 +24,7 @@ BENCH_DIR = ROOT / "benchmarks"
 RESULTS = BENCH_DIR / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 FIGURE = ROOT / "docs" / "benchmarks_fidelity_k.png"
+FIDELITY_FIGURE = ROOT / "docs" / "benchmarks_fidelity.png"
 STATUS_FILE = RESULTS / "run_all.json"
 LOG_TAIL = 30
 
@@ -68,6 +69,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "fidelity_k", "Top-k targets: bytes and fidelity for k in {8, ..., 256}", "bench_fidelity_k.py",
         ("--positions", "256", "--out", "benchmarks/results/fidelity_k.json"),
         ("fidelity_k.json",),
+    ),
+    Benchmark(
+        "fidelity", "Sparse-target cache: bytes against gradient error per k policy, encoding and tail",
+        "bench_fidelity.py",
+        # 5.7 min on 2 shared cores with OMP_NUM_THREADS=1; the compare step grows with --positions
+        ("--positions", "32", "--storage-positions", "64", "--out", "benchmarks/results/fidelity.json"),
+        ("fidelity.json",),
     ),
     Benchmark(
         "reader", "Cache size and reader throughput", "bench_reader.py",
