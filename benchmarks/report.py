@@ -330,6 +330,16 @@ def render_fidelity(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def save_figure(plt, fig, path: Path, title: str, *, dpi: int) -> Path:
+    """Title, lay out, write and close a report figure (``plt``: the lazily imported pyplot)."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_fidelity(data: dict, path: Path) -> Path | None:
     """The k-sweep figure: bytes per position, KL(full ‖ reconstruction) and loss error against k."""
     families = data.get("families", {})
@@ -368,12 +378,7 @@ def plot_fidelity(data: dict, path: Path) -> Path | None:
         axes[panel].set_yscale("log")
     for ax in axes:
         ax.legend(fontsize=7)
-    fig.suptitle("Pipeline B top-k targets over the 151,646-id shared vocabulary")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path, "Pipeline B top-k targets over the 151,646-id shared vocabulary", dpi=110)
 
 
 FIDELITY_LOSSES = ("kl", "reverse_kl", "tidal")
@@ -518,12 +523,7 @@ def plot_fidelity_v2(data: dict, path: Path) -> Path | None:
             ax.set_xlabel("bytes per position per pass")
             ax.set_ylabel("gradient rel-L2 vs full logits")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Sparse-target cache: bytes against gradient error (T = 2)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path, "Sparse-target cache: bytes against gradient error (T = 2)", dpi=90)
 
 
 def render_exact(results: dict[str, dict]) -> list[str]:
