@@ -22,6 +22,9 @@ from tide.objective import Objective
 
 VOCAB, MASK_ID, BLOCK, SEQ_LEN = 48, 47, 8, 16
 
+# two spawned workers import torch and transformers first: minutes on a loaded 2-core machine
+DDP_WAIT_S = 300
+
 
 def _student() -> A2DQwen3LMHeadModel:
     config = A2DQwen3Config(
@@ -77,9 +80,14 @@ def test_ddp_step_all_reduces_gradients():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     context = mp.start_processes(_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn", join=False)
-    grads = {rank: torch.tensor(values) for rank, values in (queue.get(timeout=120) for _ in range(2))}
-    while not context.join():
-        pass
+    try:
+        grads = {rank: torch.tensor(values) for rank, values in (queue.get(timeout=DDP_WAIT_S) for _ in range(2))}
+        while not context.join():
+            pass
+    finally:  # a worker left running after a failure would keep pytest from exiting
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
     mean = (expected[0] + expected[1]) / 2
     assert not torch.allclose(expected[0], expected[1])
     torch.testing.assert_close(grads[0], grads[1])
