@@ -2,17 +2,22 @@
 forward, or DDP never all-reduces the gradients and every rank trains its own student.
 
 Two CPU processes (gloo) run one step on different batches of the same tiny student; after backward every
-rank must hold the same gradient, the mean of the two single-process gradients.
+rank must hold the same gradient, the mean of the two single-process gradients. The ranks are launched the
+way users launch training (``torch.distributed.run``, which ``accelerate launch`` wraps), running this file
+as the worker script, so a worker that fails shows its own traceback in the test's failure message.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from stages.train.collate import Batch
 from stages.train.step import StudentStep
@@ -22,8 +27,8 @@ from tide.objective import Objective
 
 VOCAB, MASK_ID, BLOCK, SEQ_LEN = 48, 47, 8, 16
 
-# two spawned workers import torch and transformers first: minutes on a loaded 2-core machine
-DDP_WAIT_S = 300
+# two launched workers import torch and transformers first: minutes on a loaded 2-core machine
+DDP_WAIT_S = 600
 
 
 def _student() -> A2DQwen3LMHeadModel:
@@ -53,13 +58,15 @@ def _grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
 
 
-def _worker(rank: int, port: int, queue) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _worker(output: Path) -> None:
+    """One rank, started by torch.distributed.run: a DDP step, then its gradient to ``output/rank{r}.pt``."""
+    dist.init_process_group("gloo")
     try:
         torch.set_num_threads(1)
+        rank = dist.get_rank()
         ddp = torch.nn.parallel.DistributedDataParallel(BD3LMStudent(_student()))
         _step()(ddp, _batch(rank)).loss.backward()
-        queue.put((rank, _grad(ddp.module).tolist()))
+        torch.save(_grad(ddp.module), output / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -71,23 +78,20 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_ddp_step_all_reduces_gradients():
+def test_ddp_step_all_reduces_gradients(tmp_path: Path):
     expected = []
     for rank in range(2):
         model = _student()
         _step()(model, _batch(rank)).loss.backward()
         expected.append(_grad(model))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    context = mp.start_processes(_worker, args=(_free_port(), queue), nprocs=2, start_method="spawn", join=False)
-    try:
-        grads = {rank: torch.tensor(values) for rank, values in (queue.get(timeout=DDP_WAIT_S) for _ in range(2))}
-        while not context.join():
-            pass
-    finally:  # a worker left running after a failure would keep pytest from exiting
-        for process in context.processes:
-            if process.is_alive():
-                process.terminate()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__, str(tmp_path),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DDP_WAIT_S)
+    assert result.returncode == 0, result.stderr[-4000:]
+    grads = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     mean = (expected[0] + expected[1]) / 2
     assert not torch.allclose(expected[0], expected[1])
     torch.testing.assert_close(grads[0], grads[1])
@@ -108,3 +112,7 @@ def test_bd3lm_student_wrapper_matches_raw_model():
     raw = _step()(_student(), _batch(0))
     wrapped = _step()(BD3LMStudent(_student()), _batch(0))
     assert raw.terms == wrapped.terms
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
