@@ -226,7 +226,11 @@ class Runner:
         manifest_path = run_build(BuildConfig(**settings))
         manifest = json.loads(Path(manifest_path).read_text())
         size = sum(f.stat().st_size for f in self.cache_dir(name).glob("data/shard-*"))
+        from cache_schema.reader import CacheReader
+
+        k, values, _ = describe_targets(CacheReader(str(self.cache_dir(name))).manifest)
         return {"manifest": str(manifest_path), "rows": sum(s["rows"] for s in manifest["shards"]),
+                "k": k, "values": values,
                 "bytes": size, "build_stats": manifest.get("build", {}).get("stats", manifest.get("build", {}))}
 
     def train_student(self, output: Path, *, cache: str, mode: str, comp_demo: bool, steps: int, lr: float,
@@ -315,14 +319,28 @@ class Runner:
         moved = max(float((pa[k] - init[k]).abs().max()) for k in pa)
         diff_norm = sum(float((pa[k] - pb[k]).double().pow(2).sum()) for k in pa) ** 0.5
         update_norm = sum(float((pa[k] - init[k]).double().pow(2).sum()) for k in pa) ** 0.5
-        values = manifest.targets.value_dtype if pipeline == "shared" else "float32 chunk log-probs"
-        return {"pipeline": pipeline, "mode": mode, "cache": cache, "k": manifest.targets.k,
+        k, values, exact = describe_targets(manifest)
+        return {"pipeline": pipeline, "mode": mode, "cache": cache, "k": k, "exact": exact,
                 "value_dtype": values, "steps": len(a), "param_diff_over_update_norm": diff_norm / max(update_norm, 1e-30),
                 "cached_loss": a, "online_loss": b,
                 "max_loss_diff": max(abs(x - y) for x, y in zip(a, b, strict=True)),
                 "max_rel_loss_diff": max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True)),
                 "max_param_diff": max_param, "max_param_update": moved,
                 "cached_s": cached_s, "online_s": online_s, "online_teacher_forwards": provider.forwards}
+
+
+def describe_targets(manifest) -> tuple[str | None, str, bool]:
+    """(k policy in words or None for chunk targets, value encoding, whether the targets are exact)."""
+    sparse = manifest.targets.sparse
+    if sparse is None:
+        return None, "float32 chunk log-probs", True
+    policy = sparse.k_policy
+    exact = (policy.kind == "fixed" and policy.ceiling >= manifest.teacher.shared_vocab_size
+             and sparse.encoding.name == "float32")
+    if policy.kind == "fixed":
+        return f"{policy.ceiling} (fixed)", sparse.encoding.name, exact
+    words = f"mass {policy.mass:g} at T = {policy.temperature:g}, {policy.floor}–{policy.ceiling} per position"
+    return words, sparse.encoding.name, exact
 
 
 def run_all(output: Path, config: ReplicationConfig, docs: Path | None) -> dict[str, Any]:
@@ -337,8 +355,8 @@ def run_all(output: Path, config: ReplicationConfig, docs: Path | None) -> dict[
     results["cache_shared"] = r.stage("cache_shared", lambda: r.cache("shared", "shared"))
     results["cache_cross"] = r.stage("cache_cross", lambda: r.cache("cross", "cross"))
     results["cache_shared_full"] = r.stage("cache_shared_full", lambda: r.cache(
-        "shared_full", "shared", k=rtok.shared_vocab_size(r._tokenizer(r.tok_small)), value_dtype="float32",
-        passes=["plain"], replicas=1, max_samples=config.compare_samples))
+        "shared_full", "shared", k=rtok.shared_vocab_size(r._tokenizer(r.tok_small)), k_policy="fixed",
+        encoding="float32", passes=["plain"], replicas=1, max_samples=config.compare_samples))
     results["init"] = r.stage("init", r.init)
     results["init_metrics"] = r.stage("init_metrics", lambda: r.evaluate_student(output / "students" / "init"))
     runs = []
