@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from benchmarks.replication.models import ModelSize
+from tide.testing.model_sizes import ModelSize
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,19 @@ at k = the whole shared vocabulary in float32, so the online teacher is exact.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
+from cache_schema.schemas import ENCODING_FLOAT32
 from stages.cache_build.passes import UnitNoise, pack_batches, pad_batch, pass_kinds
 from stages.cache_build.pipelines import TargetSettings, build_pipeline
 from stages.train.data import CacheStream
+from stages.train.pipelines import SharedPipeline
+from tide.targets import KPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,13 @@ class TeacherTargets:
         self.device = next(runner.model.parameters()).device
         self.forwards = 0
 
+    def settings(self, target_pass: str) -> TargetSettings:
+        """Every shared id kept, float32 values: the online teacher's targets are exact."""
+        vocab = int(self.shared_vocab_size or 1)
+        return TargetSettings(passes=(target_pass,), temperatures=tuple(self.temperatures),
+                              policy=KPolicy("fixed", ceiling=vocab), encoding=ENCODING_FLOAT32,
+                              shared_vocab_size=self.shared_vocab_size)
+
     def _unit(self, row: dict[str, Any]) -> tuple[SimpleNamespace, UnitNoise]:
         groups = np.asarray(row["compdemo_group"], dtype=np.uint8)
         if self.pipeline == "shared":
@@ -87,10 +98,7 @@ class TeacherTargets:
             pipeline.requests(i, sample, noise, kinds=kinds, teacher_mask_id=self.runner.mask_token_id)
             for i, (sample, noise) in enumerate(units)
         ]
-        # At k = the whole shared vocabulary in float32, the online teacher's targets are exact.
-        targets = TargetSettings(passes=(target_pass,), k=int(self.shared_vocab_size or 1),
-                                 temperatures=tuple(self.temperatures), value_dtype="float32",
-                                 shared_vocab_size=self.shared_vocab_size)
+        targets = self.settings(target_pass)
         flat = [r for unit_requests in requests for r in unit_requests]
         for batch in pack_batches(flat, batch_tokens=self.batch_tokens, batch_rows=None):
             arrays = pad_batch(batch, self.pad_id)
@@ -121,6 +129,10 @@ class OnlineTargetStream(CacheStream):
         if collate_spec.pipeline is None:
             needed = list(columns)
         self._online = collate_spec.pipeline is not None
+        if isinstance(collate_spec.pipeline, SharedPipeline):  # decode the online columns, not the cache's
+            online = SharedPipeline(codec=self.provider.settings(self.target_pass).codec(),
+                                    temperatures=collate_spec.pipeline.temperatures)
+            collate_spec = replace(collate_spec, pipeline=online)
         super().__init__(reader, collate_spec, needed, config)
 
     def rows(self, pairs: np.ndarray) -> list[dict[str, object]]:

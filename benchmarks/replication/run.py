@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from benchmarks.replication import data as rdata
-from benchmarks.replication import models as rmodels
-from benchmarks.replication import tokenizers as rtok
-from benchmarks.replication import training as rtrain
 from benchmarks.replication.config import FULL, QUICK, ReplicationConfig
 from cache_schema.files import atomic_write_text
+from stages.pretrain import scores as rscore
+from stages.pretrain import teacher_training as rtrain
+from tide.testing import bpe_tokenizers as rtok
+from tide.testing import model_sizes as rmodels
 
 logger = logging.getLogger("replication")
 
@@ -203,7 +204,7 @@ class Runner:
         forward = rtrain.teacher_forward(model, family, regime, cfg.block_size, tok.mask_token_id)
         nll = {}
         for set_name, encoded in self._eval_sets(tok, cfg.teacher_max_length).items():
-            nll[set_name] = {str(t): rtrain.masked_nll(model, forward, encoded, t=t, mask_token_id=tok.mask_token_id,
+            nll[set_name] = {str(t): rscore.masked_nll(model, forward, encoded, t=t, mask_token_id=tok.mask_token_id,
                                                        pad_id=tok.pad_token_id) for t in cfg.nll_timesteps}
         return {"params": rmodels.count_parameters(model), "family": family, "regime": regime, "log": log,
                 "heldout_nll": nll, "train_samples": len(samples), "path": str(final)}
@@ -263,10 +264,10 @@ class Runner:
         forward = rtrain.student_forward(model, cfg.block_size)
         out: dict[str, Any] = {"nll": {}, "infill": {}}
         for set_name, encoded in self._eval_sets(tok, cfg.student_max_length).items():
-            out["nll"][set_name] = {str(t): rtrain.masked_nll(model, forward, encoded, t=t, mask_token_id=tok.mask_token_id,
+            out["nll"][set_name] = {str(t): rscore.masked_nll(model, forward, encoded, t=t, mask_token_id=tok.mask_token_id,
                                                               pad_id=tok.pad_token_id) for t in cfg.nll_timesteps}
-            spans = rtrain.infill_spans(encoded, block_size=cfg.block_size)
-            exact, token_acc, n = rtrain.infill_accuracy(model, forward, encoded, spans,
+            spans = rscore.infill_spans(encoded, block_size=cfg.block_size)
+            exact, token_acc, n = rscore.infill_accuracy(model, forward, encoded, spans,
                                                          mask_token_id=tok.mask_token_id, pad_id=tok.pad_token_id)
             out["infill"][set_name] = {"exact": exact, "token": token_acc, "spans": n}
         return out
@@ -283,8 +284,12 @@ class Runner:
                 **trained, "metrics": metrics, "curve": [{"step": r["step"], "loss": r["loss"],
                                                            "loss_ce": r.get("loss_ce")} for r in curve]}
 
-    def compare(self, name: str, cache: str, pipeline: str, mode: str) -> dict[str, Any]:
-        """Cached vs online for ``compare_steps`` steps from the init student, per-step losses logged."""
+    def compare(self, name: str, cache: str, pipeline: str, mode: str, *, online_from: str | None = None,
+                ) -> dict[str, Any]:
+        """Cached vs online for ``compare_steps`` steps from the init student, per-step losses logged.
+
+        ``online_from``: the comparison whose online run to reuse (same rows, order and noise: the exact-tier
+        cache is built from the same samples as the k = V cache)."""
         from benchmarks.replication.online import TeacherTargets, online_stream_class
         from cache_schema.reader import CacheReader
         from tide.models.student import load_student
@@ -292,20 +297,23 @@ class Runner:
 
         cfg = self.cfg
         base = self.out / "compare" / name
-        cached_dir, online_dir = base / "cached", base / "online"
+        cached_dir = base / "cached"
+        online_dir = (self.out / "compare" / online_from if online_from else base) / "online"
         kwargs = dict(cache=cache, mode=mode, comp_demo=False, steps=cfg.compare_steps, lr=cfg.mode_lr, seed=0,
                       student=self.out / "students" / "init", log_every=1)
         start = time.perf_counter()
         self.train_student(cached_dir, **kwargs)
         cached_s = time.perf_counter() - start
         manifest = CacheReader(str(self.cache_dir(cache))).manifest
-        teacher = load_teacher(self.teacher_dir(pipeline) / "final", dtype=torch.float32)
-        runner = TeacherRunner(teacher, regime=manifest.teacher.regime, block_size=manifest.student.block_size)
-        provider = TeacherTargets(runner, pipeline=pipeline, shared_vocab_size=manifest.teacher.shared_vocab_size,
-                                  temperatures=tuple(manifest.targets.temperatures))
-        start = time.perf_counter()
-        self.train_student(online_dir, stream_class=online_stream_class(provider), **kwargs)
-        online_s = time.perf_counter() - start
+        online_s, forwards = None, None
+        if online_from is None:
+            teacher = load_teacher(self.teacher_dir(pipeline) / "final", dtype=torch.float32)
+            runner = TeacherRunner(teacher, regime=manifest.teacher.regime, block_size=manifest.student.block_size)
+            provider = TeacherTargets(runner, pipeline=pipeline, shared_vocab_size=manifest.teacher.shared_vocab_size,
+                                      temperatures=tuple(manifest.targets.temperatures))
+            start = time.perf_counter()
+            self.train_student(online_dir, stream_class=online_stream_class(provider), **kwargs)
+            online_s, forwards = time.perf_counter() - start, provider.forwards
 
         def curve(path: Path) -> list[float]:
             rows = [json.loads(line) for line in (path / "logs" / "metrics.jsonl").read_text().splitlines() if line]
@@ -320,13 +328,15 @@ class Runner:
         diff_norm = sum(float((pa[k] - pb[k]).double().pow(2).sum()) for k in pa) ** 0.5
         update_norm = sum(float((pa[k] - init[k]).double().pow(2).sum()) for k in pa) ** 0.5
         k, values, exact = describe_targets(manifest)
+        if manifest.targets.exact is not None:
+            k, values, exact = "exact tier", f"{manifest.targets.exact.hidden_encoding} hidden states + LM head", False
         return {"pipeline": pipeline, "mode": mode, "cache": cache, "k": k, "exact": exact,
                 "value_dtype": values, "steps": len(a), "param_diff_over_update_norm": diff_norm / max(update_norm, 1e-30),
                 "cached_loss": a, "online_loss": b,
                 "max_loss_diff": max(abs(x - y) for x, y in zip(a, b, strict=True)),
                 "max_rel_loss_diff": max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True)),
                 "max_param_diff": max_param, "max_param_update": moved,
-                "cached_s": cached_s, "online_s": online_s, "online_teacher_forwards": provider.forwards}
+                "cached_s": cached_s, "online_s": online_s, "online_teacher_forwards": forwards, "online_from": online_from}
 
 
 def describe_targets(manifest) -> tuple[str | None, str, bool]:
@@ -368,6 +378,8 @@ def run_all(output: Path, config: ReplicationConfig, docs: Path | None) -> dict[
     results["compare"] = [
         r.stage("compare_shared_kV", lambda: r.compare("shared_kV", "shared_full", "shared", "kl")),
         r.stage("compare_shared_k", lambda: r.compare("shared_k", "shared", "shared", "kl")),
+        r.stage("compare_shared_exact", lambda: r.compare("shared_exact", "shared_exact", "shared", "kl",
+                                                          online_from="shared_kV")),
         r.stage("compare_cross", lambda: r.compare("cross", "cross", "cross", "reverse_calm")),
     ]
     (output / "results.json").write_text(json.dumps(results, indent=2, default=float))

@@ -1,4 +1,5 @@
-"""Teacher pre-training (block-diffusion objective) and the evaluation metrics of the replication.
+"""Teacher pre-training with the block-diffusion objective, for demos and the replication: the teachers the
+quickstart and ``scripts/replicate.sh`` distil are trained here first, so their caches hold real knowledge.
 
 Everything goes through the project's pieces: samples are tokenized by the build stage's
 :func:`stages.cache_build.preparation.prepare_sample`; noise comes from :mod:`tide.noise`; the student forward is
@@ -34,7 +35,6 @@ from tide.objective import MaskedPositions, Objective, compute_objective
 logger = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-EVAL_SEED = 1234
 CE_OBJECTIVE = Objective(mode="ce")  # teacher pre-training: the BD3LM CE term of the training objective
 
 
@@ -114,8 +114,6 @@ def draw_noise(samples: Sequence[Encoded], width: int, *, seed: int, replica: in
     return torch.tensor(ts, dtype=torch.float32), torch.from_numpy(np.stack(masks))
 
 
-# ------------------------------------------------------------------------------------------ forwards
-
 
 def student_forward(model: nn.Module, block_size: int) -> Forward:
     """The BD3LM student forward (x_t ⊕ x0, block-diffusion mask)."""
@@ -136,8 +134,6 @@ def teacher_forward(model: nn.Module, family: str, regime: str, block_size: int,
 
     return fn
 
-
-# ------------------------------------------------------------------------------------------ pre-training
 
 
 def pretrain(
@@ -195,110 +191,3 @@ def pretrain(
             logger.info("pretrain step %d/%d loss %.4f", step, steps, float(loss.detach()))
     model.eval()
     return log
-
-
-# ------------------------------------------------------------------------------------------ metrics
-
-
-@torch.no_grad()
-def masked_nll(
-    model: nn.Module,
-    forward: Forward,
-    samples: list[Encoded],
-    *,
-    t: float,
-    mask_token_id: int,
-    pad_id: int,
-    batch_size: int = 32,
-) -> float:
-    """Mean −log p(x_i) over response tokens masked with probability ``t`` (noise from :mod:`tide.noise`
-    with a fixed evaluation seed, replica = round(1000·t)); nats per masked token."""
-    if not samples:
-        raise ValueError("no evaluation samples")
-    model.eval()
-    head = model.get_output_embeddings()
-    total, count = 0.0, 0
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        ids, _, _, valid = collate(batch, pad_id)
-        _, masked = draw_noise(batch, ids.shape[1], seed=EVAL_SEED, replica=round(1000 * t), t=t, field="response")
-        if not bool(masked.any()):
-            continue
-        hidden = forward(noise_input_ids(ids, masked, mask_token_id), ids, valid)
-        log_probs = torch.log_softmax(head(hidden[masked]).float(), dim=-1)
-        total += float(-log_probs.gather(1, ids[masked][:, None]).sum())
-        count += int(masked.sum())
-    return total / max(count, 1)
-
-
-def infill_spans(samples: list[Encoded], *, block_size: int, min_len: int = 2, max_len: int = 4) -> list[tuple[int, int]]:
-    """One deterministic span ``[start, end)`` per sample: a contiguous run of response tokens inside one
-    block; which run, its length (``min_len``..``max_len``) and offset come from the counter-based
-    generator keyed by the sample. (-1, -1) when no block holds ``min_len`` consecutive response tokens."""
-    spans = []
-    for s in samples:
-        runs = []
-        for b0 in range(0, s.ids.shape[0], block_size):
-            inside = np.append(s.response[b0 : b0 + block_size], False)
-            run_start = None
-            for i, flag in enumerate(inside):
-                if flag and run_start is None:
-                    run_start = i
-                elif not flag and run_start is not None:
-                    if i - run_start >= min_len:
-                        runs.append((b0 + run_start, b0 + i))
-                    run_start = None
-        if not runs:
-            spans.append((-1, -1))
-            continue
-        u = noise.uniform(EVAL_SEED, s.key, 0, 7, np.arange(3))
-        a, b = runs[int(u[0] * len(runs))]
-        length = min(b - a, min_len + int(u[1] * (max_len - min_len + 1)))
-        first = a + int(u[2] * (b - a - length + 1))
-        spans.append((int(first), int(first + length)))
-    return spans
-
-
-@torch.no_grad()
-def infill_accuracy(
-    model: nn.Module,
-    forward: Forward,
-    samples: list[Encoded],
-    spans: list[tuple[int, int]],
-    *,
-    mask_token_id: int,
-    pad_id: int,
-    batch_size: int = 32,
-) -> tuple[float, float, int]:
-    """Greedy block-diffusion infilling: the span is masked, then filled one token per step, committing
-    the most confident masked position (greedy argmax, low-confidence remasking). Under the BD3LM mask a
-    span's block sees the clean blocks before it and its own partly masked block, never later text.
-    Returns (exact-match rate over spans, token accuracy, number of spans)."""
-    model.eval()
-    head = model.get_output_embeddings()
-    pairs = [(s, sp) for s, sp in zip(samples, spans, strict=True) if sp[0] >= 0]
-    exact, tokens_ok, tokens, n = 0, 0, 0, 0
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        ids, _, _, valid = collate([s for s, _ in chunk], pad_id)
-        span_mask = torch.zeros_like(valid)
-        for row, (_, (a, b)) in enumerate(chunk):
-            span_mask[row, a:b] = True
-        current = ids.masked_fill(span_mask, mask_token_id)
-        still = span_mask.clone()
-        for _ in range(int(span_mask.sum(1).max())):
-            hidden = forward(current, ids, valid)
-            probs = torch.softmax(head(hidden).float(), dim=-1)
-            conf, pred = probs.max(-1)
-            conf = conf.masked_fill(~still, -1.0)
-            pick = conf.argmax(1)
-            rows = torch.arange(ids.shape[0])
-            active = still[rows, pick]
-            current[rows[active], pick[active]] = pred[rows[active], pick[active]]
-            still[rows[active], pick[active]] = False
-        correct = (current == ids) | ~span_mask
-        exact += int(correct.all(1).sum())
-        tokens_ok += int(((current == ids) & span_mask).sum())
-        tokens += int(span_mask.sum())
-        n += len(chunk)
-    return exact / max(n, 1), tokens_ok / max(tokens, 1), n

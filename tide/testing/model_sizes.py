@@ -1,4 +1,4 @@
-"""Model shapes of the replication, built by the project's one tiny-model builder.
+"""Model shapes of the demos (quickstart, replication), built by the project's one tiny-model builder.
 
 :func:`tide.testing.tiny_models.build_tiny_model` builds tiny models with the real checkpoints' vocabulary
 sizes (151,936 rows) by default; the replication trains its own small vocabularies, so :func:`build_model`
