@@ -1,7 +1,7 @@
 """The replication, stage by stage; every stage's result is stored under ``--output`` and skipped on rerun.
 
 Stages: data → tokenizers → select → teacher_shared / teacher_cross → cache_shared / cache_cross /
-cache_shared_full → init → modes (every mode × seed) → compare (online vs cached) → report.
+cache_shared_full → cache_shared_exact → init → modes (every mode × seed) → compare (online vs cached) → report.
 ``python -m benchmarks.replication.run --output DIR [--quick]``; ``scripts/replicate.sh`` is the one
 command that runs the full version and writes ``docs/fidelity.md``.
 """
@@ -367,6 +367,8 @@ def run_all(output: Path, config: ReplicationConfig, docs: Path | None) -> dict[
     results["cache_shared_full"] = r.stage("cache_shared_full", lambda: r.cache(
         "shared_full", "shared", k=rtok.shared_vocab_size(r._tokenizer(r.tok_small)), k_policy="fixed",
         encoding="float32", passes=["plain"], replicas=1, max_samples=config.compare_samples))
+    results["cache_shared_exact"] = r.stage("cache_shared_exact", lambda: r.cache(
+        "shared_exact", "shared", targets="exact", passes=["plain"], replicas=1, max_samples=config.compare_samples))
     results["init"] = r.stage("init", r.init)
     results["init_metrics"] = r.stage("init_metrics", lambda: r.evaluate_student(output / "students" / "init"))
     runs = []
