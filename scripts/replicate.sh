@@ -2,7 +2,7 @@
 # The fidelity replication in one command: real data (stdlib + HumanEval), tokenizers and teachers trained
 # here, both cache pipelines, every student mode over 3 seeds, online vs cached, then docs/fidelity.md.
 # Stages already finished under the output directory are skipped, so an interrupted run resumes.
-#   bash scripts/replicate.sh                 # full version (~40 min on 2 CPU cores), writes docs/
+#   bash scripts/replicate.sh                 # full version (~1 h on 2 CPU cores), writes docs/
 #   bash scripts/replicate.sh --quick         # minutes-long smoke version, writes under the output dir only
 # Environment: REPLICATION_OUT (default runs/replication[-quick]; models and caches, git-ignored). The full
 # version also copies its results.json to benchmarks/results/replication.json.

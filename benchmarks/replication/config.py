@@ -1,4 +1,4 @@
-"""Sizes of the replication run: ``full`` (≈ 40 min on 2 CPU cores) and ``quick`` (a minutes-long smoke)."""
+"""Sizes of the replication run: ``full`` (≈ 1 h on 2 CPU cores) and ``quick`` (a minutes-long smoke)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ class ReplicationConfig:
     shared_teacher: ModelSize = field(default_factory=lambda: ModelSize(128, 3))
     cross_teacher: ModelSize = field(default_factory=lambda: ModelSize(128, 3))
     cross_experts: int = 4
-    teacher_steps: int = 300
+    # Long enough for the teachers to sit well below the CE student on held-out NLL (300 steps left a gap
+    # of only 0.4 nats/token): the budget that decides whether distillation has anything to transfer.
+    teacher_steps: int = 1500
     teacher_batch: int = 16
     teacher_lr: float = 3e-3
     init_steps: int = 150

@@ -172,8 +172,6 @@ class Runner:
         return sets
 
     def teacher(self, pipeline: str) -> dict[str, Any]:
-        from tide.models.teacher import load_teacher
-
         cfg = self.cfg
         torch.manual_seed(0)
         if pipeline == "shared":
@@ -187,27 +185,18 @@ class Runner:
             path = rmodels.build_model("llada2", self.teacher_dir(pipeline) / "init", tok, cfg.cross_teacher,
                                        seed=0, num_experts=cfg.cross_experts)
             family, regime = "llada2", "native"
-        model = load_teacher(path, dtype=torch.float32)
-        model.train()
         pool = rdata.read_jsonl_messages(self.out / "data" / "teacher_train.jsonl")
-        samples, _ = rtrain.encode(pool, tok, block_size=cfg.block_size, max_length=cfg.teacher_max_length,
-                                   source="teacher_train")
-        forward = rtrain.teacher_forward(model, family, regime, cfg.block_size, tok.mask_token_id)
-        log = rtrain.pretrain(model, forward, samples, mask_token_id=tok.mask_token_id, pad_id=tok.pad_token_id,
-                              steps=cfg.teacher_steps, batch_size=cfg.teacher_batch, lr=cfg.teacher_lr, seed=0)
-        final = self.teacher_dir(pipeline) / "final"
-        model.save_pretrained(str(final))
-        tok.save_pretrained(str(final))
-        # keep the release-style config (model_type, mask id, shared vocabulary) of the initial directory
-        (final / "config.json").write_text((path / "config.json").read_text())
-        model = load_teacher(final, dtype=torch.float32)
-        forward = rtrain.teacher_forward(model, family, regime, cfg.block_size, tok.mask_token_id)
+        teacher = rtrain.pretrain_checkpoint(
+            path, self.teacher_dir(pipeline) / "final", pool, regime=regime, block_size=cfg.block_size,
+            max_length=cfg.teacher_max_length, steps=cfg.teacher_steps, batch_size=cfg.teacher_batch,
+            lr=cfg.teacher_lr, seed=0)
+        model, forward = teacher.model, teacher.forward
         nll = {}
         for set_name, encoded in self._eval_sets(tok, cfg.teacher_max_length).items():
             nll[set_name] = {str(t): rscore.masked_nll(model, forward, encoded, t=t, mask_token_id=tok.mask_token_id,
                                                        pad_id=tok.pad_token_id) for t in cfg.nll_timesteps}
-        return {"params": rmodels.count_parameters(model), "family": family, "regime": regime, "log": log,
-                "heldout_nll": nll, "train_samples": len(samples), "path": str(final)}
+        return {"params": rmodels.count_parameters(model), "family": family, "regime": regime, "log": teacher.log,
+                "heldout_nll": nll, "train_samples": teacher.train_samples, "path": str(teacher.path)}
 
     def cache(self, name: str, pipeline: str, **overrides: Any) -> dict[str, Any]:
         from stages.cache_build.config import BuildConfig

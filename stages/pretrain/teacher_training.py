@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -191,3 +193,63 @@ def pretrain(
             logger.info("pretrain step %d/%d loss %.4f", step, steps, float(loss.detach()))
     model.eval()
     return log
+
+
+@dataclass
+class PretrainedTeacher:
+    """A teacher pre-trained by :func:`pretrain_checkpoint`, reloaded from its saved directory."""
+
+    model: nn.Module
+    tokenizer: object
+    forward: Forward
+    mask_token_id: int
+    log: list[dict[str, float]]
+    train_samples: int
+    path: Path
+
+
+def pretrain_checkpoint(
+    init_dir: str | os.PathLike,
+    final_dir: str | os.PathLike,
+    conversations: Sequence[list[dict[str, str]]],
+    *,
+    regime: str,
+    block_size: int,
+    max_length: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+) -> PretrainedTeacher:
+    """Pre-train the teacher saved in ``init_dir`` on ``conversations`` (rendered with its own tokenizer's
+    chat template) in the layout ``regime`` queries it with, and save it to ``final_dir``.
+
+    The saved ``config.json`` is the initial directory's (release-style model type, mask id, shared
+    vocabulary), so the result loads like a released teacher; the returned model is loaded back from it."""
+    from transformers import AutoTokenizer
+
+    from tide.models.teacher import TeacherRunner, load_teacher
+
+    init_dir, final_dir = Path(init_dir), Path(final_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(init_dir))
+    model = load_teacher(init_dir, dtype=torch.float32)
+    runner = TeacherRunner(model, regime=regime, mask_token_id=_mask_id(model, tokenizer), block_size=block_size)
+    samples, _ = encode(conversations, tokenizer, block_size=block_size, max_length=max_length, source="pretrain")
+    forward = teacher_forward(model, runner.family, regime, block_size, runner.mask_token_id)
+    log = pretrain(model, forward, samples, mask_token_id=runner.mask_token_id, pad_id=tokenizer.pad_token_id,
+                   steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    model.save_pretrained(str(final_dir))
+    tokenizer.save_pretrained(str(final_dir))
+    (final_dir / "config.json").write_text((init_dir / "config.json").read_text(encoding="utf-8"), encoding="utf-8")
+    model = load_teacher(final_dir, dtype=torch.float32)
+    forward = teacher_forward(model, runner.family, regime, block_size, runner.mask_token_id)
+    return PretrainedTeacher(model, tokenizer, forward, runner.mask_token_id, log, len(samples), final_dir)
+
+
+def _mask_id(model: nn.Module, tokenizer) -> int:
+    """The teacher's mask id: its config's (WeDLM), else its tokenizer's (LLaDA2)."""
+    mask = getattr(model.config, "mask_token_id", None)
+    mask = tokenizer.mask_token_id if mask is None else mask
+    if mask is None:
+        raise ValueError("the teacher has no mask token id in its config or its tokenizer")
+    return int(mask)
