@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from benchmarks.replication import data
+from tide.testing.chat_data import read_chat_jsonl
 
 SOURCE = textwrap.dedent('''\
     """Module docstring."""
@@ -141,12 +142,12 @@ def test_stdlib_pairs_filters_by_length_and_skips_broken_files(tmp_path):
 def test_jsonl_round_trip(tmp_path):
     conversations = [p.messages() for p in data.extract_pairs(SOURCE, "m")]
     path = data.write_jsonl(conversations, tmp_path / "d" / "x.jsonl", [{"i": i} for i in range(len(conversations))])
-    assert data.read_jsonl_messages(path) == conversations
+    assert read_chat_jsonl(path) == conversations
     with pytest.raises(ValueError, match="extra"):
         data.write_jsonl(conversations, tmp_path / "y.jsonl", [{}])
     (tmp_path / "bad.jsonl").write_text('{"other": 1}\n')
     with pytest.raises(ValueError, match="messages"):
-        data.read_jsonl_messages(tmp_path / "bad.jsonl")
+        read_chat_jsonl(tmp_path / "bad.jsonl")
 
 
 def test_humaneval_is_the_second_heldout_set():

@@ -166,18 +166,3 @@ def write_jsonl(conversations: list[list[dict[str, str]]], path: str | os.PathLi
     ]
     atomic_write_text(path, "".join(lines))
     return path
-
-
-def read_jsonl_messages(path: str | os.PathLike) -> list[list[dict[str, str]]]:
-    """The ``messages`` of every row of a JSONL file written by :func:`write_jsonl`."""
-    path = Path(path)
-    out = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "messages" not in row:
-                raise ValueError(f"{path}:{number}: row has no 'messages' key")
-            out.append(row["messages"])
-    return out

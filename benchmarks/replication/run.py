@@ -26,6 +26,7 @@ from stages.pretrain import scores as rscore
 from stages.pretrain import teacher_training as rtrain
 from tide.testing import bpe_tokenizers as rtok
 from tide.testing import model_sizes as rmodels
+from tide.testing.chat_data import read_chat_jsonl
 
 logger = logging.getLogger("replication")
 
@@ -109,7 +110,7 @@ class Runner:
         }
 
     def tokenizers(self) -> dict[str, Any]:
-        conversations = rdata.read_jsonl_messages(self.out / "data" / "train_all.jsonl")
+        conversations = read_chat_jsonl(self.out / "data" / "train_all.jsonl")
         texts = [m["content"] for conv in conversations for m in conv]
         small = rtok.train_bpe_tokenizer(texts, self.tok_small, vocab_size=self.cfg.vocab_small, kind="chatml")
         large = rtok.train_bpe_tokenizer(texts, self.tok_large, vocab_size=self.cfg.vocab_large, kind="llama3")
@@ -130,7 +131,7 @@ class Runner:
         """Training rows that no side truncates; evaluation sets that fit the student length."""
         cfg = self.cfg
         small, large, shared = (self._tokenizer(p) for p in (self.tok_small, self.tok_large, self.tok_shared))
-        conversations = rdata.read_jsonl_messages(self.out / "data" / "train_all.jsonl")
+        conversations = read_chat_jsonl(self.out / "data" / "train_all.jsonl")
         keep = []
         for index, conv in enumerate(conversations):
             fits = True
@@ -149,7 +150,7 @@ class Runner:
         rdata.write_jsonl(cache_rows, self.out / "data" / "train.jsonl")
         teacher_pool = [conversations[i] for i in keep[: cfg.teacher_train_samples]]
         rdata.write_jsonl(teacher_pool, self.out / "data" / "teacher_train.jsonl")
-        heldout = rdata.read_jsonl_messages(self.out / "data" / "heldout_all.jsonl")
+        heldout = read_chat_jsonl(self.out / "data" / "heldout_all.jsonl")
         fit_heldout = []
         for conv in heldout:
             encoded, _ = rtrain.encode([conv], small, block_size=cfg.block_size, max_length=cfg.student_max_length,
@@ -162,8 +163,8 @@ class Runner:
                 "heldout_fitting": len(fit_heldout), "heldout_eval": min(cfg.eval_samples, len(fit_heldout))}
 
     def _eval_sets(self, tokenizer, max_length: int) -> dict[str, list[rtrain.Encoded]]:
-        heldout = rdata.read_jsonl_messages(self.out / "data" / "heldout.jsonl")
-        humaneval = rdata.read_jsonl_messages(self.out / "data" / "humaneval.jsonl")[: self.cfg.humaneval_samples]
+        heldout = read_chat_jsonl(self.out / "data" / "heldout.jsonl")
+        humaneval = read_chat_jsonl(self.out / "data" / "humaneval.jsonl")[: self.cfg.humaneval_samples]
         sets = {}
         sets["stdlib"], _ = rtrain.encode(heldout, tokenizer, block_size=self.cfg.block_size, max_length=max_length,
                                           source="heldout")
@@ -185,7 +186,7 @@ class Runner:
             path = rmodels.build_model("llada2", self.teacher_dir(pipeline) / "init", tok, cfg.cross_teacher,
                                        seed=0, num_experts=cfg.cross_experts)
             family, regime = "llada2", "native"
-        pool = rdata.read_jsonl_messages(self.out / "data" / "teacher_train.jsonl")
+        pool = read_chat_jsonl(self.out / "data" / "teacher_train.jsonl")
         teacher = rtrain.pretrain_checkpoint(
             path, self.teacher_dir(pipeline) / "final", pool, regime=regime, block_size=cfg.block_size,
             max_length=cfg.teacher_max_length, steps=cfg.teacher_steps, batch_size=cfg.teacher_batch,

@@ -33,8 +33,6 @@ def build_command(config: QuickstartConfig, layout: Layout, pipeline: str) -> li
         "--device", "cpu",
         "--no-progress",
     ]
-    if pipeline == "shared":
-        argv += ["--k", str(config.k)]
     return argv
 
 
@@ -49,7 +47,7 @@ def train_command(config: QuickstartConfig, layout: Layout, run: TrainRun) -> li
         "--max_steps", str(config.steps),
         "--batch_size", str(config.batch_size),
         "--lr", str(config.lr),
-        "--warmup_steps", "0",
+        "--warmup_steps", str(min(10, config.steps // 10)),
         "--log_every", "1",
         "--seed", str(config.seed),
         "--mixed_precision", "no",

@@ -6,40 +6,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-EVAL_TASK = "tide_quickstart_arith"
+EVAL_TASK = "tide_quickstart_shift"
+BLOCK_SIZE = 32
 
 
 @dataclass
 class QuickstartConfig:
-    """Sizes of the quickstart run; the defaults finish in a few minutes on 2 CPU cores."""
+    """Sizes of the quickstart run; the defaults finish in about five minutes on 2 CPU cores."""
 
     output: Path = Path("quickstart_out")
-    humaneval: int = 12
-    synthetic: int = 24
-    eval_docs: int = 4
+    task_train: int = 1200
+    cache_rows: int = 400
+    heldout: int = 64
+    humaneval: int = 4
+    eval_docs: int = 8
+    vocab: int = 1024
     max_length: int = 256
     teacher_max_length: int = 320
     replicas: int = 2
-    k: int = 64
-    steps: int = 6
-    batch_size: int = 4
-    lr: float = 1e-3
+    teacher_steps: int = 600
+    teacher_lr: float = 3e-3
+    steps: int = 120
+    batch_size: int = 16
+    lr: float = 3e-3
     seed: int = 0
     evaluate: bool = True
     eval_baselines: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range."""
-        positive = ("humaneval", "eval_docs", "max_length", "teacher_max_length", "replicas", "k", "steps", "batch_size")
+        positive = ("task_train", "cache_rows", "heldout", "eval_docs", "max_length", "teacher_max_length",
+                    "replicas", "teacher_steps", "steps", "batch_size")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.synthetic < 0:
-            raise ValueError(f"--synthetic must be >= 0, got {self.synthetic}")
-        if self.max_length % 32:
-            raise ValueError(f"--max-length must be a multiple of the block size 32, got {self.max_length}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.humaneval < 0:
+            raise ValueError(f"--humaneval must be >= 0, got {self.humaneval}")
+        if self.cache_rows > self.task_train:
+            raise ValueError(f"--cache-rows ({self.cache_rows}) must be <= --task-train ({self.task_train}): the "
+                             "cache holds a part of the teachers' training chats")
+        if self.vocab < 512:
+            raise ValueError(f"--vocab must be >= 512 (256 bytes plus merges), got {self.vocab}")
+        if self.max_length % BLOCK_SIZE:
+            raise ValueError(f"--max-length must be a multiple of the block size {BLOCK_SIZE}, got {self.max_length}")
+        for name in ("lr", "teacher_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class TrainRun:
 
     pipeline: str
     mode: str
-    role: str  # "native" or "baseline"
+    role: str  # "native", "baseline" or "CE only"
     comp_demo: bool = False
 
     @property
@@ -57,6 +69,7 @@ class TrainRun:
 
 
 TRAIN_RUNS: tuple[TrainRun, ...] = (
+    TrainRun("shared", "ce", "CE only"),
     TrainRun("cross", "reverse_calm", "native"),
     TrainRun("cross", "calm", "baseline"),
     TrainRun("shared", "tidal", "native", comp_demo=True),
@@ -78,8 +91,19 @@ class Layout:
     def student(self) -> Path:
         return self.models / "student"
 
+    def tokenizer(self, name: str) -> Path:
+        """``small`` (student), ``shared`` (small vocabulary, WeDLM-style template), ``large`` (cross teacher)."""
+        return self.models / "tokenizers" / name
+
+    def teacher_init(self, pipeline: str) -> Path:
+        return self.models / "init" / ("llada2_teacher" if pipeline == "cross" else "wedlm_teacher")
+
     def teacher(self, pipeline: str) -> Path:
         return self.models / ("llada2_teacher" if pipeline == "cross" else "wedlm_teacher")
+
+    @property
+    def pretrain_data(self) -> Path:
+        return self.root / "data" / "pretrain.jsonl"
 
     @property
     def chat_data(self) -> Path:

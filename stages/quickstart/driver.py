@@ -14,6 +14,7 @@ from pathlib import Path
 from stages.quickstart.cli_runner import run_cli
 from stages.quickstart.commands import build_command, cli_path, eval_command, train_command
 from stages.quickstart.config import TRAIN_RUNS, Layout, QuickstartConfig
+from stages.quickstart.heldout import pretrain_teachers, student_score
 from stages.quickstart.inputs import build_models, write_chat_data, write_eval_task
 from stages.quickstart.results import (
     RunSummary,
@@ -25,8 +26,8 @@ from stages.quickstart.results import (
 )
 
 MARKER = ".tide-quickstart"
-# What a quickstart run writes under its output directory; a new run replaces these (models are reused).
-GENERATED = ("data", "caches", "runs", "eval", "logs", "summary.json")
+# What a quickstart run writes under its output directory; a new run replaces all of it.
+GENERATED = ("models", "data", "caches", "runs", "eval", "logs", "summary.json")
 
 
 def prepare_output(root: Path) -> None:
@@ -57,22 +58,37 @@ def run_quickstart(config: QuickstartConfig) -> Summary:
     layout = Layout(Path(config.output))
     prepare_output(layout.root)
 
-    print("[1/5] tiny models", flush=True)
-    models = build_models(layout, config.seed)
+    stage_seconds: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    print("[2/5] chat data and evaluation task", flush=True)
-    rows = write_chat_data(layout.chat_data, config.humaneval, config.synthetic)
-    write_eval_task(layout.eval_task_dir, config.eval_docs)
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        stage_seconds[name] = now - clock
+        clock = now
 
-    print("[3/5] caches (tide-cache build, tide-cache inspect)", flush=True)
+    print("[1/7] chat data and evaluation task", flush=True)
+    rows = write_chat_data(layout, config)
+    write_eval_task(layout.eval_task_dir, min(config.eval_docs, config.heldout))
+
+    print("[2/7] tokenizers (BPE trained on the chats) and small models", flush=True)
+    models = build_models(layout, config)
+    lap("data, tokenizers, models")
+
+    print(f"[3/7] teacher pre-training ({config.teacher_steps} steps each) and held-out scores", flush=True)
+    teachers = pretrain_teachers(layout, config)
+    lap("teacher pre-training")
+
+    print("[4/7] caches (tide-cache build, tide-cache inspect)", flush=True)
     caches = {}
     for pipeline in ("cross", "shared"):
         run_cli(build_command(config, layout, pipeline), layout.logs / f"build-{pipeline}.log")
         run_cli([cli_path("tide-cache"), "inspect", str(layout.cache(pipeline)), "--rows", "1"],
                 layout.logs / f"inspect-{pipeline}.log", echo=True)
         caches[pipeline] = cache_facts(layout.cache(pipeline))
+    lap("caches")
 
-    print("[4/5] training (tide-train)", flush=True)
+    print("[5/7] training (tide-train), every student from the same initial weights", flush=True)
     runs = []
     for run in TRAIN_RUNS:
         run_cli(train_command(config, layout, run), layout.logs / f"train-{run.name}.log")
@@ -84,24 +100,34 @@ def run_quickstart(config: QuickstartConfig) -> Summary:
             role=run.role, student=str(layout.run(run)), steps=steps, first_loss=first, last_loss=last,
             loss_curve=str(curve) if curve.is_file() else None, metrics=str(metrics),
         ))
+    lap("student training")
+
+    print("[6/7] held-out scores of the students", flush=True)
+    for run, entry in zip(TRAIN_RUNS, runs, strict=True):
+        entry.score = student_score(layout.run(run), config)
+    lap("student scores")
 
     if config.evaluate:
-        print("[5/5] evaluation (tide-eval run, offline task)", flush=True)
+        print("[7/7] evaluation (tide-eval run, offline task)", flush=True)
         for run, entry in zip(TRAIN_RUNS, runs, strict=True):
             if run.role != "native" and not config.eval_baselines:
                 continue
             run_cli(eval_command(config, layout, run), layout.logs / f"eval-{run.name}.log")
             entry.eval_metric, entry.eval_score = read_eval_score(layout.eval(run))
             entry.eval_dir = str(layout.eval(run))
+        lap("tide-eval")
     else:
-        print("[5/5] evaluation skipped (--no-eval)", flush=True)
+        print("[7/7] evaluation skipped (--no-eval)", flush=True)
 
     summary = Summary(
         output=str(layout.root),
         seconds=time.perf_counter() - started,
+        stage_seconds=stage_seconds,
         models=models,
-        data={"chat": str(layout.chat_data), "rows": rows, "eval_task": str(layout.eval_task_dir)},
+        data={"pretrain": str(layout.pretrain_data), "chat": str(layout.chat_data), "rows": rows,
+              "heldout": config.heldout, "eval_task": str(layout.eval_task_dir)},
         caches=caches,
+        teachers=teachers,
         runs=runs,
         shard_example=caches["shared"]["first_shard"],
     )
@@ -113,21 +139,30 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = QuickstartConfig()
     parser = argparse.ArgumentParser(
         prog="python -m stages.quickstart",
-        description="Run both TIDE pipelines end to end on tiny local models (no downloads).",
+        description="Pre-train two small teachers on a toy task, then run both TIDE pipelines end to end on them (no downloads).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--output", type=Path, default=defaults.output, help="output directory")
-    parser.add_argument("--humaneval", type=int, default=defaults.humaneval, help="HumanEval conversations")
-    parser.add_argument("--synthetic", type=int, default=defaults.synthetic, help="generated conversations")
-    parser.add_argument("--eval-docs", type=int, default=defaults.eval_docs, help="evaluation questions")
+    parser.add_argument("--task-train", type=int, default=defaults.task_train,
+                        help="letter-shift chats the teachers pre-train on")
+    parser.add_argument("--cache-rows", type=int, default=defaults.cache_rows,
+                        help="of those, how many the caches hold (before replicas)")
+    parser.add_argument("--heldout", type=int, default=defaults.heldout, help="held-out questions every score uses")
+    parser.add_argument("--humaneval", type=int, default=defaults.humaneval,
+                        help="HumanEval chats added to the pre-training and cache data")
+    parser.add_argument("--eval-docs", type=int, default=defaults.eval_docs,
+                        help="held-out questions tide-eval generates answers for")
+    parser.add_argument("--vocab", type=int, default=defaults.vocab, help="ids of the student's BPE tokenizer")
     parser.add_argument("--max-length", type=int, default=defaults.max_length, help="student max length")
     parser.add_argument("--teacher-max-length", type=int, default=defaults.teacher_max_length,
                         help="teacher max length")
     parser.add_argument("--replicas", type=int, default=defaults.replicas, help="noise replicas per sample")
-    parser.add_argument("--k", type=int, default=defaults.k, help="top-k of the shared cache")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per training run")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per step")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    parser.add_argument("--teacher-steps", type=int, default=defaults.teacher_steps,
+                        help="pre-training steps per teacher")
+    parser.add_argument("--teacher-lr", type=float, default=defaults.teacher_lr, help="teacher learning rate")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps per student run")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per step (teachers too)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="student learning rate")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of models, noise and training")
     parser.add_argument("--eval", dest="evaluate", action=argparse.BooleanOptionalAction, default=True,
                         help="run the short evaluation")

@@ -1,5 +1,5 @@
-"""What the quickstart reports: losses, evaluation scores and cache facts read back from the files the
-CLIs wrote, and the closing summary (printed, and written to ``summary.json``)."""
+"""What the quickstart reports: losses, held-out and evaluation scores and cache facts read back from the
+files the CLIs wrote, and the closing summary (printed, and written to ``summary.json``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.quickstart.config import EVAL_TASK
+from stages.quickstart.heldout import HeldoutScore, TeacherSummary
 
 
 @dataclass
@@ -25,6 +26,7 @@ class RunSummary:
     last_loss: float | None
     loss_curve: str | None
     metrics: str
+    score: HeldoutScore | None = None
     eval_score: float | None = None
     eval_metric: str | None = None
     eval_dir: str | None = None
@@ -36,9 +38,11 @@ class Summary:
 
     output: str
     seconds: float
+    stage_seconds: dict[str, float]
     models: dict[str, str]
     data: dict[str, Any]
     caches: dict[str, dict[str, Any]]
+    teachers: list[TeacherSummary] = field(default_factory=list)
     runs: list[RunSummary] = field(default_factory=list)
     shard_example: str | None = None
 
@@ -84,15 +88,21 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _score(score: HeldoutScore | None) -> str:
+    return "-" if score is None else f"{score.exact:.3f} ({score.token:.3f})"
+
+
 def format_summary(summary: Summary) -> str:
     """The closing text: where everything is, a table of the runs, and how to open a shard."""
     root = summary.output
     lines = [
         "",
         f"== TIDE quickstart finished in {summary.seconds:.0f} s; everything is under {root}/ ==",
+        "time         " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in summary.stage_seconds.items()),
         "",
         *(f"model        {path}  ({label})" for label, path in summary.models.items()),
-        f"data         {summary.data['chat']} ({summary.data['rows']} conversations: HumanEval + generated)",
+        f"data         {summary.data['pretrain']} (teacher pre-training, {summary.data['rows']['pretrain']} chats) and "
+        f"{summary.data['chat']} (the caches', {summary.data['rows']['cache']} chats): letter-shift + HumanEval",
         f"eval task    {summary.data['eval_task']}",
     ]
     for pipeline, facts in summary.caches.items():
@@ -107,14 +117,22 @@ def format_summary(summary: Summary) -> str:
     for run in summary.runs:
         if run.eval_dir:
             lines.append(f"results      {run.eval_dir}/summary.json")
-    lines += ["", f"{'run':<28} {'role':<9} {'steps':>5} {'first loss':>11} {'last loss':>10} {'eval':>8}"]
+    lines += ["", f"held-out task: {summary.data['heldout']} letter-shift questions none of the models trained on; "
+              "score = exact match of the whole answer under greedy block-diffusion infilling (token accuracy "
+              "in brackets); tide-eval = exact match of generated answers (lm-eval).", "",
+              f"{'model':<28} {'role':<9} {'steps':>5} {'first loss':>11} {'last loss':>10} {'held-out':>16} "
+              f"{'tide-eval':>9}"]
+    for teacher in summary.teachers:
+        lines.append(
+            f"{teacher.pipeline + ' teacher':<28} {'teacher':<9} {teacher.steps:>5} {_fmt(teacher.first_loss):>11} "
+            f"{_fmt(teacher.last_loss):>10} {_score(teacher.score):>16} {'-':>9}"
+        )
     for run in summary.runs:
         lines.append(
             f"{run.name:<28} {run.role:<9} {run.steps:>5} {_fmt(run.first_loss):>11} {_fmt(run.last_loss):>10} "
-            f"{_fmt(run.eval_score, '.3f'):>8}"
+            f"{_score(run.score):>16} {_fmt(run.eval_score, '.3f'):>9}"
         )
-    if any(r.eval_score is not None for r in summary.runs):
-        lines.append(f"(eval: exact match on {EVAL_TASK}; tiny untrained-scale models score about 0 — the point is the path)")
+    lines.append("(losses: the teachers' BD3LM CE; each student's total training loss, CE + its distillation term)")
     if summary.shard_example:
         lines += [
             "",

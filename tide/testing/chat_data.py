@@ -1,4 +1,4 @@
-"""Demo chat data that needs no download: HumanEval pairs, generated Q&A pairs, held-out additions.
+"""Demo chat data that needs no download: HumanEval pairs, generated Q&A pairs, letter-shift questions.
 
 Builds read data through their sources (``tide-cache build --sources FILE.jsonl``), so tests, benchmarks and
 the quickstart write these conversations to a JSONL file with :func:`write_chat_jsonl` first. Everything
@@ -98,16 +98,45 @@ def write_chat_jsonl(path: str | os.PathLike, conversations: Sequence[Conversati
     return path
 
 
-def arithmetic_docs(count: int, *, start: int = HELD_OUT_START) -> list[dict[str, str]]:
-    """``count`` held-out addition questions ``{"question", "answer"}`` (answer = the sum as digits).
+def read_chat_jsonl(path: str | os.PathLike) -> list[Conversation]:
+    """The ``messages`` of every row of a JSONL chat file (the inverse of :func:`write_chat_jsonl`)."""
+    path = Path(path)
+    out = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "messages" not in row:
+                raise ValueError(f"{path}:{number}: row has no 'messages' key")
+            out.append(row["messages"])
+    return out
 
-    Operands come from ``mix64(start + i)``, far from the states the generated training pairs use, so they
-    are deterministic and not copies of training rows.
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+SHIFT_LETTERS = 5
+
+
+def letter_shift_docs(count: int, *, start: int = 0) -> list[dict[str, str]]:
+    """``count`` letter-shift questions ``{"question", "answer"}``: five lower-case letters, each to be replaced
+    by the next one in the alphabet (z → a), e.g. "Shift each letter: k d m a z" → "l e n b a".
+
+    A small model learns this in a few hundred steps (copy each letter from the prompt, map it), which is
+    what the quickstart needs from its teachers. Question i draws its letters from the splitmix64 output of
+    state ``start + i``;
+    held-out sets start at :data:`HELD_OUT_START`, far from the training indices.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     docs = []
-    for h in _hashes(np.arange(start, start + count, dtype=np.uint64)):
-        a, b = h % 1000, (h >> 10) % 1000
-        docs.append({"question": f"What is {a} + {b}?", "answer": str(a + b)})
+    for h in _hashes(np.arange(start, start + count, dtype=np.uint64) + np.uint64(GAMMA)):
+        letters = [LETTERS[(h // 26**j) % 26] for j in range(SHIFT_LETTERS)]  # base-26 digits: unbiased
+        shifted = [LETTERS[(LETTERS.index(c) + 1) % 26] for c in letters]
+        docs.append({"question": "Shift each letter: " + " ".join(letters), "answer": " ".join(shifted)})
     return docs
+
+
+def letter_shift_messages(count: int, *, start: int = 0) -> list[Conversation]:
+    """:func:`letter_shift_docs` as chat pairs (user: the question, assistant: the answer)."""
+    return [[{"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]}]
+            for d in letter_shift_docs(count, start=start)]

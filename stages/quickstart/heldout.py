@@ -1,0 +1,112 @@
+"""The quickstart's held-out score, one function for teachers and students: greedy block-diffusion infilling
+of the whole answer of each held-out letter-shift question (prompt given, answer masked, filled one token per
+step), through each model's own forward and tokenizer. Also the teachers' pre-training step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.pretrain.scores import infill_accuracy
+from stages.pretrain.teacher_training import Encoded, Forward, encode, pretrain_checkpoint, student_forward
+from stages.quickstart.config import BLOCK_SIZE, Layout, QuickstartConfig
+from stages.quickstart.inputs import heldout_docs
+from tide.testing.chat_data import read_chat_jsonl
+
+logger = logging.getLogger("tide.quickstart")
+
+# The layouts the cache build queries each teacher with (tide-cache build's default regime): pre-training
+# must use the same one, or the cache would hold a teacher asked a question it was never trained on.
+TEACHER_REGIME = "paper"
+
+
+@dataclass
+class HeldoutScore:
+    """Exact match of whole answers and token accuracy over the held-out questions."""
+
+    exact: float
+    token: float
+    questions: int
+
+
+@dataclass
+class TeacherSummary:
+    """One pre-trained teacher: where it is, its training curve's ends and its held-out score."""
+
+    pipeline: str
+    path: str
+    steps: int
+    first_loss: float
+    last_loss: float
+    seconds: float
+    score: HeldoutScore
+
+
+def heldout_samples(tokenizer, count: int, max_length: int) -> list[Encoded]:
+    """The held-out questions as chats rendered with ``tokenizer``'s template (answer included: the gold)."""
+    chats = [[{"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]}]
+             for d in heldout_docs(count)]
+    samples, skipped = encode(chats, tokenizer, block_size=BLOCK_SIZE, max_length=max_length, source="heldout",
+                              require_complete=True)
+    if skipped:
+        raise ValueError(f"held-out questions do not fit {max_length} tokens: {skipped}")
+    return samples
+
+
+def answer_spans(samples: list[Encoded]) -> list[tuple[int, int]]:
+    """Each sample's answer: its first to last response token (the answer and the end of the turn)."""
+    spans = []
+    for sample in samples:
+        positions = np.flatnonzero(sample.response)
+        spans.append((int(positions[0]), int(positions[-1]) + 1))
+    return spans
+
+
+def heldout_score(model, forward: Forward, tokenizer, *, count: int, max_length: int, mask_token_id: int,
+                  ) -> HeldoutScore:
+    """Greedy infilling of every held-out answer; see the module docstring."""
+    samples = heldout_samples(tokenizer, count, max_length)
+    exact, token, n = infill_accuracy(model, forward, samples, answer_spans(samples), mask_token_id=mask_token_id,
+                                      pad_id=tokenizer.pad_token_id)
+    return HeldoutScore(exact=exact, token=token, questions=n)
+
+
+def student_score(path: Path, config: QuickstartConfig) -> HeldoutScore:
+    """The held-out score of the student saved in ``path`` (a ``tide-train`` output directory)."""
+    from transformers import AutoTokenizer
+
+    from tide.models.student import load_student
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = load_student(path, dtype=None)
+    model.float().eval()
+    return heldout_score(model, student_forward(model, BLOCK_SIZE), tokenizer, count=config.heldout,
+                         max_length=config.max_length, mask_token_id=int(tokenizer.mask_token_id))
+
+
+def pretrain_teachers(layout: Layout, config: QuickstartConfig) -> list[TeacherSummary]:
+    """Pre-train both teachers on the pre-training chats for ``teacher_steps`` steps each, then score them."""
+    chats = read_chat_jsonl(layout.pretrain_data)
+    out = []
+    for pipeline in ("shared", "cross"):
+        started = time.perf_counter()
+        logger.info("pre-training the %s teacher for %d steps", pipeline, config.teacher_steps)
+        teacher = pretrain_checkpoint(
+            layout.teacher_init(pipeline), layout.teacher(pipeline), chats, regime=TEACHER_REGIME,
+            block_size=BLOCK_SIZE, max_length=config.teacher_max_length, steps=config.teacher_steps,
+            batch_size=config.batch_size, lr=config.teacher_lr, seed=config.seed,
+        )
+        seconds = time.perf_counter() - started
+        score = heldout_score(teacher.model, teacher.forward, teacher.tokenizer, count=config.heldout,
+                              max_length=config.teacher_max_length, mask_token_id=teacher.mask_token_id)
+        out.append(TeacherSummary(pipeline=pipeline, path=str(teacher.path), steps=config.teacher_steps,
+                                  first_loss=teacher.log[0]["loss"], last_loss=teacher.log[-1]["loss"],
+                                  seconds=seconds, score=score))
+        print(f"  {pipeline} teacher: loss {teacher.log[0]['loss']:.3f} -> {teacher.log[-1]['loss']:.3f} in "
+              f"{seconds:.0f} s; held-out exact match {score.exact:.3f} (token accuracy {score.token:.3f})",
+              flush=True)
+    return out
