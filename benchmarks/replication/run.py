@@ -370,6 +370,8 @@ def run_all(output: Path, config: ReplicationConfig, docs: Path | None) -> dict[
     results["compare"] = [
         r.stage("compare_shared_kV", lambda: r.compare("shared_kV", "shared_full", "shared", "kl")),
         r.stage("compare_shared_k", lambda: r.compare("shared_k", "shared", "shared", "kl")),
+        r.stage("compare_shared_kV_tidal", lambda: r.compare("shared_kV_tidal", "shared_full", "shared", "tidal")),
+        r.stage("compare_shared_k_tidal", lambda: r.compare("shared_k_tidal", "shared", "shared", "tidal")),
         r.stage("compare_shared_exact", lambda: r.compare("shared_exact", "shared_exact", "shared", "kl",
                                                           online_from="shared_kV")),
         r.stage("compare_cross", lambda: r.compare("cross", "cross", "cross", "reverse_calm")),
