@@ -49,8 +49,9 @@ def test_a_uniform_model_scores_log_vocab():
     assert nll == pytest.approx(math.log(VOCAB), rel=1e-6)
 
 
+@pytest.mark.parametrize("block_size", [10, 3])
 @pytest.mark.parametrize("wrong_first", [False, True])
-def test_infilling_scores_an_oracle_and_never_shows_the_span(wrong_first):
+def test_infilling_scores_an_oracle_and_never_shows_the_span(wrong_first, block_size):
     samples = _samples()
     gold = torch.from_numpy(np.stack([s.ids for s in samples]))
     spans = [(4, 8), (5, 7), (6, 10)]
@@ -68,10 +69,17 @@ def test_infilling_scores_an_oracle_and_never_shows_the_span(wrong_first):
         hidden_gold = (clean == gold) & inside
         assert not bool(hidden_gold[noised == MASK_ID].any()), "infilling showed the model a gold token it fills"
         calls.append(int((noised == MASK_ID).sum()))
-        confidence = torch.where(inside, 5.0, 1.0)
+        block = torch.arange(gold.shape[1]) // block_size
+        for row in range(gold.shape[0]):  # blocks fill left to right: nothing after a block still masked
+            pending = block[(noised[row] == MASK_ID)]
+            filled = block[inside[row] & (noised[row] != MASK_ID)]
+            assert not pending.numel() or not filled.numel() or int(filled.max()) <= int(pending.min())
+        # later positions are the most confident: only the block order keeps them from going first
+        confidence = torch.where(inside, 5.0 + torch.arange(gold.shape[1]).float(), 1.0)
         return nn.functional.one_hot(answer, VOCAB).float() * confidence[..., None]
 
-    exact, token, n = infill_accuracy(FixedHead(), oracle, samples, spans, mask_token_id=MASK_ID, pad_id=PAD_ID)
+    exact, token, n = infill_accuracy(FixedHead(), oracle, samples, spans, mask_token_id=MASK_ID, pad_id=PAD_ID,
+                                      block_size=block_size)
     assert n == 3 and calls[0] == 4 + 2 + 4 and calls == sorted(calls, reverse=True)
     if wrong_first:
         assert exact == 0.0 and token == pytest.approx((3 + 1 + 3) / 10)

@@ -258,7 +258,8 @@ class Runner:
                                                               pad_id=tok.pad_token_id) for t in cfg.nll_timesteps}
             spans = rscore.infill_spans(encoded, block_size=cfg.block_size)
             exact, token_acc, n = rscore.infill_accuracy(model, forward, encoded, spans,
-                                                         mask_token_id=tok.mask_token_id, pad_id=tok.pad_token_id)
+                                                         mask_token_id=tok.mask_token_id, pad_id=tok.pad_token_id,
+                                                         block_size=cfg.block_size)
             out["infill"][set_name] = {"exact": exact, "token": token_acc, "spans": n}
         return out
 

@@ -231,7 +231,7 @@ def pretrain_checkpoint(
     from tide.models.teacher import TeacherRunner, load_teacher
 
     init_dir, final_dir = Path(init_dir), Path(final_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(init_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(init_dir), trust_remote_code=False)  # never run auto_map code
     model = load_teacher(init_dir, dtype=torch.float32)
     runner = TeacherRunner(model, regime=regime, mask_token_id=_mask_id(model, tokenizer), block_size=block_size)
     samples, _ = encode(conversations, tokenizer, block_size=block_size, max_length=max_length, source="pretrain")

@@ -71,7 +71,7 @@ def heldout_score(model, forward: Forward, tokenizer, *, count: int, max_length:
     """Greedy infilling of every held-out answer; see the module docstring."""
     samples = heldout_samples(tokenizer, count, max_length)
     exact, token, n = infill_accuracy(model, forward, samples, answer_spans(samples), mask_token_id=mask_token_id,
-                                      pad_id=tokenizer.pad_token_id)
+                                      pad_id=tokenizer.pad_token_id, block_size=BLOCK_SIZE)
     return HeldoutScore(exact=exact, token=token, questions=n)
 
 
