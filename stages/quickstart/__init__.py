@@ -5,7 +5,7 @@ through the real CLIs.
 (``quickstart_out/`` by default):
 
 1. writes the chat data as JSONL: generated letter-shift questions (five letters, each shifted to the next)
-   plus a few HumanEval problems with their solutions, and a held-out task (lm-eval YAML + JSONL) of
+   (``--humaneval N`` adds HumanEval problems with their solutions), and a held-out task (lm-eval YAML + JSONL) of
    letter-shift questions no model trains on;
 2. trains two BPE tokenizers on the chats and builds the student (``a2d-qwen3``), a WeDLM-layout teacher with
    the student's vocabulary under another template (pipeline B, ``shared``) and a LLaDA2-MoE teacher with a

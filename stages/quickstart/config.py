@@ -18,7 +18,9 @@ class QuickstartConfig:
     task_train: int = 1200
     cache_rows: int = 400
     heldout: int = 64
-    humaneval: int = 4
+    # opt-in: 4 HumanEval chats among 1,200 cut the WeDLM teacher's held-out exact match at 600 steps from
+    # 0.52 to 0.05 (code rows dominate the per-token loss of the batches they are in)
+    humaneval: int = 0
     eval_docs: int = 8
     vocab: int = 1024
     max_length: int = 256

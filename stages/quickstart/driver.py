@@ -125,7 +125,7 @@ def run_quickstart(config: QuickstartConfig) -> Summary:
         stage_seconds=stage_seconds,
         models=models,
         data={"pretrain": str(layout.pretrain_data), "chat": str(layout.chat_data), "rows": rows,
-              "heldout": config.heldout, "eval_task": str(layout.eval_task_dir)},
+              "heldout": config.heldout, "humaneval": config.humaneval, "eval_task": str(layout.eval_task_dir)},
         caches=caches,
         teachers=teachers,
         runs=runs,

@@ -102,7 +102,8 @@ def format_summary(summary: Summary) -> str:
         "",
         *(f"model        {path}  ({label})" for label, path in summary.models.items()),
         f"data         {summary.data['pretrain']} (teacher pre-training, {summary.data['rows']['pretrain']} chats) and "
-        f"{summary.data['chat']} (the caches', {summary.data['rows']['cache']} chats): letter-shift + HumanEval",
+        f"{summary.data['chat']} (the caches', {summary.data['rows']['cache']} chats): letter-shift questions"
+        f"{' and HumanEval problems' if summary.data.get('humaneval') else ''}",
         f"eval task    {summary.data['eval_task']}",
     ]
     for pipeline, facts in summary.caches.items():
