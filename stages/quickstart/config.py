@@ -26,7 +26,7 @@ class QuickstartConfig:
     max_length: int = 256
     teacher_max_length: int = 320
     replicas: int = 2
-    teacher_steps: int = 600
+    teacher_steps: int = 1200
     teacher_lr: float = 3e-3
     steps: int = 120
     batch_size: int = 16

@@ -4,7 +4,6 @@ step), through each model's own forward and tokenizer. Also the teachers' pre-tr
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from stages.pretrain.teacher_training import Encoded, Forward, encode, pretrain_
 from stages.quickstart.config import BLOCK_SIZE, Layout, QuickstartConfig
 from stages.quickstart.inputs import heldout_docs
 from tide.testing.chat_data import read_chat_jsonl
-
-logger = logging.getLogger("tide.quickstart")
 
 # The layouts the cache build queries each teacher with (tide-cache build's default regime): pre-training
 # must use the same one, or the cache would hold a teacher asked a question it was never trained on.
@@ -88,25 +85,29 @@ def student_score(path: Path, config: QuickstartConfig) -> HeldoutScore:
                          max_length=config.max_length, mask_token_id=int(tokenizer.mask_token_id))
 
 
+def pretrain_teacher(pipeline: str, layout: Layout, config: QuickstartConfig) -> TeacherSummary:
+    """Pre-train one teacher on the pre-training chats for ``teacher_steps`` steps, then score it."""
+    started = time.perf_counter()
+    teacher = pretrain_checkpoint(
+        layout.teacher_init(pipeline), layout.teacher(pipeline), read_chat_jsonl(layout.pretrain_data),
+        regime=TEACHER_REGIME, block_size=BLOCK_SIZE, max_length=config.teacher_max_length,
+        steps=config.teacher_steps, batch_size=config.batch_size, lr=config.teacher_lr, seed=config.seed,
+    )
+    seconds = time.perf_counter() - started
+    score = heldout_score(teacher.model, teacher.forward, teacher.tokenizer, count=config.heldout,
+                          max_length=config.teacher_max_length, mask_token_id=teacher.mask_token_id)
+    return TeacherSummary(pipeline=pipeline, path=str(teacher.path), steps=config.teacher_steps,
+                          first_loss=teacher.log[0]["loss"], last_loss=teacher.log[-1]["loss"], seconds=seconds,
+                          score=score)
+
+
 def pretrain_teachers(layout: Layout, config: QuickstartConfig) -> list[TeacherSummary]:
-    """Pre-train both teachers on the pre-training chats for ``teacher_steps`` steps each, then score them."""
-    chats = read_chat_jsonl(layout.pretrain_data)
-    out = []
+    """Pre-train and score both teachers, the shared one first."""
+    teachers = []
     for pipeline in ("shared", "cross"):
-        started = time.perf_counter()
-        logger.info("pre-training the %s teacher for %d steps", pipeline, config.teacher_steps)
-        teacher = pretrain_checkpoint(
-            layout.teacher_init(pipeline), layout.teacher(pipeline), chats, regime=TEACHER_REGIME,
-            block_size=BLOCK_SIZE, max_length=config.teacher_max_length, steps=config.teacher_steps,
-            batch_size=config.batch_size, lr=config.teacher_lr, seed=config.seed,
-        )
-        seconds = time.perf_counter() - started
-        score = heldout_score(teacher.model, teacher.forward, teacher.tokenizer, count=config.heldout,
-                              max_length=config.teacher_max_length, mask_token_id=teacher.mask_token_id)
-        out.append(TeacherSummary(pipeline=pipeline, path=str(teacher.path), steps=config.teacher_steps,
-                                  first_loss=teacher.log[0]["loss"], last_loss=teacher.log[-1]["loss"],
-                                  seconds=seconds, score=score))
-        print(f"  {pipeline} teacher: loss {teacher.log[0]['loss']:.3f} -> {teacher.log[-1]['loss']:.3f} in "
-              f"{seconds:.0f} s; held-out exact match {score.exact:.3f} (token accuracy {score.token:.3f})",
-              flush=True)
-    return out
+        teacher = pretrain_teacher(pipeline, layout, config)
+        print(f"  {pipeline} teacher: loss {teacher.first_loss:.3f} -> {teacher.last_loss:.3f} in "
+              f"{teacher.seconds:.0f} s; held-out exact match {teacher.score.exact:.3f} (token accuracy "
+              f"{teacher.score.token:.3f})", flush=True)
+        teachers.append(teacher)
+    return teachers
