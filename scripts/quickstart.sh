@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one command for set-up and the main job: creates .venv if missing (pinned CPU torch first), installs
-# the project with its test and eval extras, then runs both pipelines end to end on tiny local models
-# (python -m stages.quickstart): caches, tide-cache inspect, a few training steps per mode, a short
+# the project with its test and eval extras, then (python -m stages.quickstart) pre-trains two small
+# teachers on a toy task and runs both pipelines end to end on them: caches, tide-cache inspect, students
+# trained with CE only and with every pipeline's modes, held-out scores of teachers and students, a short
 # evaluation, and a summary of where everything is. Output goes to quickstart_out/ (git-ignored).
-# Extra arguments go to the quickstart (e.g. `bash scripts/quickstart.sh --steps 20`; `--help` lists them).
+# Extra arguments go to the quickstart (e.g. `bash scripts/quickstart.sh --steps 300`; `--help` lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
