@@ -9,6 +9,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from tide.losses.registry import DEFAULT_CHUNK_TEMPERATURE, DEFAULT_VOCAB_TEMPERATURE
+
 PLOT_NAME = "fidelity_loss_curves.png"
 # Published student averages over the paper's eight benchmarks (docs/design.md#evaluation-protocol), for reference only.
 PAPER_REFERENCE = {"ce": 32.67, "A: reverse_calm": 34.20, "B: tidal + CompDemo": 33.55}
@@ -241,6 +243,9 @@ def reading(results: dict[str, Any], labels: list[str], rows: list[tuple[str, di
             f"largest loss difference {comp['max_loss_diff']:.3g}, largest parameter difference "
             f"{comp['max_param_diff']:.3g} against parameter updates up to {comp['max_param_update']:.3g} "
             f"(difference norm / update norm {comp['param_diff_over_update_norm']:.3g}).")
+    out.append(f"* Temperatures: the vocabulary modes distil at T = {DEFAULT_VOCAB_TEMPERATURE:g} and the chunk modes at "
+               f"T = {DEFAULT_CHUNK_TEMPERATURE:g} (the paper's defaults), while held-out NLL is measured at T = 1: "
+               "a student pulled towards the tempered, flatter teacher can lose NLL even under a better teacher.")
     out.append("* Scale caveat: teachers of a few million parameters trained for minutes on CPU are weak; where "
                "they are not clearly better than the student on held-out NLL, distillation has little to offer "
                "and the table shows it. The paper's reference column measures a different setting (0.6B student, "
