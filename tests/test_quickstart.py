@@ -89,6 +89,7 @@ def test_build_and_train_commands_parse_with_the_real_clis(tmp_path):
         assert build.output == str(layout.cache(pipeline))
         assert build.teacher == str(layout.teacher(pipeline))
         assert build.replicas == 2 and build.passes == ["plain", "compdemo"]
+        assert build.regime == settings.TEACHER_REGIME  # the layout the teachers pre-train in
         assert build.k == 64 and build.k_policy == "mass"  # the cache defaults
 
     for run in settings.TRAIN_RUNS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from stages.quickstart.config import EVAL_TASK, Layout, QuickstartConfig, TrainRun
+from stages.quickstart.config import EVAL_TASK, TEACHER_REGIME, Layout, QuickstartConfig, TrainRun
 
 
 def cli_path(name: str) -> str:
@@ -23,6 +23,7 @@ def build_command(config: QuickstartConfig, layout: Layout, pipeline: str) -> li
         "--sources", str(layout.chat_data),
         "--output", str(layout.cache(pipeline)),
         "--pipeline", pipeline,
+        "--regime", TEACHER_REGIME,
         "--max-length", str(config.max_length),
         "--teacher-max-length", str(config.teacher_max_length),
         "--replicas", str(config.replicas),

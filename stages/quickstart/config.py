@@ -8,6 +8,9 @@ from pathlib import Path
 
 EVAL_TASK = "tide_quickstart_shift"
 BLOCK_SIZE = 32
+# The layout the caches query each teacher with (passed to tide-cache build) and the one it pre-trains in:
+# they must be the same, or the cache would hold a teacher asked a question it was never trained on.
+TEACHER_REGIME = "paper"
 
 
 @dataclass

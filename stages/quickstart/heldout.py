@@ -12,13 +12,9 @@ import numpy as np
 
 from stages.pretrain.scores import infill_accuracy
 from stages.pretrain.teacher_training import Encoded, Forward, encode, pretrain_checkpoint, student_forward
-from stages.quickstart.config import BLOCK_SIZE, Layout, QuickstartConfig
+from stages.quickstart.config import BLOCK_SIZE, TEACHER_REGIME, Layout, QuickstartConfig
 from stages.quickstart.inputs import heldout_docs
 from tide.testing.chat_data import read_chat_jsonl
-
-# The layouts the cache build queries each teacher with (tide-cache build's default regime): pre-training
-# must use the same one, or the cache would hold a teacher asked a question it was never trained on.
-TEACHER_REGIME = "paper"
 
 
 @dataclass
