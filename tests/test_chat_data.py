@@ -5,15 +5,16 @@ build's source reader reads back unchanged."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from stages.cache_build.sources import iter_sources
 from tide.testing.chat_data import (
-    arithmetic_docs,
     humaneval_chat,
     humaneval_messages,
+    letter_shift_docs,
+    letter_shift_messages,
+    read_chat_jsonl,
     synthetic_messages,
     write_chat_jsonl,
 )
@@ -73,14 +74,24 @@ def test_jsonl_file_reads_back_through_the_build_source(tmp_path):
     assert [r.messages for r in rows] == conversations
 
 
-def test_arithmetic_docs_answer_their_questions():
-    docs = arithmetic_docs(12)
-    assert len(docs) == 12
+def test_letter_shift_letters_are_base_26_digits_of_splitmix64_outputs():
+    alphabet = "abcdefghijklmnopqrstuvwxyz"
+    docs = letter_shift_docs(12, start=100_000)
+    assert docs == letter_shift_docs(12, start=100_000) and len(docs) == 12
     for i, doc in enumerate(docs):
-        a, b = (int(x) for x in re.fullmatch(r"What is (\d+) \+ (\d+)\?", doc["question"]).groups())
-        assert doc["answer"] == str(a + b)
-        h = mix(100_000 + i)  # held-out operands: the output function at 100,000 + i
-        assert (a, b) == (h % 1000, (h >> 10) % 1000)
-    assert arithmetic_docs(12) == docs
+        h = splitmix64(100_000 + i)
+        letters = [alphabet[(h // 26**j) % 26] for j in range(5)]
+        assert doc["question"] == "Shift each letter: " + " ".join(letters)
+        assert doc["answer"] == " ".join(alphabet[(alphabet.index(c) + 1) % 26] for c in letters)
+    assert letter_shift_messages(2) == [[{"role": "user", "content": d["question"]},
+                                         {"role": "assistant", "content": d["answer"]}] for d in letter_shift_docs(2)]
     with pytest.raises(ValueError, match="count"):
-        arithmetic_docs(-1)
+        letter_shift_docs(-1)
+
+
+def test_chat_jsonl_round_trip_and_bad_rows(tmp_path):
+    conversations = letter_shift_messages(3)
+    assert read_chat_jsonl(write_chat_jsonl(tmp_path / "c.jsonl", conversations)) == conversations
+    (tmp_path / "bad.jsonl").write_text('{"messages": []}\n\n{"text": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:3"):
+        read_chat_jsonl(tmp_path / "bad.jsonl")
