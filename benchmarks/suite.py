@@ -74,7 +74,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "fidelity", "Sparse-target cache: bytes against gradient error per k policy, encoding and tail",
         "bench_fidelity.py",
         # 5.7 min on 2 shared cores with OMP_NUM_THREADS=1; the compare step grows with --positions
-        ("--positions", "32", "--storage-positions", "64", "--out", "benchmarks/results/fidelity.json"),
+        ("--positions", "128", "--storage-positions", "512", "--out", "benchmarks/results/fidelity.json"),
         ("fidelity.json",),
     ),
     Benchmark(
