@@ -19,12 +19,12 @@ from cache_schema.content_checks import Collector, GroupChecker, Problem
 from cache_schema.errors import ContentError
 from cache_schema.manifest import Manifest
 from cache_schema.row_keys import ROW_KEY_COLUMNS, SeenKeys, check_unique_rows
+from cache_schema.schemas import TRAINING_BASE_COLUMNS
 from cache_schema.target_checks import TARGET_CHECKS, TARGET_KEY_COLUMN
 
 __all__ = ["GroupGuard", "unreadable_group"]
 
 # the columns every training read holds (GroupChecker.common checks them); a read without them trains nothing
-TRAINED_COLUMNS = ("replica", "t", "input_ids", "maskable", "masked_positions")
 REFUSAL = "training stops at a row group that fails a content check rather than skip its rows"
 
 
@@ -62,7 +62,7 @@ class GroupGuard:
         """Raise :class:`ContentError` naming the first problem of row group ``group`` of ``shard`` (the reader's
         unit ``unit``); rows are numbered within the row group, as the training stream numbers them."""
         key = (unit, tuple(table.column_names))
-        if key in self._checked or not set(TRAINED_COLUMNS).issubset(table.column_names):
+        if key in self._checked or not set(TRAINING_BASE_COLUMNS).issubset(table.column_names):
             return  # a read of bookkeeping columns alone (held-out hashing reads sample_key) trains nothing
         out = Collector(shard, max_rows=1)
         try:

@@ -45,6 +45,9 @@ COMMON_COLUMNS: tuple[str, ...] = (
     "teacher_input_ids",
     "compdemo_group",
 )
+# The columns every training run reads, whatever the pipeline and mode (the reader's content checks use
+# them to tell a training read from a bookkeeping one).
+TRAINING_BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "maskable", "masked_positions")
 SHARED_ITEM_COLUMNS: tuple[str, ...] = ("target_positions", "target_teacher_positions")
 CROSS_ITEM_COLUMNS: tuple[str, ...] = (
     "chunk_student_start",

@@ -20,13 +20,12 @@ import torch
 from cache_schema.codec import PaddedArrays, SparseCodec, V1Codec, codec_for
 from cache_schema.errors import SchemaError
 from cache_schema.manifest import Manifest
-from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, chunk_logprob_column
+from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, TRAINING_BASE_COLUMNS, chunk_logprob_column
 from tide.exact_targets import ExactTeacher
 from tide.objective import ChunkTargets, VocabTargets, chunk_token_index, index_among
 from tide.targets import SparseTargets
 
-# Columns every training run reads, whatever the pipeline and mode.
-BASE_COLUMNS: tuple[str, ...] = ("sample_id", "replica", "t", "input_ids", "maskable", "masked_positions")
+BASE_COLUMNS = TRAINING_BASE_COLUMNS  # columns every training run reads, whatever the pipeline and mode
 
 
 @dataclass
