@@ -319,8 +319,6 @@ class Runner:
         diff_norm = sum(float((pa[k] - pb[k]).double().pow(2).sum()) for k in pa) ** 0.5
         update_norm = sum(float((pa[k] - init[k]).double().pow(2).sum()) for k in pa) ** 0.5
         k, values, exact = describe_targets(manifest)
-        if manifest.targets.exact is not None:
-            k, values, exact = "exact tier", f"{manifest.targets.exact.hidden_encoding} hidden states + LM head", False
         return {"pipeline": pipeline, "mode": mode, "cache": cache, "k": k, "exact": exact,
                 "value_dtype": values, "steps": len(a), "param_diff_over_update_norm": diff_norm / max(update_norm, 1e-30),
                 "cached_loss": a, "online_loss": b,
@@ -331,7 +329,10 @@ class Runner:
 
 
 def describe_targets(manifest) -> tuple[str | None, str, bool]:
-    """(k policy in words or None for chunk targets, value encoding, whether the targets are exact)."""
+    """(k policy in words or None for chunk targets, value encoding, whether the targets are exact); the exact
+    tier (teacher hidden states + LM head) is described as such, not as exact targets."""
+    if manifest.targets.exact is not None:
+        return "exact tier", f"{manifest.targets.exact.hidden_encoding} hidden states + LM head", False
     sparse = manifest.targets.sparse
     if sparse is None:
         return None, "float32 chunk log-probs", True
