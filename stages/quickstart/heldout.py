@@ -13,8 +13,7 @@ import numpy as np
 from stages.pretrain.scores import infill_accuracy
 from stages.pretrain.teacher_training import Encoded, Forward, encode, pretrain_checkpoint, student_forward
 from stages.quickstart.config import BLOCK_SIZE, TEACHER_REGIME, Layout, QuickstartConfig
-from stages.quickstart.inputs import heldout_docs
-from tide.testing.chat_data import read_chat_jsonl
+from tide.testing.chat_data import HELD_OUT_START, letter_shift_messages, read_chat_jsonl
 
 
 @dataclass
@@ -41,8 +40,7 @@ class TeacherSummary:
 
 def heldout_samples(tokenizer, count: int, max_length: int) -> list[Encoded]:
     """The held-out questions as chats rendered with ``tokenizer``'s template (answer included: the gold)."""
-    chats = [[{"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]}]
-             for d in heldout_docs(count)]
+    chats = letter_shift_messages(count, start=HELD_OUT_START)
     samples, skipped = encode(chats, tokenizer, block_size=BLOCK_SIZE, max_length=max_length, source="heldout",
                               require_complete=True)
     if skipped:
@@ -70,13 +68,13 @@ def heldout_score(model, forward: Forward, tokenizer, *, count: int, max_length:
 
 def student_score(path: Path, config: QuickstartConfig) -> HeldoutScore:
     """The held-out score of the student saved in ``path`` (a ``tide-train`` output directory)."""
+    import torch
     from transformers import AutoTokenizer
 
     from tide.models.student import load_student
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = load_student(path, dtype=None)
-    model.float().eval()
+    model = load_student(path, dtype=torch.float32).eval()
     return heldout_score(model, student_forward(model, BLOCK_SIZE), tokenizer, count=config.heldout,
                          max_length=config.max_length, mask_token_id=int(tokenizer.mask_token_id))
 
