@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ SHARED = 151_646
 K = 64
 TEMPS = (1.0, 2.0)
 BLOCK = 32
-VARIANTS = ("ce", "cache", "online")
+VARIANTS = ("ce", "cache", "cache_kl", "online")
+MODES = {"ce": "ce", "cache": "tidal", "cache_kl": "kl", "online": "tidal"}
 
 logger = logging.getLogger("bench_train_step")
 
@@ -93,8 +95,9 @@ def build(workdir: Path, args) -> None:
     write_synthetic_cache(workdir / "cache", rows, spec)
 
 
-def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
-    """Time ``steps`` forward+backward steps of one variant (after one warm-up step); report peak memory."""
+def run_variant(workdir: Path, variant: str, steps: int, device: str, profile: int = 0) -> dict:
+    """Time ``steps`` forward+backward steps of one variant (after one warm-up step); report peak memory and,
+    with ``profile``, the ``profile`` most expensive operators of one more step (torch.profiler, self time)."""
     from cache_schema.reader import CacheReader
     from stages.train.collate import CollateSpec
     from stages.train.data import CacheStream, StreamConfig, columns_for
@@ -108,9 +111,10 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
     reader = CacheReader(workdir / "cache")
     manifest = reader.manifest
     pipeline = None if variant == "ce" else train_pipeline(manifest)
+    target_pass = "plain" if variant == "cache_kl" else "compdemo"
     spec = CollateSpec(pad_token_id=manifest.student.eos_token_id, block_size=BLOCK, pipeline=pipeline,
-                       target_pass="compdemo")
-    stream = CacheStream(reader, spec, columns_for(pipeline, "compdemo"),
+                       target_pass=target_pass)
+    stream = CacheStream(reader, spec, columns_for(pipeline, target_pass),
                          StreamConfig(batch_size=reader.num_rows, shuffle=False))
     batch, _ = next(stream.batches(stream.start_cursor(), epochs=1))
     batch = batch.to(device)
@@ -120,8 +124,7 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
         from tide.models.teacher import load_teacher
 
         teacher = load_teacher(workdir / "teacher", dtype=torch.float32, device=device)
-    objective = Objective(mode="ce" if variant == "ce" else "tidal", options=LossOptions(temperature=2.0),
-                          shared_vocab_size=SHARED)
+    objective = Objective(mode=MODES[variant], options=LossOptions(temperature=2.0), shared_vocab_size=SHARED)
     step = StudentStep(objective, block_size=BLOCK, mask_token_id=manifest.student.mask_token_id, pipeline=pipeline)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
 
@@ -135,9 +138,11 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
                 picked = logits[torch.searchsorted(flat, item_flat)]
                 made = sparse_targets(picked, batch.input_ids[batch.vocab.row, batch.vocab.position], k=K,
                                       shared_vocab_size=SHARED, temperatures=TEMPS)
-                batch.vocab.topk_ids, batch.vocab.topk_values = made.topk_ids.long(), made.topk_values
-                batch.vocab.log_partitions = made.log_partitions
-        out = step(student, batch, progress=0.5)
+                current = replace(batch, vocab=replace(batch.vocab, teacher=made),
+                                  targets=replace(batch.targets, teacher=made))
+        else:
+            current = batch
+        out = step(student, current, progress=0.5)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
@@ -154,9 +159,26 @@ def run_variant(workdir: Path, variant: str, steps: int, device: str) -> dict:
         times.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"variant": variant, "median_step_s": statistics.median(times), "min_step_s": min(times),
-            "peak_memory_mb": peak / 2**20, "memory_kind": "cuda_max_allocated" if device.startswith("cuda")
-            else "process_peak_rss", "masked_positions": int(batch.masked.sum()), "tokens": batch.num_tokens}
+    result = {"variant": variant, "mode": MODES[variant], "median_step_s": statistics.median(times),
+              "min_step_s": min(times), "step_s": times, "peak_memory_mb": peak / 2**20,
+              "memory_kind": "cuda_max_allocated" if device.startswith("cuda") else "process_peak_rss",
+              "masked_positions": int(batch.masked.sum()), "tokens": batch.num_tokens}
+    if profile:
+        result["profile"] = profile_step(one_step, profile)
+    return result
+
+
+def profile_step(one_step, top: int) -> list[dict]:
+    """The ``top`` operators of one step by self CPU time (and CUDA time where there is a GPU), as shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        one_step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:top]]
 
 
 def main() -> int:
@@ -169,13 +191,15 @@ def main() -> int:
     parser.add_argument("--teacher-layers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile one step of each variant and keep its N most expensive operators")
     parser.add_argument("--output", default=str(RESULTS), help="where to write the JSON results")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.variant:  # child process: one variant, JSON on stdout
-        print(json.dumps(run_variant(Path(args.workdir), args.variant, args.steps, args.device)))
+        print(json.dumps(run_variant(Path(args.workdir), args.variant, args.steps, args.device, args.profile)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -183,13 +207,13 @@ def main() -> int:
         results = {}
         for variant in VARIANTS:
             cmd = [sys.executable, __file__, "--variant", variant, "--workdir", str(workdir), "--steps",
-                   str(args.steps), "--device", args.device]
+                   str(args.steps), "--device", args.device, "--profile", str(args.profile)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode:
                 print(done.stderr, file=sys.stderr)
                 return done.returncode
             results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-    ce, cache, online = (results[v]["median_step_s"] for v in VARIANTS)
+    ce, cache, cache_kl, online = (results[v]["median_step_s"] for v in VARIANTS)
     report = {
         "config": {k: v for k, v in vars(args).items() if k not in ("variant", "workdir", "output")}
         | {"shared_vocab": SHARED, "k": K, "mode": "tidal + CompDemo", "block_size": BLOCK},
@@ -197,6 +221,7 @@ def main() -> int:
                      "threads": torch.get_num_threads()},
         "variants": results,
         "cache_over_ce": cache / ce,
+        "cache_kl_over_ce": cache_kl / ce,
         "cache_over_online": cache / online,
         "target_cache_over_ce": 1.10,
     }
@@ -204,7 +229,11 @@ def main() -> int:
     for variant in VARIANTS:
         r = results[variant]
         print(f"{variant:<8} {r['median_step_s']:>16.4f} {r['peak_memory_mb']:>18.1f}")
-    print(f"cache / ce     = {report['cache_over_ce']:.3f}  (target <= 1.10)")
+    print(f"cache / ce     = {report['cache_over_ce']:.3f}  (tidal + CompDemo; target <= 1.10)")
+    print(f"cache_kl / ce  = {report['cache_kl_over_ce']:.3f}  (kl; target <= 1.10)")
+    for variant in VARIANTS:
+        for entry in results[variant].get("profile", [])[:8]:
+            print(f"  {variant:<8} {entry['op']:<40} {100 * entry['self_cpu_share']:5.1f}%")
     print(f"cache / online = {report['cache_over_online']:.3f}")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

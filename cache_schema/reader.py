@@ -393,6 +393,14 @@ class CacheReader:
         """The whole cache as a DataFrame (list columns hold numpy arrays per row)."""
         return self.read_all(columns).to_pandas()
 
+    def after_fork(self) -> None:
+        """Forget the read-ahead state inherited from the parent process (its threads did not survive the
+        fork); this process starts its own threads on its first read-ahead."""
+        self._pool = None
+        self._pending = OrderedDict()
+        self._pending_lock = threading.Lock()
+        self._thread = threading.local()
+
     def close(self) -> None:
         """Stop the read-ahead threads (reads waiting to be taken are dropped)."""
         with self._pending_lock:

@@ -306,7 +306,8 @@ def _loss_and_grads(student, step: StudentStep, batch) -> tuple[float, list[torc
     student.zero_grad()
     out = step(student, batch, progress=0.3)
     out.loss.backward()
-    return out.terms, [p.grad.clone() for p in student.parameters() if p.grad is not None]
+    return {name: float(value) for name, value in out.terms.items()}, [p.grad.clone() for p in student.parameters()
+                                                                      if p.grad is not None]
 
 
 # the plain pass in the default run (the check); CompDemo's two forwards per row with the slow tests
@@ -361,7 +362,7 @@ def _teacher_logits(targets) -> torch.Tensor:
 def _with_teacher(batch, teacher):
     from dataclasses import replace
 
-    return replace(batch, vocab=replace(batch.vocab, teacher=teacher))
+    return replace(batch, vocab=replace(batch.vocab, teacher=teacher), targets=replace(batch.targets, teacher=teacher))
 
 
 # --------------------------------------------------------------------------------------------------- refusals

@@ -14,6 +14,7 @@ from cache_schema.codec import SparseArrays, SparseCodec, V1Codec
 from cache_schema.reader import CacheReader
 from stages.train.collate import CollateSpec, collate_rows
 from stages.train.data import CacheStream, StreamConfig, columns_for
+from stages.train.loader import CacheBatches, batch_loader
 from stages.train.order import DataCursor, first_replayed_epoch, mix, permutation, replica_for_epoch
 from stages.train.pipelines import CrossPipeline, SharedPipeline
 from tide.testing.synthetic_cache import SyntheticCacheSpec, random_base_rows, write_synthetic_cache
@@ -125,6 +126,25 @@ def test_mid_epoch_cursor_resume_gives_the_same_sequence(cache, window):
         list(stream(cache, seed=7, batch_size=3).batches(saved, epochs=1))
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_dataloader_workers_hand_out_the_stream_in_its_order(cache, workers):
+    """Workers each collate every W-th micro-batch; the DataLoader restores the sequence, cursors included,
+    and a worker's error reaches the training process as it was raised."""
+    s = stream(cache, seed=2, batch_size=3)
+    expected = [(b.input_ids.tolist(), c) for b, c in s.batches(s.start_cursor(0), epochs=2)]
+    got = [(b.input_ids.tolist(), c) for b, c in batch_loader(stream(cache, seed=2, batch_size=3),
+                                                              s.start_cursor(0), epochs=2, workers=workers)]
+    assert got == expected and len(got) > workers
+    dataset = CacheBatches(stream(cache, seed=2, batch_size=3), s.start_cursor(0), epochs=2)
+    dataset.load_state_dict({"cursor": expected[1][1].to_json()})
+    assert [(b.input_ids.tolist(), c) for b, c in dataset] == expected[2:]
+    assert DataCursor.from_json(dataset.state_dict()["cursor"]) == expected[1][1]
+    broken = stream(cache, seed=2, batch_size=3)
+    broken.spec = CollateSpec(pad_token_id=EOS, block_size=3)  # rows of 8 tokens are not blocks of 3
+    with pytest.raises(ValueError, match=r"^\S+: input_ids length 8 is not a multiple of the block size 3$"):
+        list(batch_loader(broken, s.start_cursor(0), epochs=1, workers=workers))
+
+
 def _runs(order):
     """Maximal stretches of consecutive rows from one row group."""
     groups = order[:, 0]
@@ -159,7 +179,7 @@ def test_replayed_replicas_are_warned_once(cache, caplog):
 def test_collate_pads_truncates_and_builds_chunk_tables():
     rows = [
         {"sample_id": "a", "t": 0.5, "input_ids": np.arange(8), "maskable": np.ones(8, bool),
-         "masked_positions": np.array([1, 2, 6]), "chunk_student_start": np.array([0, 1, 6]),
+         "masked_positions": np.array([1, 2, 6, 7]), "chunk_student_start": np.array([0, 1, 6]),
          "chunk_student_end": np.array([1, 3, 8]), "chunk_masked": np.array([False, True, True]),
          "chunk_in_prompt": np.array([True, False, False]), "plain_chunk_logprob": np.array([np.nan, -1.0, -2.0])},
         {"sample_id": "b", "t": 0.25, "input_ids": np.arange(4), "maskable": np.array([0, 1, 1, 1], bool),
@@ -169,7 +189,10 @@ def test_collate_pads_truncates_and_builds_chunk_tables():
     ]
     batch = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, pipeline=CrossPipeline()))
     assert batch.input_ids.tolist() == [list(range(8)), [0, 1, 2, 3, EOS, EOS, EOS, EOS]]
-    assert batch.masked.nonzero().tolist() == [[0, 1], [0, 2], [0, 6], [1, 3]]
+    assert batch.masked.nonzero().tolist() == [[0, 1], [0, 2], [0, 6], [0, 7], [1, 3]]
+    assert batch.masked_index.tolist() == [1, 2, 6, 7, 11] and batch.num_maskable == 11
+    assert batch.targets.token_index.tolist() == [0, 1, 2, 3, 4]  # chunks [1, 3), [6, 8) and row b's [3, 4)
+    assert batch.targets.chunk_of_token.tolist() == [0, 0, 1, 1, 2]
     assert batch.maskable[1].tolist() == [False, True, True, True, False, False, False, False]
     assert batch.chunks.row.tolist() == [0, 0, 0, 1] and batch.chunks.active.tolist() == [False, True, True, True]
     short = collate_rows(rows, CollateSpec(pad_token_id=EOS, block_size=4, pipeline=CrossPipeline(), max_length=4))

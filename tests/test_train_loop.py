@@ -84,14 +84,17 @@ def base_config(cache_dir, student_dir, output, **overrides) -> TrainConfig:
 
 def test_resume_matches_uninterrupted_run(tmp_path, cache_dir, student_dir):
     """4 steps straight vs 2 steps, stop, resume for 2 more: identical parameters (CPU, deterministic).
-    4 steps x 2 micro-batches x 2 rows = 16 rows crosses the 12-row epoch (replica 0 → replica 1)."""
-    straight = train(base_config(cache_dir, student_dir, tmp_path / "a"))
+    4 steps x 2 micro-batches x 2 rows = 16 rows crosses the 12-row epoch (replica 0 → replica 1). The straight
+    run reads on the training thread, the interrupted one with one DataLoader worker and, resumed, with two:
+    the batches and their order do not depend on who reads them."""
+    straight = train(base_config(cache_dir, student_dir, tmp_path / "a", data_workers=0))
     assert straight.steps == 4 and not straight.stopped_early
-    first = train(base_config(cache_dir, student_dir, tmp_path / "b", save_every=0), stop_after_steps=3)
+    first = train(base_config(cache_dir, student_dir, tmp_path / "b", save_every=0, data_workers=1),
+                  stop_after_steps=3)
     assert first.stopped_early and first.steps == 3
     state = json.loads((tmp_path / "b" / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())
     assert state["cursor"]["epoch"] == 1 and state["cursor"]["replica"] == 1
-    resumed = train(base_config(cache_dir, student_dir, tmp_path / "b", save_every=0, resume=True))
+    resumed = train(base_config(cache_dir, student_dir, tmp_path / "b", save_every=0, resume=True, data_workers=2))
     assert resumed.steps == 4
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))

@@ -172,8 +172,8 @@ class _NaNTargetStream(CacheStream):
     """The real stream, with one top-k value of the first batch set to NaN after reading (content that got
     past the reader's checks)."""
 
-    def batches(self, cursor, *, epochs):
-        for index, (batch, next_cursor) in enumerate(super().batches(cursor, epochs=epochs)):
+    def batches(self, cursor, *, epochs, **share):
+        for index, (batch, next_cursor) in enumerate(super().batches(cursor, epochs=epochs, **share)):
             if index == 0:
                 batch.vocab.teacher.topk_values[0, 0] = float("nan")
             yield batch, next_cursor

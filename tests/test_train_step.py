@@ -14,7 +14,7 @@ import torch
 
 from cache_schema.codec import SparseCodec
 from cache_schema.reader import CacheReader
-from stages.train.collate import CollateSpec
+from stages.train.collate import CollateSpec, collate_rows
 from stages.train.data import CacheStream, StreamConfig, columns_for
 from stages.train.pipelines import CrossPipeline, SharedPipeline, train_pipeline
 from stages.train.step import StudentStep
@@ -248,7 +248,7 @@ def test_vocab_modes_equal_full_teacher_formulas(shared_full, mode, target_pass,
             want = want + direct_vocab_term(name, logits, teacher[target_pass], batch, temperature, progress)
     torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
     assert_grads_close(got, grads(model, want))
-    assert out.terms["ce"] == pytest.approx(float(direct_ce(logits, batch).detach()), rel=1e-5)
+    assert float(out.terms["ce"]) == pytest.approx(float(direct_ce(logits, batch).detach()), rel=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["kl", "reverse_kl", "tidal"])
@@ -299,8 +299,8 @@ def test_topk_error_is_measured_for_small_k(tmp_path, shared_full):
         path, _, _ = shared_cache(tmp_path, k=k, encoding=encoding)
         for mode in ("kl", "reverse_kl", "tidal"):
             batch = one_batch(path, "vocab")
-            got = step_for(mode, temperature=2.0)(model, batch, progress=0.3).terms[mode]
-            exact = step_for(mode, temperature=2.0)(model, one_batch(full_path, "vocab"), progress=0.3).terms[mode]
+            got = float(step_for(mode, temperature=2.0)(model, batch, progress=0.3).terms[mode])
+            exact = float(step_for(mode, temperature=2.0)(model, one_batch(full_path, "vocab"), progress=0.3).terms[mode])
             logger.info("top-k error: k=%d mode=%s loss=%.6f exact=%.6f abs.err=%.3e", k, mode, got, exact,
                         abs(got - exact))
             assert math.isfinite(got)
@@ -329,9 +329,25 @@ def test_a_few_steps_reduce_the_loss(cross_path, shared_full, mode):
     assert losses[-1] < losses[0], losses
 
 
-def test_step_refuses_targets_outside_masked_positions(shared_full):
+def test_collation_refuses_targets_outside_masked_positions(shared_full):
+    """The item → masked-position mapping is made (and refused) once per batch, at collation."""
     path, _, _ = shared_full
-    batch = one_batch(path, "vocab")
-    batch.masked[batch.vocab.row[0], batch.vocab.position[0]] = False
+    reader = CacheReader(path)
+    pipeline = train_pipeline(reader.manifest)
+    spec = CollateSpec(pad_token_id=EOS_ID, block_size=BLOCK, pipeline=pipeline, target_pass="plain")
+    stream = CacheStream(reader, spec, columns_for(pipeline, "plain"), StreamConfig(batch_size=2, shuffle=False))
+    rows = stream.rows(stream.order(0)[:2])
+    collate_rows(rows, spec)  # as stored: fine
+    row = dict(rows[0])
+    target = int(np.asarray(row["target_positions"])[0])
+    row["masked_positions"] = np.asarray([p for p in np.asarray(row["masked_positions"]) if p != target])
     with pytest.raises(ValueError, match="target positions must be masked"):
-        step_for("kl", temperature=2.0)(tiny_student(), batch)
+        collate_rows([row, rows[1]], spec)
+
+
+def test_a_step_reads_nothing_back_from_the_device(shared_full):
+    """The step's outputs stay tensors: reading the loss is the trainer's one sync per logging window."""
+    path, _, _ = shared_full
+    out = step_for("tidal", temperature=2.0)(tiny_student(), one_batch(path, "vocab"), progress=0.5)
+    assert all(isinstance(value, torch.Tensor) and value.ndim == 0 for value in out.terms.values())
+    assert isinstance(out.stats["lambda_mean"], torch.Tensor)

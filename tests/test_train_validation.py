@@ -49,14 +49,15 @@ def test_validation_excludes_held_out_rows_and_logs_val_terms(tmp_path, student_
     seen: dict[str, list[str]] = {"train": [], "val": []}
 
     class Recording(CacheStream):
-        def batches(self, cursor, *, epochs):
-            for batch, next_cursor in super().batches(cursor, epochs=epochs):
+        def batches(self, cursor, *, epochs, **share):
+            for batch, next_cursor in super().batches(cursor, epochs=epochs, **share):
                 seen[self.split_side].extend(batch.provenance)
                 yield batch, next_cursor
 
     output = tmp_path / "run"
     config = base_config(cache, student_dir, output, mode="tidal+kl", max_steps=4, save_every=0, val_every=2,
-                         val_fraction=fraction, report_to=["jsonl", "tensorboard"])
+                         val_fraction=fraction, report_to=["jsonl", "tensorboard"],
+                         data_workers=0)  # the recording must happen in this process
     train(config, stream_class=Recording)
     import pyarrow.parquet as pq
 

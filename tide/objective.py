@@ -36,6 +36,7 @@ from tide.losses import (
     combine_losses,
     parse_mode,
     required_targets,
+    vocab_losses,
 )
 from tide.targets import SparseTargets
 
@@ -59,10 +60,17 @@ class VocabTargets:
     """Sparse teacher targets at N target items (a subset of the masked positions).
 
     index: (N,) int64 into [0, M), ascending; teacher: the items' :class:`tide.targets.SparseTargets`
-    (ragged top-k ids and values, log tails at the stored temperatures)."""
+    (ragged top-k ids and values, log tails at the stored temperatures); host_index: ``index`` on the CPU,
+    kept when the targets move to a device, so splitting the items among LM-head chunks needs no host sync
+    (None: read from ``index``)."""
 
     index: torch.Tensor
     teacher: SparseTargets
+    host_index: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> VocabTargets:
+        host = self.host_index if self.host_index is not None else self.index.cpu()
+        return VocabTargets(index=self.index.to(device), teacher=self.teacher.to(device), host_index=host)
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,10 @@ class ChunkTargets:
     @property
     def num_chunks(self) -> int:
         return int(self.teacher_logprob.shape[0])
+
+    def to(self, device: torch.device | str) -> ChunkTargets:
+        return ChunkTargets(token_index=self.token_index.to(device), chunk_of_token=self.chunk_of_token.to(device),
+                            teacher_logprob=self.teacher_logprob.to(device), t=self.t.to(device))
 
 
 Targets = VocabTargets | ChunkTargets | None
@@ -130,7 +142,7 @@ class ObjectiveOutput:
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
-    stats: dict[str, float]
+    stats: dict[str, float | torch.Tensor]
 
 
 def _head_chunk(
@@ -141,27 +153,29 @@ def _head_chunk(
     gold: torch.Tensor,
     t: torch.Tensor,
     num_maskable: int,
-    vocab: VocabTargets | None,
-    items: torch.Tensor | None,
+    teacher: SparseTargets | None,
     local: torch.Tensor | None,
-    item_total: int,
+    item_share: float,
     want_gold_logprob: bool,
 ) -> tuple[torch.Tensor, ...]:
-    """Terms of one LM-head chunk: its CE share, each vocabulary mode's share, and gold log-probs if asked."""
+    """Terms of one LM-head chunk: its CE share, each vocabulary mode's share, and gold log-probs if asked.
+
+    ``teacher``: the chunk's items' targets, at chunk rows ``local`` (None: one item per row, in order);
+    ``item_share``: the chunk's share of the batch's items."""
     logits = lm_head(hidden).float()
     log_probs = torch.log_softmax(logits, dim=-1)
     ce_inputs = CEInputs(logits=log_probs, gold_ids=gold, t=t, num_maskable=max(num_maskable, 1),
                          from_log_probs=True)
     outputs = [LOSSES["ce"](ce_inputs, options)]
-    if vocab is not None:
-        n_items = int(items.numel())
-        inputs = VocabInputs(student_logits=logits[local, : objective.shared_vocab_size],
-                             teacher=vocab.teacher.select(items), t=t[local])
-        for entry in objective.distill_entries:
-            if n_items == 0:
-                outputs.append(logits.sum() * 0.0)
-            else:
-                outputs.append(entry(inputs, options) * (n_items / item_total))
+    if teacher is not None:
+        entries = objective.distill_entries
+        if item_share == 0.0:
+            outputs.extend(logits.sum() * 0.0 for _ in entries)
+        else:
+            # a column slice is a view: no (N, V) copy when the items are the chunk's rows in order
+            student = logits[:, : objective.shared_vocab_size] if local is None else logits[local, : objective.shared_vocab_size]
+            inputs = VocabInputs(student_logits=student, teacher=teacher, t=t if local is None else t[local])
+            outputs.extend(value * item_share for value in vocab_losses(entries, inputs, options))
     if want_gold_logprob:
         outputs.append(log_probs.gather(1, gold[:, None]).squeeze(1))
     return tuple(outputs)
@@ -179,12 +193,13 @@ def _chunk_terms(
     return {entry.name: anchor + (entry(inputs, options) if count else 0.0) for entry in objective.distill_entries}
 
 
-def tidal_stats(options: LossOptions, t: torch.Tensor) -> dict[str, float]:
-    """λ_train at the current progress and the batch mean of λ over the rows' timesteps ``t`` (B,)."""
+def tidal_stats(options: LossOptions, t: torch.Tensor) -> dict[str, float | torch.Tensor]:
+    """λ_train at the current progress and the batch mean of λ over the rows' timesteps ``t`` (B,) (a 0-d
+    tensor on ``t``'s device: reading it is the caller's host sync)."""
     schedule = options.schedule
     lam = schedule.lam(options.progress, t.float().clamp(0.0, 1.0))
     return {"lambda_train": float(schedule.lambda_train(options.progress)),
-            "lambda_mean": float(torch.as_tensor(lam).float().mean())}
+            "lambda_mean": torch.as_tensor(lam).float().mean().detach()}
 
 
 def compute_objective(
@@ -220,16 +235,24 @@ def compute_objective(
     gold_parts: list[torch.Tensor] = []
     size = objective.head_chunk_size
     recompute = torch.is_grad_enabled() and m_total > size
-    for start in range(0, m_total, size):
+    starts = list(range(0, m_total, size))
+    if vocab is not None:  # items per chunk: index is ascending, so each chunk's items are one run
+        host = vocab.host_index if vocab.host_index is not None else vocab.index.cpu()
+        bounds = torch.searchsorted(host, torch.tensor([*starts, m_total], dtype=host.dtype)).tolist()
+    for c, start in enumerate(starts):
         stop = min(start + size, m_total)
-        items = local = None
+        teacher = local = None
+        share = 0.0
         if vocab is not None:
-            items = ((vocab.index >= start) & (vocab.index < stop)).nonzero().squeeze(1)
-            local = vocab.index[items] - start
+            lo, hi = bounds[c], bounds[c + 1]
+            teacher = vocab.teacher if (lo, hi) == (0, item_total) else vocab.teacher.select(slice(lo, hi))
+            if hi - lo != stop - start:  # (items are distinct masked positions: as many as rows means all)
+                local = vocab.index[lo:hi] - start
+            share = (hi - lo) / item_total if item_total else 0.0
 
-        def run(h, start=start, stop=stop, items=items, local=local):
+        def run(h, start=start, stop=stop, teacher=teacher, local=local, share=share):
             return _head_chunk(objective, options, lm_head, h, gold[start:stop], t[start:stop],
-                               masked.num_maskable, vocab, items, local, item_total, want_gold)
+                               masked.num_maskable, teacher, local, share, want_gold)
 
         outputs = checkpoint(run, hidden[start:stop], use_reentrant=False) if recompute else run(hidden[start:stop])
         for name, value in zip(["ce", *vocab_names], outputs, strict=False):
@@ -237,7 +260,7 @@ def compute_objective(
         if want_gold:
             gold_parts.append(outputs[-1])
 
-    stats: dict[str, float] = {"masked_tokens": float(m_total), "maskable_tokens": float(masked.num_maskable)}
+    stats: dict[str, float | torch.Tensor] = {"masked_tokens": float(m_total), "maskable_tokens": float(masked.num_maskable)}
     if vocab is not None:
         stats["target_items"] = float(item_total)
     if kind == "chunk":

@@ -234,7 +234,8 @@ class Runner:
         shutil.rmtree(output, ignore_errors=True)
         config = TrainConfig(cache=str(self.cache_dir(cache)), student=str(student), output=str(output), mode=mode,
                              comp_demo=comp_demo, lr=lr, max_steps=steps, batch_size=self.cfg.batch_size,
-                             seed=seed, log_every=log_every, mixed_precision="no", warmup_ratio=0.05)
+                             seed=seed, log_every=log_every, mixed_precision="no", warmup_ratio=0.05,
+                             data_workers=0 if stream_class else 1)  # an online teacher runs on the training thread
         result = train(config, stream_class=stream_class) if stream_class else train(config)
         return {"steps": result.steps, "last": result.last_metrics}
 

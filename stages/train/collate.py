@@ -1,4 +1,10 @@
-"""Collation of cache rows into padded training tensors and one flat table of teacher-target items.
+"""Collation of cache rows into padded training tensors, one flat table of teacher-target items, and the
+objective's targets.
+
+Everything the step would otherwise have to ask the device about is settled here, on the host, once per
+batch: the flat indices of the masked positions, the number of maskable tokens, the mapping of every target
+item onto a masked position (and the refusal of one that is not masked). The training step then runs
+without a host sync (docs/training.md#speed).
 
 A row is a mapping from column name to a numpy value: scalars for ``t``/``replica``, 1-D arrays for list
 columns and 2-D arrays (items, k) for list<fixed_size_list> columns. The stored noise is used as is. The
@@ -9,19 +15,23 @@ positions (``shared``) or chunk tables (``cross``), for the selected teacher pas
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
 from stages.train.pipelines import ChunkItems, CrossPipeline, SharedPipeline, VocabItems, row_column
+from tide.objective import Targets, VocabTargets
 
 
 @dataclass
 class Batch:
     """input_ids int64 (B, L) clean x0 (EOS-padded); maskable bool (B, L); masked bool (B, L) (the stored
-    plain noise); t float32 (B,); vocab / chunks: teacher targets of the selected pass, or None;
-    provenance: where each row comes from (shard, row group, row), for messages."""
+    plain noise); t float32 (B,); vocab / chunks: teacher-target items of the selected pass, or None;
+    targets: those items mapped onto the masked positions (what the objective reads), or None;
+    masked_index: int64 (M,) ascending flat ``row · L + position`` of the masked positions; num_maskable:
+    maskable tokens in the batch (a host int); provenance: where each row comes from (shard, row group,
+    row), for messages."""
 
     input_ids: torch.Tensor
     maskable: torch.Tensor
@@ -29,7 +39,15 @@ class Batch:
     t: torch.Tensor
     vocab: VocabItems | None = None
     chunks: ChunkItems | None = None
+    targets: Targets = None
+    masked_index: torch.Tensor | None = None
+    num_maskable: int = 0
     provenance: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.masked_index is None:  # a batch made by hand: derive what collation would have computed
+            self.masked_index = self.masked.reshape(-1).nonzero().squeeze(1)
+            self.num_maskable = int(self.maskable.sum())
 
     @property
     def num_tokens(self) -> int:
@@ -41,11 +59,25 @@ class Batch:
         return self.vocab if self.vocab is not None else self.chunks
 
     def to(self, device: torch.device | str) -> Batch:
+        moved: dict[int, object] = {}  # the items and the targets share their teacher: move it once
+
+        def move_one(obj):
+            if id(obj) not in moved:
+                moved[id(obj)] = obj.to(device)
+            return moved[id(obj)]
+
         def move(obj):
             if obj is None:
                 return None
-            return type(obj)(**{f.name: getattr(obj, f.name).to(device) for f in fields(obj)})
+            return type(obj)(**{f.name: move_one(getattr(obj, f.name)) for f in fields(obj)})
 
+        targets = self.targets
+        if isinstance(targets, VocabTargets):
+            targets = VocabTargets(index=targets.index.to(device), teacher=move_one(targets.teacher),
+                                   host_index=targets.host_index if targets.host_index is not None
+                                   else targets.index.cpu())
+        elif targets is not None:
+            targets = targets.to(device)
         return Batch(
             input_ids=self.input_ids.to(device),
             maskable=self.maskable.to(device),
@@ -53,8 +85,18 @@ class Batch:
             t=self.t.to(device),
             vocab=move(self.vocab),
             chunks=move(self.chunks),
+            targets=targets,
+            masked_index=self.masked_index.to(device),
+            num_maskable=self.num_maskable,
             provenance=self.provenance,
         )
+
+    def with_targets(self, pipeline: SharedPipeline | CrossPipeline) -> Batch:
+        """This batch with its targets (re)computed from its items, e.g. after the items were replaced."""
+        items = self.items
+        if items is None or not isinstance(items, pipeline.items_class):
+            raise ValueError(f"the batch has no {pipeline.target_kind} target items")
+        return replace(self, targets=pipeline.loss_targets(items, self.masked_index, self.t, self.input_ids.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -111,6 +153,8 @@ def collate_rows(rows: Sequence[Mapping[str, object]], spec: CollateSpec) -> Bat
         maskable=torch.from_numpy(maskable),
         masked=torch.from_numpy(masked),
         t=torch.from_numpy(t),
+        masked_index=torch.from_numpy(np.flatnonzero(masked)),
+        num_maskable=int(maskable.sum()),
     )
     if spec.pipeline is not None:
         items = spec.pipeline.concat_items(parts)
@@ -118,4 +162,5 @@ def collate_rows(rows: Sequence[Mapping[str, object]], spec: CollateSpec) -> Bat
             batch.vocab = items
         else:
             batch.chunks = items
+        batch = batch.with_targets(spec.pipeline)
     return batch

@@ -133,6 +133,9 @@ class TrainConfig:
     seed: int = option(0, group=_DATA, help="seed of the data order and of torch")
     replica_cycle: list[int] = option(default_factory=list, group=_DATA, metavar="R", default_text="epoch mod R",
                                       help="replicas to train on; epoch e uses entry e mod the list's length")
+    data_workers: int = option(1, group=_DATA,
+                               help="DataLoader worker processes that read, decode and collate batches ahead of "
+                                    "the training thread (0: read on the training thread)")
     shuffle_window: int = option(0, group=_DATA,
                                  help="0: a full permutation of the epoch's rows (the original's sampler); N >= 1: "
                                       "rows shuffled within windows of N row groups (reads stay local)")
@@ -225,6 +228,7 @@ class TrainConfig:
             ("ce_weight", self.ce_weight >= 0, "must be >= 0"),
             ("seed", self.seed >= 0, "must be >= 0"),
             ("shuffle_window", self.shuffle_window >= 0, "must be >= 0 (0: a full permutation)"),
+            ("data_workers", self.data_workers >= 0, "must be >= 0 (0: no worker processes)"),
             ("calm_clamp", self.calm_clamp is None or 0 < self.calm_clamp < 0.5, "must lie in (0, 0.5) or be none"),
             ("save_every", self.save_every >= 0, "must be >= 0"),
             ("save_every_minutes", self.save_every_minutes >= 0, "must be >= 0"),

@@ -201,11 +201,19 @@ class CacheStream:
             epoch, self.replica(epoch), self.num_replicas,
         )
 
-    def batches(self, cursor: DataCursor, *, epochs: int) -> Iterator[tuple[Batch, DataCursor]]:
-        """Yield (this rank's batch, cursor just past it) from ``cursor`` to the end of epoch ``epochs - 1``."""
+    def batches(self, cursor: DataCursor, *, epochs: int, share: tuple[int, int] = (0, 1)
+                ) -> Iterator[tuple[Batch, DataCursor]]:
+        """Yield (this rank's batch, cursor just past it) from ``cursor`` to the end of epoch ``epochs - 1``.
+
+        ``share = (w, W)``: only micro-batches ``w, w + W, …`` of that sequence (one DataLoader worker's
+        share, :mod:`stages.train.loader`); the others' rows are not read."""
         self.check_cursor(cursor)
+        worker, workers = share
+        if not 0 <= worker < workers:
+            raise ValueError(f"share {share} must be (w, W) with 0 <= w < W")
         epoch, position = cursor.epoch, cursor.position
         cfg = self.config
+        index = 0
         while epoch < epochs:
             self.warn_if_replayed(epoch)
             order = self.order(epoch)
@@ -213,10 +221,15 @@ class CacheStream:
             if consumed == 0:
                 epoch, position = epoch + 1, 0
                 continue
-            mine = rank_slice(order, position, cfg.batch_size, cfg.rank, cfg.world_size)
-            upcoming = rank_slice(order, position + consumed, cfg.batch_size, cfg.rank, cfg.world_size)
-            self._read_ahead(np.concatenate([mine, upcoming]))
-            batch = collate_rows(self.rows(mine), self.spec)
-            batch.provenance = self.provenance(mine)
+            if index % workers == worker:
+                mine = rank_slice(order, position, cfg.batch_size, cfg.rank, cfg.world_size)
+                ahead = position + consumed * workers  # this share's next micro-batch (same size, or fewer rows)
+                upcoming = rank_slice(order, ahead, cfg.batch_size, cfg.rank, cfg.world_size)
+                self._read_ahead(np.concatenate([mine, upcoming]))
+                batch = collate_rows(self.rows(mine), self.spec)
+                batch.provenance = self.provenance(mine)
+                cursor = DataCursor(epoch=epoch, position=position + consumed, seed=cfg.seed,
+                                    replica=self.replica(epoch))
+                yield batch, cursor
             position += consumed
-            yield batch, DataCursor(epoch=epoch, position=position, seed=cfg.seed, replica=self.replica(epoch))
+            index += 1

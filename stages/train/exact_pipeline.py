@@ -21,9 +21,9 @@ from cache_schema.exact_targets import HiddenArrays, HiddenCodec
 from cache_schema.head_file import HEAD_TENSOR, HeadFileError, check_head_header, verify_head_file
 from cache_schema.manifest import Manifest
 from cache_schema.schemas import PIPELINE_SHARED
-from stages.train.pipelines import VocabItems, row_column
+from stages.train.pipelines import VocabItems, row_column, vocab_loss_targets
 from tide.exact_targets import ExactTeacher, TeacherHead
-from tide.objective import VocabTargets, index_among
+from tide.objective import VocabTargets
 
 TEACHER_TARGETS = ("auto", "exact", "sparse")
 
@@ -73,6 +73,7 @@ class ExactSharedPipeline:
     name: str = PIPELINE_SHARED
     target_kind: str = "vocab"
     items_class: type = VocabItems
+    targets_class: type = VocabTargets
     any_temperature: bool = True  # the whole distribution: no stored temperature needed
 
     def columns(self, target_pass: str) -> list[str]:
@@ -100,8 +101,7 @@ class ExactSharedPipeline:
                                 teacher=ExactTeacher(hidden=hidden, head=self.head, scale=scale))
 
     def loss_targets(self, items: VocabItems, flat_masked: torch.Tensor, row_t: torch.Tensor, seq_len: int) -> VocabTargets:
-        index = index_among(flat_masked, items.row * seq_len + items.position, "cache target positions")
-        return VocabTargets(index=index, teacher=items.teacher)
+        return vocab_loss_targets(items, flat_masked, seq_len)
 
 
 def exact_pipeline(manifest: Manifest, cache_dir: str | os.PathLike[str] | None) -> ExactSharedPipeline:

@@ -42,6 +42,7 @@ from stages.train.checkpoint_eval import EVAL_DIR, STUDENT_DIR, require_lm_eval,
 from stages.train.collate import CollateSpec
 from stages.train.config import TrainConfig
 from stages.train.data import CacheStream, StreamConfig, columns_for
+from stages.train.loader import batch_loader
 from stages.train.lora import apply_lora, save_adapters_and_merge
 from stages.train.metrics import plot_loss_curve, truncate_metrics
 from stages.train.preflight import (
@@ -59,6 +60,7 @@ from stages.train.run_dir import RunStart, claim_output, write_run_file
 from stages.train.step import StudentStep
 from stages.train.tracking import ProgressBar, flat_config, grouped, tracker_init_kwargs, trackers_for
 from stages.train.validation import evaluate, holdout_fraction, split_stream_class
+from stages.train.window import LogWindow, NonFiniteError
 from tide.losses import LossOptions
 from tide.models.student import BD3LMStudent, load_student
 from tide.objective import Objective
@@ -68,10 +70,6 @@ from tide.tokenizer_fingerprint import tokenizer_fingerprint
 logger = logging.getLogger(__name__)
 
 UNBOUNDED_EPOCHS = 1 << 30
-
-
-class NonFiniteError(RuntimeError):
-    """A loss or gradient is NaN or infinite; the message names the batch's rows. Nothing is saved."""
 
 
 @dataclass
@@ -150,13 +148,6 @@ def _any_process(accelerator: Accelerator, flag: bool) -> bool:
         return flag
     value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(value, reduction="sum").item() > 0)
-
-
-def _non_finite(what: str, value: float, step: int, rows: list[str], cache: str) -> NonFiniteError:
-    shown = "; ".join(rows[:8]) + (f"; and {len(rows) - 8} more rows" if len(rows) > 8 else "")
-    return NonFiniteError(
-        f"step {step}: the {what} is {value} on the batch of {shown or 'unknown rows'}; nothing was saved from "
-        f"this step — check the cache with `tide-cache validate {cache}`")
 
 
 def train(
@@ -289,7 +280,10 @@ def train(
                 config.student, config.cache, total_steps, config.mode, plan.target_pass, plan.temperature, step,
                 start.run_id)
 
+    window = LogWindow()
+
     def checkpoint() -> None:
+        window.check_finite(accelerator, config.cache)  # nothing computed from a non-finite value is saved
         _check_parameters_finite(accelerator, model, step)
         save_checkpoint(accelerator, output, step=step, cursor=cursor, scheduler=scheduler, run_id=start.run_id,
                         config=options, extra={"facts": facts.to_dict(), "mode": config.mode},
@@ -298,10 +292,7 @@ def train(
             _eval_checkpoint(accelerator, model, tokenizer, lora, output, step, config)
 
     last: dict[str, float] = {}
-    sums: dict[str, float] = {}
-    window_rows: list[str] = []
-    micro_batches = 0
-    tokens = 0
+    step_rows: list[str] = []
     clock = time.perf_counter()
     last_save_time = time.monotonic()
     last_saved = step if start.checkpoint is not None else -1
@@ -309,46 +300,39 @@ def train(
     bar = ProgressBar(total=total_steps, initial=step, enabled=config.progress and accelerator.is_main_process)
     try:
         if step < total_steps:
-            for batch, next_cursor in stream.batches(cursor, epochs=epoch_limit):
+            for batch, next_cursor in batch_loader(stream, cursor, epochs=epoch_limit, workers=config.data_workers):
                 batch = batch.to(accelerator.device)
-                window_rows.extend(batch.provenance)
+                step_rows.extend(batch.provenance)
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         out = step_fn(model, batch, progress=step / total_steps)
-                    loss_value = float(out.loss.detach())
-                    if _any_process(accelerator, not math.isfinite(loss_value)):
-                        raise _non_finite("loss", loss_value, step + 1, list(batch.provenance), config.cache)
                     accelerator.backward(out.loss)
-                    grad_norm = None
                     if accelerator.sync_gradients:
                         limit = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
-                        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), limit))
-                        if not math.isfinite(grad_norm):
-                            raise _non_finite("gradient norm", grad_norm, step + 1, window_rows, config.cache)
+                        window.add_grad_norm(step + 1, accelerator.clip_grad_norm_(model.parameters(), limit),
+                                             step_rows)
                     optimizer.step()
                     if accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                micro_batches += 1
-                tokens += batch.num_tokens
-                sums["loss"] = sums.get("loss", 0.0) + loss_value
-                for name, value in {**{f"loss_{k}": v for k, v in out.terms.items()}, **out.stats}.items():
-                    sums[name] = sums.get(name, 0.0) + value
+                window.add(step + 1, out.loss, {**{f"loss_{k}": v for k, v in out.terms.items()}, **out.stats},
+                           list(batch.provenance), batch.num_tokens)
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
                 cursor = next_cursor
-                window_rows = []
-                bar.update(epoch=cursor.epoch, loss=loss_value,
-                           tokens_per_s=tokens / max(time.perf_counter() - clock, 1e-9))
-                if step % config.log_every == 0 or step == total_steps:
-                    last = _log_window(accelerator, bar, step, sums, micro_batches, tokens, clock, scheduler,
-                                       grad_norm, cursor)
-                    sums, micro_batches, tokens, clock = {}, 0, 0, time.perf_counter()
+                step_rows = []
+                bar.update(epoch=cursor.epoch)
+                logging_step = step % config.log_every == 0 or step == total_steps
+                if logging_step:  # the window's one host sync
+                    window.check_finite(accelerator, config.cache)
+                    last = _log_window(accelerator, bar, step, window, clock, scheduler, cursor)
+                    window, clock = LogWindow(), time.perf_counter()
                 if val_stream is not None and (step % config.val_every == 0 or step == total_steps):
                     _validate(accelerator, bar, model, step_fn, val_stream, step, total_steps, config.val_batches)
                 by_steps = bool(config.save_every) and step % config.save_every == 0
-                by_time = bool(config.save_every_minutes) and _any_process(
+                # the clock is compared at logging steps only: with several processes the decision is a collective
+                by_time = logging_step and bool(config.save_every_minutes) and _any_process(
                     accelerator, time.monotonic() - last_save_time >= 60.0 * config.save_every_minutes)
                 if (by_steps or by_time) and step < total_steps:
                     checkpoint()
@@ -382,21 +366,14 @@ def _check_parameters_finite(accelerator: Accelerator, model: Any, step: int) ->
                              "finite; nothing was saved — lower --lr or check the cache with tide-cache validate")
 
 
-def _log_window(accelerator, bar, step, sums, micro_batches, tokens, clock, scheduler, grad_norm, cursor):
-    """Average the window's sums over micro-batches and processes; log them to every tracker."""
-    names = sorted(sums)
-    local = torch.tensor([sums[n] for n in names] + [float(micro_batches), float(tokens)],
-                         dtype=torch.float64, device=accelerator.device)
-    total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
-    count = max(float(total[-2]), 1.0)
-    elapsed = max(time.perf_counter() - clock, 1e-9)
-    record = {name: float(total[i]) / count for i, name in enumerate(names)}
-    record["tokens_per_s"] = float(total[-1]) / elapsed
+def _log_window(accelerator, bar, step, window: LogWindow, clock, scheduler, cursor) -> dict[str, float]:
+    """The window's means over micro-batches and processes, logged to every tracker."""
+    record, tokens = window.read(accelerator)
+    record["tokens_per_s"] = tokens / max(time.perf_counter() - clock, 1e-9)
     record["lr"] = float(scheduler.get_last_lr()[0])
     record["epoch"] = cursor.epoch
-    if grad_norm is not None:
-        record["grad_norm"] = float(grad_norm)
     accelerator.log(grouped("train", record), step=step)
+    bar.show(loss=record.get("loss", math.nan), tokens_per_s=record["tokens_per_s"])
     if accelerator.is_main_process:
         bar.write(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in sorted(record.items())))
     return record

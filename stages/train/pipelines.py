@@ -60,6 +60,13 @@ def decoded_targets(decoded: PaddedArrays, temperatures: tuple[float, ...]) -> S
                          temperatures=temperatures)
 
 
+def vocab_loss_targets(items: VocabItems, flat_masked: torch.Tensor, seq_len: int) -> VocabTargets:
+    """Vocabulary items mapped onto the masked positions (every item must be one); computed at collation, on
+    the host, where the mapping keeps a host copy of its index."""
+    index = index_among(flat_masked, items.row * seq_len + items.position, "cache target positions")
+    return VocabTargets(index=index, teacher=items.teacher, host_index=index if index.device.type == "cpu" else None)
+
+
 def row_column(row: Mapping[str, object], name: str, label: str) -> np.ndarray:
     """One column of a cache row as a numpy array; KeyError naming the row (``label``) if it is absent."""
     if name not in row:
@@ -73,6 +80,7 @@ class TrainPipeline(Protocol):
     name: str
     target_kind: str  # the objective's target kind: "vocab" or "chunk"
     items_class: type
+    targets_class: type  # what :meth:`loss_targets` returns
 
     def columns(self, target_pass: str) -> list[str]:
         """Cache columns a run with targets of ``target_pass`` reads, besides :data:`BASE_COLUMNS`."""
@@ -101,6 +109,7 @@ class SharedPipeline:
     name: str = PIPELINE_SHARED
     target_kind: str = "vocab"
     items_class: type = VocabItems
+    targets_class: type = VocabTargets
     any_temperature: bool = False  # vocabulary modes train at a stored temperature only
 
     def columns(self, target_pass: str) -> list[str]:
@@ -139,8 +148,7 @@ class SharedPipeline:
 
     def loss_targets(self, items: VocabItems, flat_masked: torch.Tensor, row_t: torch.Tensor,
                      seq_len: int) -> VocabTargets:
-        index = index_among(flat_masked, items.row * seq_len + items.position, "cache target positions")
-        return VocabTargets(index=index, teacher=items.teacher)
+        return vocab_loss_targets(items, flat_masked, seq_len)
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ class CrossPipeline:
     name: str = PIPELINE_CROSS
     target_kind: str = "chunk"
     items_class: type = ChunkItems
+    targets_class: type = ChunkTargets
 
     def columns(self, target_pass: str) -> list[str]:
         return ["chunk_student_start", "chunk_student_end", "chunk_masked", "chunk_in_prompt",

@@ -22,7 +22,7 @@ FREE_OPTIONS = frozenset({
     "cache", "student", "output", "resume", "resume_from", "overwrite", "allow_changed", "save_every",
     "save_every_minutes", "keep_checkpoints", "log_every", "report_to", "project", "run_name", "progress",
     "debug", "val_every", "val_batches", "eval_tasks", "eval_limit", "push_to_hub", "hub_model_id",
-    "hub_private", "gradient_checkpointing", "loss_chunk_size", "verify_checksums",
+    "hub_private", "gradient_checkpointing", "loss_chunk_size", "verify_checksums", "data_workers",
 })
 
 

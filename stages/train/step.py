@@ -18,17 +18,18 @@ from stages.train.collate import Batch
 from stages.train.pipelines import CrossPipeline, SharedPipeline
 from tide.bd3lm import noise_input_ids
 from tide.models.student import BD3LMStudent, bd3lm_hidden_states
-from tide.objective import MaskedPositions, Objective, compute_objective, masked_positions_of
+from tide.objective import MaskedPositions, Objective, compute_objective
 
 
 @dataclass
 class StepOutput:
-    """``loss``: the scalar to back-propagate; ``terms``: detached scalars by name (ce, each mode);
-    ``stats``: counts and λ for logging."""
+    """``loss``: the scalar to back-propagate; ``terms``: detached 0-d tensors by name (ce, each mode);
+    ``stats``: counts (floats) and λ for logging. Nothing here has been read back from the device: the
+    trainer reads a logging window's sums at once (one host sync per window)."""
 
     loss: torch.Tensor
-    terms: dict[str, float]
-    stats: dict[str, float]
+    terms: dict[str, torch.Tensor]
+    stats: dict[str, float | torch.Tensor]
 
 
 def student_hidden_states(model: nn.Module, noised: torch.Tensor, clean: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -77,22 +78,22 @@ class StudentStep:
         hidden = student_hidden_states(model, noised, x0, self.block_size)
         lm_head = getattr(model, "module", model).get_output_embeddings()
 
-        flat = masked_positions_of(masked)  # (M,) ascending row * L + position
+        flat = batch.masked_index  # (M,) ascending row * L + position, computed at collation
         row_t = batch.t.to(hidden.device)
         positions = MaskedPositions(
             hidden=hidden.reshape(batch_size * seq_len, -1)[flat],
             gold_ids=x0.reshape(-1)[flat],
             t=row_t[flat // seq_len].float(),
-            num_maskable=int(batch.maskable.sum()),
+            num_maskable=batch.num_maskable,
         )
         targets = None
         if self.pipeline is not None:
-            items = batch.items
-            if items is None or not isinstance(items, self.pipeline.items_class):
+            targets = batch.targets
+            expected = self.pipeline.targets_class
+            if not isinstance(targets, expected):
                 raise ValueError(
                     f"mode {self.objective.mode!r} needs {self.pipeline.target_kind} targets but the batch has none")
-            targets = self.pipeline.loss_targets(items, flat, row_t, seq_len)
         out = compute_objective(self.objective, lm_head, positions, targets, progress=progress, row_t=batch.t)
         stats = {**out.stats, "tokens": float(batch.num_tokens)}
-        terms = {name: float(value.detach()) for name, value in out.terms.items()}
+        terms = {name: value.detach() for name, value in out.terms.items()}
         return StepOutput(loss=out.loss, terms=terms, stats=stats)

@@ -96,19 +96,26 @@ def grouped(group: str, values: dict[str, float]) -> dict[str, float]:
 
 
 class ProgressBar:
-    """A tqdm bar over optimizer steps on the main process: epoch, loss, tokens/s, ETA."""
+    """A tqdm bar over optimizer steps on the main process: epoch, the last logged loss and tokens/s, ETA."""
 
     def __init__(self, *, total: int, initial: int, enabled: bool) -> None:
         self._bar = None
+        self._postfix: dict[str, object] = {}
         if enabled:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=initial, unit="step", desc="tide-train", dynamic_ncols=True)
 
-    def update(self, *, epoch: int, loss: float, tokens_per_s: float) -> None:
+    def update(self, *, epoch: int) -> None:
+        """One optimizer step done."""
         if self._bar is not None:
-            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.4g}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self._postfix["epoch"] = epoch
+            self._bar.set_postfix(self._postfix, refresh=False)
             self._bar.update(1)
+
+    def show(self, *, loss: float, tokens_per_s: float) -> None:
+        """The last logging window's loss and throughput (read once per window, not per step)."""
+        self._postfix.update(loss=f"{loss:.4g}", tok_s=f"{tokens_per_s:,.0f}")
 
     def write(self, text: str) -> None:
         """A log line above the bar (plain logging would tear it)."""

@@ -93,12 +93,12 @@ def evaluate(accelerator: Any, model: Any, step_fn: Any, stream: Any, *, progres
     """Mean loss and loss terms over the held-out rows (first epoch's replica), all processes together."""
     was_training = model.training
     model.eval()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     batches = 0
     for batch, _ in stream.batches(stream.start_cursor(0), epochs=1):
         with accelerator.autocast():
             out = step_fn(model, batch.to(accelerator.device), progress=progress)
-        sums["loss"] = sums.get("loss", 0.0) + float(out.loss)
+        sums["loss"] = sums.get("loss", 0.0) + out.loss.detach()
         for name, value in out.terms.items():
             sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + value
         batches += 1
@@ -107,10 +107,12 @@ def evaluate(accelerator: Any, model: Any, step_fn: Any, stream: Any, *, progres
     if was_training:
         model.train()
     names = sorted(sums) or ["loss"]
-    local = torch.tensor([sums.get(n, 0.0) for n in names] + [float(batches)], dtype=torch.float64,
-                         device=accelerator.device)
+    device = accelerator.device
+    local = torch.stack([torch.as_tensor(sums.get(n, 0.0), dtype=torch.float64, device=device).reshape(())
+                         for n in names] + [torch.tensor(float(batches), dtype=torch.float64, device=device)])
     total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
-    count = float(total[-1])
+    values = total.tolist()  # the evaluation's one host sync
+    count = values[-1]
     if count == 0:
         return {}
-    return {name: float(total[i]) / count for i, name in enumerate(names)}
+    return {name: values[i] / count for i, name in enumerate(names)}

@@ -27,6 +27,7 @@ from tide.losses.registry import (
     combine_losses,
     parse_mode,
     required_targets,
+    vocab_losses,
 )
 from tide.losses.tidal import TidalSchedule, midrange_weight, tidal_loss, tidal_terms
 
@@ -58,4 +59,5 @@ __all__ = [
     "tidal_calm_terms",
     "tidal_loss",
     "tidal_terms",
+    "vocab_losses",
 ]

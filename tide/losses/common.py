@@ -44,6 +44,16 @@ def masked_mean(
     return total / max(count, 1)
 
 
+def zero_where_not(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` where ``mask`` holds, 0 elsewhere (a ``torch.where`` whose other branch carries no gradient)."""
+    return torch.where(mask, value, torch.zeros_like(value))
+
+
+def scaled_log(weight: torch.Tensor, log_value: torch.Tensor) -> torch.Tensor:
+    """weight·log_value with 0·(−inf) read as 0 (a part with no weight gives no mass, not NaN)."""
+    return torch.where(weight > 0, weight * log_value, torch.zeros_like(log_value))
+
+
 def check_matrix(name: str, x: torch.Tensor) -> torch.Tensor:
     """A 2-D floating tensor, returned in fp32."""
     if not isinstance(x, torch.Tensor) or x.ndim != 2 or not x.dtype.is_floating_point:

@@ -23,6 +23,8 @@ import math
 import torch
 
 from tide.losses.common import check_matrix, check_temperature, masked_mean
+from tide.losses.common import zero_where_not as _where
+from tide.losses.student_tail import floored_log_tail, student_tail_terms
 from tide.targets import (
     SparseTargets,
     TailReconstruction,
@@ -53,10 +55,6 @@ def teacher_at(student_logits: torch.Tensor, teacher: SparseTargets, temperature
     return z, view
 
 
-def _where(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask, value, torch.zeros_like(value))
-
-
 def _stored_log_q(log_q: torch.Tensor, view: TeacherAtTemperature) -> torch.Tensor:
     """The student's log-probs at the stored ids (N, K); 0 at padding (never used there)."""
     return _where(view.valid, log_q.gather(1, view.ids))
@@ -65,14 +63,6 @@ def _stored_log_q(log_q: torch.Tensor, view: TeacherAtTemperature) -> torch.Tens
 def _others(view: TeacherAtTemperature, vocab: int) -> torch.Tensor:
     """V − k per row as a float, at least 1 (rows storing every id have no tail to divide)."""
     return (vocab - view.counts).clamp(min=1).to(view.log_tail.dtype)
-
-
-def floored_log_tail(view: TeacherAtTemperature, vocab: int, min_tail: float) -> torch.Tensor:
-    """log τ with ``min_tail`` where the stored tail is 0 although some ids are unstored (it underflowed)."""
-    if not 0.0 < min_tail < 1.0:
-        raise ValueError(f"min_tail must lie in (0, 1), got {min_tail}")
-    underflow = torch.isneginf(view.log_tail) & (view.counts < vocab)
-    return torch.where(underflow, torch.full_like(view.log_tail, math.log(min_tail)), view.log_tail)
 
 
 def kl_terms(
@@ -86,6 +76,8 @@ def kl_terms(
 
     ``student_logits`` (N, V) over the shared slice; ``teacher``: the N positions' sparse targets."""
     z, view = teacher_at(student_logits, teacher, temperature)
+    if tail.kind == "student":
+        return student_tail_terms(z, view, ("kl",))[:, 0]
     vocab = z.shape[1]
     log_q = torch.log_softmax(z / view.temperature, dim=-1)
     if tail.kind == "mixture":
@@ -97,9 +89,6 @@ def kl_terms(
     tau = view.log_tail.exp()
     has_tail = tau > 0
     safe_log_tail = _where(has_tail, view.log_tail)
-    if tail.kind == "student":
-        log_off = off_stored_log_mass(log_q, view)
-        return terms + _where(has_tail, tau * (safe_log_tail - _where(has_tail, log_off)))
     others = _others(view, vocab)
     sum_other_log_q = log_q.sum(-1) - log_q_top.sum(-1)
     return terms + _where(has_tail, tau * (safe_log_tail - torch.log(others)) - (tau / others) * sum_other_log_q)
@@ -119,6 +108,8 @@ def reverse_kl_terms(
     the reverse KL infinite wherever the student puts mass there); tails computed over the unstored ids do
     not round to 0 in practice, so the floor only guards against degenerate inputs. No effect at k = V."""
     z, view = teacher_at(student_logits, teacher, temperature)
+    if tail.kind == "student":
+        return student_tail_terms(z, view, ("reverse_kl",), min_tail=min_tail)[:, 0]
     vocab = z.shape[1]
     log_q = torch.log_softmax(z / view.temperature, dim=-1)
     log_tail = floored_log_tail(view, vocab, min_tail)
@@ -132,9 +123,6 @@ def reverse_kl_terms(
     has_off = log_off > -math.inf
     safe_off = _where(has_off, log_off)
     safe_tail = _where(has_off, log_tail)
-    if tail.kind == "student":
-        terms = (stored_q * (log_q_top - _where(view.valid, view.log_p))).sum(-1)
-        return terms + _where(has_off, safe_off.exp() * (safe_off - safe_tail))
     neg_entropy = (log_q.exp() * log_q).sum(-1)
     terms = neg_entropy - (stored_q * _where(view.valid, view.log_p)).sum(-1)
     return terms - _where(has_off, safe_off.exp() * (safe_tail - torch.log(_others(view, vocab))))

@@ -23,8 +23,10 @@ import torch
 from tide.exact_targets import ExactTeacher
 from tide.losses.calm import CALM_CLAMP, DEFAULT_CHUNK_TEMPERATURE, calm_loss, tidal_calm_loss
 from tide.losses.ce import ce_loss
+from tide.losses.common import check_timesteps, masked_mean
 from tide.losses.full import exact_kl, exact_reverse_kl, exact_tidal
-from tide.losses.kl import kl_loss, reverse_kl_loss
+from tide.losses.kl import kl_loss, reverse_kl_loss, teacher_at
+from tide.losses.student_tail import student_tail_terms
 from tide.losses.tidal import TidalSchedule, tidal_loss
 from tide.targets import SparseTargets, TailReconstruction
 
@@ -220,6 +222,28 @@ def required_targets(entries: list[LossEntry]) -> TargetKind:
     """The teacher targets a composed mode needs: "vocab", "chunk" or "none"."""
     kinds = {entry.targets for entry in entries} - {"none"}
     return kinds.pop() if kinds else "none"
+
+
+def vocab_losses(entries: list[LossEntry], inputs: VocabInputs, options: LossOptions) -> list[torch.Tensor]:
+    """The losses of vocabulary ``entries`` on the same inputs, in order.
+
+    Under the student-shaped tail, modes at one temperature share one softmax over the slice
+    (:func:`tide.losses.student_tail.student_tail_terms`); each then takes its own reduction, the one its
+    entry applies alone (T²·mean; TIDAL: T²·Σ w(t)·term / N). Any other case computes entry by entry."""
+    temperatures = {entry.temperature(options) for entry in entries}
+    if (len(entries) < 2 or options.tail != "student" or not isinstance(inputs.teacher, SparseTargets)
+            or len(temperatures) != 1):
+        return [entry(inputs, options) for entry in entries]
+    temperature = temperatures.pop()
+    z, view = teacher_at(inputs.student_logits, inputs.teacher, temperature)
+    t = check_timesteps("t", inputs.t, z.shape[0], z.device)
+    names = [entry.name for entry in entries]
+    schedule = options.schedule
+    lam = schedule.lam(options.progress, t) if "tidal" in names else None
+    terms = student_tail_terms(z, view, names, lam=lam, min_tail=options.min_tail)
+    weight = schedule.weight(t)
+    return [temperature**2 * masked_mean(terms[:, i], weights=weight if name == "tidal" else None)
+            for i, name in enumerate(names)]
 
 
 def combine_losses(

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from tide.losses.common import check_timesteps, check_unit, masked_mean
-from tide.losses.kl import STUDENT_TAIL, _stored_log_q, _where, teacher_at
-from tide.targets import SparseTargets, TailReconstruction, off_stored_log_mass, reconstruct_log_probs
+from tide.losses.common import check_timesteps, check_unit, masked_mean, scaled_log
+from tide.losses.common import zero_where_not as _where
+from tide.losses.kl import STUDENT_TAIL, teacher_at
+from tide.losses.student_tail import student_tail_terms
+from tide.targets import SparseTargets, TailReconstruction, reconstruct_log_probs
 
 AXES = ("both", "training_only", "timestep_only")
 DECAYS = ("cosine", "linear")
@@ -85,11 +87,6 @@ class TidalSchedule:
 DEFAULT_SCHEDULE = TidalSchedule()
 
 
-def scaled_log(weight: torch.Tensor, log_value: torch.Tensor) -> torch.Tensor:
-    """weight·log_value with 0·(−inf) read as 0 (a part with no weight gives no mass, not NaN)."""
-    return torch.where(weight > 0, weight * log_value, torch.zeros_like(log_value))
-
-
 def _kl_to_student(log_r: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     r = log_r.exp()
     return _where(r > 0, r * (log_r - log_q)).sum(-1)
@@ -112,23 +109,13 @@ def tidal_terms(
     z, view = teacher_at(student_logits, teacher, temperature)
     n, vocab = z.shape
     lam = schedule.lam(progress, check_timesteps("t", t, n, z.device))[:, None]
+    if tail.kind == "student":
+        return student_tail_terms(z, view, ("tidal",), lam=lam[:, 0])[:, 0]
     log_q = torch.log_softmax(z / view.temperature, dim=-1)
-    if tail.kind != "student":
-        with torch.no_grad():
-            log_teacher = reconstruct_log_probs(view, vocab, tail, log_q)
-            log_r = torch.log_softmax(scaled_log(1 - lam, log_q.detach()) + scaled_log(lam, log_teacher), dim=-1)
-        return _kl_to_student(log_r, log_q)
-    log_q_top = _stored_log_q(log_q, view)
-    log_off = off_stored_log_mass(log_q, view)
     with torch.no_grad():
-        mixed_top = scaled_log(1 - lam, log_q_top) + scaled_log(lam, view.log_p)
-        mixed_top = torch.where(view.valid, mixed_top, torch.full_like(mixed_top, -math.inf))
-        mixed_tail = scaled_log(1 - lam[:, 0], log_off) + scaled_log(lam[:, 0], view.log_tail)
-        log_r = torch.log_softmax(torch.cat([mixed_top, mixed_tail[:, None]], dim=1), dim=1)
-    r_tail = log_r[:, -1].exp()
-    has_tail = r_tail > 0
-    tail_term = _where(has_tail, r_tail * (_where(has_tail, log_r[:, -1]) - _where(has_tail, log_off)))
-    return _kl_to_student(log_r[:, :-1], log_q_top) + tail_term
+        log_teacher = reconstruct_log_probs(view, vocab, tail, log_q)
+        log_r = torch.log_softmax(scaled_log(1 - lam, log_q.detach()) + scaled_log(lam, log_teacher), dim=-1)
+    return _kl_to_student(log_r, log_q)
 
 
 def tidal_loss(
