@@ -143,11 +143,37 @@ def render_train_step(results: dict[str, dict]) -> list[str]:
                  for name_, v in variants.items()],
             )
             lines.append("")
-        lines += key_values(data, [("**cache step / ce step**", "cache_over_ce"),
+        lines += key_values(data, [("**cache step / ce step** (tidal + CompDemo)", "cache_over_ce"),
+                                   ("**cache step / ce step** (kl)", "cache_kl_over_ce"),
                                    ("**cache step / online step**", "cache_over_online"),
                                    ("target cache / ce", "target_cache_over_ce")])
+        profiled = {name_: v["profile"] for name_, v in variants.items() if v.get("profile")}
+        if profiled:
+            lines += ["", "Where one step's time goes (torch.profiler, self CPU time, share of the step):", ""]
+            ops = list(dict.fromkeys(entry["op"] for entries in profiled.values() for entry in entries))
+            shares = {name_: {e["op"]: e["self_cpu_share"] for e in entries} for name_, entries in profiled.items()}
+            lines += table(("operator", *profiled),
+                           [(op, *(f"{100 * shares[v][op]:.1f}%" if op in shares[v] else "" for v in profiled))
+                            for op in ops])
         lines += ["", *all_figures(data), ""]
     return lines
+
+
+def render_data_path(results: dict[str, dict]) -> list[str]:
+    data = results.get("data_path.json")
+    if data is None:
+        return []
+    config = data.get("config", {})
+    lines = [f"Student hidden 1024, {fmt(config.get('layers'))} layers, batch {fmt(config.get('batch_size'))} × 512, "
+             f"mode kl at T = 2; synthetic format-v2 cache with the default k policy, content checks on.", ""]
+    lines += key_values(data, [("one core: batches per second", "supply_one_core.batches_per_s"),
+                               ("one core: masked positions per second", "supply_one_core.masked_positions_per_s"),
+                               ("target wait share", "target_wait_share")])
+    lines.append("")
+    lines += table(("data workers", "median wait (s)", "median step compute (s)", "wait share of the step"),
+                   [(r.get("workers"), r.get("median_wait_s"), r.get("median_compute_s"),
+                     f"{100 * r.get('wait_share', 0.0):.2f}%") for r in data.get("runs", [])])
+    return lines + ["", *all_figures(data)]
 
 
 def render_reader(results: dict[str, dict]) -> list[str]:
@@ -571,6 +597,7 @@ def render_exact(results: dict[str, dict]) -> list[str]:
 RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "build": render_build,
     "train_step": render_train_step,
+    "data_path": render_data_path,
     "fidelity_k": render_fidelity,
     "fidelity": render_fidelity_v2,
     "reader": render_reader,
@@ -591,6 +618,12 @@ def headline(results: dict[str, dict[str, dict]]) -> list[tuple[str, Any, str]]:
     for name, data in results.get("train_step", {}).items():
         rows.append((f"train step from cache / ce step ({name})", data.get("cache_over_ce"), "bench_train_step"))
         rows.append((f"train step from cache / online step ({name})", data.get("cache_over_online"), "bench_train_step"))
+        if data.get("cache_kl_over_ce") is not None:
+            rows.append((f"train step from cache, kl / ce step ({name})", data.get("cache_kl_over_ce"),
+                         "bench_train_step"))
+    for run in results.get("data_path", {}).get("data_path.json", {}).get("runs", []):
+        rows.append((f"training thread's wait for a batch / step, {run.get('workers')} data worker(s)",
+                     run.get("wait_share"), "bench_data_path"))
     reader = results.get("reader", {}).get("reader.json")
     if reader:
         rows.append(("bytes per masked position (default encoding and k policy, 2 passes)",

@@ -62,8 +62,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                      "--output", "benchmarks/results/train_step_wide_student.json"),
                     # the 0.6B student's width (hidden 1024) with 2 of its 28 layers: the LM head's share
                     # of the step as at real scale, the body still far smaller than the real one
-                    ("--batch", "4", "--seq-len", "128", "--hidden", "1024", "--layers", "2", "--steps", "3",
-                     "--output", "benchmarks/results/train_step_qwen06b_width.json")),
+                    ("--batch", "4", "--seq-len", "128", "--hidden", "1024", "--layers", "2", "--steps", "5",
+                     "--profile", "12", "--output", "benchmarks/results/train_step_qwen06b_width.json")),
+    ),
+    Benchmark(
+        "data_path", "Data path: the training thread's wait for a batch, as a share of the step", "bench_data_path.py",
+        ("--output", "benchmarks/results/data_path.json"),
+        ("data_path.json",),
     ),
     Benchmark(
         "fidelity_k", "Top-k targets: bytes and fidelity for k in {8, ..., 256}", "bench_fidelity_k.py",

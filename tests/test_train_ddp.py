@@ -10,6 +10,7 @@ as the worker script, so a worker that fails shows its own traceback in the test
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -88,9 +89,18 @@ def test_ddp_step_all_reduces_gradients(tmp_path: Path):
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), __file__, str(tmp_path),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DDP_WAIT_S)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # gloo binds to the address the host name resolves to unless told otherwise; on a sandboxed machine that
+    # address may not accept local connections, so the ranks meet on the loopback interface
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    try:
+        _, stderr = launcher.communicate(timeout=DDP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both ranks: nothing left running
+        _, stderr = launcher.communicate()
+        pytest.fail(f"the two ranks did not finish within {DDP_WAIT_S} s:\n{stderr[-4000:]}")
+    assert launcher.returncode == 0, stderr[-4000:]
     grads = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     mean = (expected[0] + expected[1]) / 2
     assert not torch.allclose(expected[0], expected[1])

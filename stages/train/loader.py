@@ -9,11 +9,14 @@ workers have read ahead; :meth:`CacheBatches.state_dict` / :meth:`load_state_dic
 code that checkpoints the dataset itself (torchdata's ``StatefulDataLoader`` convention).
 
 Workers are forked processes: the reader's background read-ahead threads do not survive a fork, so each
-worker starts its own (:meth:`cache_schema.reader.CacheReader.after_fork`).
+worker starts its own (:meth:`cache_schema.reader.CacheReader.after_fork`). A cache on an object store is
+read on the training process (fsspec's async filesystems are not fork-safe), by the reader's read-ahead
+threads.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +26,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from stages.train.collate import Batch
 from stages.train.data import CacheStream
 from stages.train.order import DataCursor
+
+logger = logging.getLogger(__name__)
 
 
 def _as_is(item: Any) -> Any:
@@ -76,6 +81,11 @@ def batch_loader(stream: CacheStream, cursor: DataCursor, *, epochs: int, worker
     if workers < 0:
         raise ValueError(f"data workers must be >= 0, got {workers}")
     dataset = CacheBatches(stream, cursor, epochs=epochs)
+    if workers and not stream.reader.store.is_local:
+        # fsspec's async filesystems (s3, gs, hf) refuse to run in a forked process; a remote cache is read
+        # ahead by the reader's own threads instead, which overlap its requests with the step
+        logger.info("data workers: 0 for the remote cache %s (its reader reads ahead on threads)", stream.reader.path)
+        workers = 0
     if workers == 0:
         yield from dataset
         return
