@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from stages.train.pipelines import ChunkItems, CrossPipeline, SharedPipeline, VocabItems, row_column
-from tide.objective import Targets, VocabTargets
+from tide.objective import Targets, VocabTargets, masked_positions_of
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Batch:
 
     def __post_init__(self) -> None:
         if self.masked_index is None:  # a batch made by hand: derive what collation would have computed
-            self.masked_index = self.masked.reshape(-1).nonzero().squeeze(1)
+            self.masked_index = masked_positions_of(self.masked)
             self.num_maskable = int(self.maskable.sum())
 
     @property
