@@ -9,11 +9,13 @@ as the worker script, so a worker that fails shows its own traceback in the test
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,16 +62,31 @@ def _grad(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _worker(output: Path) -> None:
-    """One rank, started by torch.distributed.run: a DDP step, then its gradient to ``output/rank{r}.pt``."""
+    """One rank, started by torch.distributed.run: a DDP step, then its gradient to ``output/rank{r}.pt``.
+
+    The rank leaves with ``os._exit`` once its gradient is saved: DDP's backward has finished the all-reduce
+    by then, and the process-group teardown is where a rank was seen to hang on a loaded sandbox."""
     dist.init_process_group("gloo")
-    try:
-        torch.set_num_threads(1)
-        rank = dist.get_rank()
-        ddp = torch.nn.parallel.DistributedDataParallel(BD3LMStudent(_student()))
-        _step()(ddp, _batch(rank)).loss.backward()
-        torch.save(_grad(ddp.module), output / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.set_num_threads(1)
+    rank = dist.get_rank()
+    (output / f"rank{rank}.pid").write_text(str(os.getpid()))
+    ddp = torch.nn.parallel.DistributedDataParallel(BD3LMStudent(_student()))
+    _step()(ddp, _batch(rank)).loss.backward()
+    torch.save(_grad(ddp.module), output / f"rank{rank}.tmp")
+    os.replace(output / f"rank{rank}.tmp", output / f"rank{rank}.pt")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _stop(launcher: subprocess.Popen, output: Path) -> None:
+    """Kill the launcher's group and every rank that wrote its pid (the ranks may sit in their own groups)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(launcher.pid, signal.SIGKILL)
+    for pid_file in output.glob("rank*.pid"):
+        with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    launcher.wait()
 
 
 def _free_port() -> int:
@@ -92,15 +109,22 @@ def test_ddp_step_all_reduces_gradients(tmp_path: Path):
     # gloo binds to the address the host name resolves to unless told otherwise; on a sandboxed machine that
     # address may not accept local connections, so the ranks meet on the loopback interface
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-    try:
-        _, stderr = launcher.communicate(timeout=DDP_WAIT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and both ranks: nothing left running
-        _, stderr = launcher.communicate()
-        pytest.fail(f"the two ranks did not finish within {DDP_WAIT_S} s:\n{stderr[-4000:]}")
-    assert launcher.returncode == 0, stderr[-4000:]
+    log = tmp_path / "launcher.log"  # a file, not a pipe: a lingering rank cannot keep the test waiting for EOF
+    with log.open("w") as sink:
+        launcher = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    results = [tmp_path / f"rank{rank}.pt" for rank in range(2)]
+    deadline = time.monotonic() + DDP_WAIT_S
+    while launcher.poll() is None and not all(r.exists() for r in results) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    finished = all(r.exists() for r in results)
+    if launcher.poll() is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            launcher.wait(timeout=30 if finished else 0.1)
+    code = launcher.poll()
+    _stop(launcher, tmp_path)
+    text = log.read_text()[-4000:]
+    assert finished, f"the two ranks did not both save their gradient within {DDP_WAIT_S} s:\n{text}"
+    assert code in (0, None), text
     grads = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     mean = (expected[0] + expected[1]) / 2
     assert not torch.allclose(expected[0], expected[1])
