@@ -59,25 +59,20 @@ class Batch:
         return self.vocab if self.vocab is not None else self.chunks
 
     def to(self, device: torch.device | str) -> Batch:
-        moved: dict[int, object] = {}  # the items and the targets share their teacher: move it once
-
-        def move_one(obj):
-            if id(obj) not in moved:
-                moved[id(obj)] = obj.to(device)
-            return moved[id(obj)]
+        targets = None if self.targets is None else self.targets.to(device)
+        moved: dict[int, object] = {}  # the vocabulary items share their teacher with the targets: move it once
+        if isinstance(targets, VocabTargets):
+            moved[id(self.targets.teacher)] = targets.teacher
 
         def move(obj):
             if obj is None:
                 return None
-            return type(obj)(**{f.name: move_one(getattr(obj, f.name)) for f in fields(obj)})
+            values = {}
+            for f in fields(obj):
+                value = getattr(obj, f.name)
+                values[f.name] = moved[id(value)] if id(value) in moved else value.to(device)
+            return type(obj)(**values)
 
-        targets = self.targets
-        if isinstance(targets, VocabTargets):
-            targets = VocabTargets(index=targets.index.to(device), teacher=move_one(targets.teacher),
-                                   host_index=targets.host_index if targets.host_index is not None
-                                   else targets.index.cpu())
-        elif targets is not None:
-            targets = targets.to(device)
         return Batch(
             input_ids=self.input_ids.to(device),
             maskable=self.maskable.to(device),

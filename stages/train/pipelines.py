@@ -64,7 +64,7 @@ def vocab_loss_targets(items: VocabItems, flat_masked: torch.Tensor, seq_len: in
     """Vocabulary items mapped onto the masked positions (every item must be one); computed at collation, on
     the host, where the mapping keeps a host copy of its index."""
     index = index_among(flat_masked, items.row * seq_len + items.position, "cache target positions")
-    return VocabTargets(index=index, teacher=items.teacher, host_index=index if index.device.type == "cpu" else None)
+    return VocabTargets(index=index, teacher=items.teacher, host_index=index.cpu())
 
 
 def row_column(row: Mapping[str, object], name: str, label: str) -> np.ndarray:
