@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cache_schema.errors import SchemaError
+from cache_schema.errors import BatchRowError, SchemaError
 from cache_schema.schemas import (
     ENCODING_FLOAT32,
     ENCODING_PACKED,
@@ -116,8 +116,9 @@ class PaddedArrays:
         padded_ids[valid] = ids
         padded_values = np.full(valid.shape, -np.inf, dtype=np.float32)
         padded_values[valid] = values
-        return cls(counts, padded_ids, padded_values, np.asarray(log_tails, dtype=np.float32),
-                   np.asarray(gold_logprob, dtype=np.float32))
+        # copies: a column read from Arrow is read-only, and torch refuses to share a read-only buffer
+        return cls(counts, padded_ids, padded_values, np.array(log_tails, dtype=np.float32),
+                   np.array(gold_logprob, dtype=np.float32))
 
     def select(self, keep: np.ndarray) -> PaddedArrays:
         """The items where ``keep`` (bool (N,)) is True, same width."""
@@ -265,6 +266,21 @@ class SparseCodec:
                               f"ceiling is {self.max_entries}")
         return int(counts.shape[0])
 
+    def items_per_row(self, rows: Sequence[Mapping[str, np.ndarray]], pass_name: str) -> np.ndarray:
+        """Items of each row's pass columns (R,), checked as :meth:`num_items` checks one row, all rows at once;
+        :class:`cache_schema.errors.BatchRowError` names the first row at fault."""
+        counts_name, entries_name = self.columns(pass_name)[:2]
+        items = np.fromiter((len(row[counts_name]) for row in rows), dtype=np.int64, count=len(rows))
+        entries = np.fromiter((len(row[entries_name]) for row in rows), dtype=np.int64, count=len(rows))
+        counts = np.concatenate([np.asarray(row[counts_name]).reshape(-1) for row in rows]).astype(np.int64)
+        summed = np.concatenate([[0], np.cumsum(counts)])
+        ends = np.cumsum(items)
+        bad = summed[ends] - summed[ends - items] != entries
+        if self.max_entries is not None and counts.size and int(counts.max()) > self.max_entries:
+            bad[np.repeat(np.arange(len(rows)), items)[counts > self.max_entries]] = True
+        _raise_first(self, rows, bad, pass_name)
+        return items
+
     def decode_padded(self, columns: Mapping[str, np.ndarray], pass_name: str) -> PaddedArrays:
         """Padded sparse targets (what training consumes) from a pass's columns of any number of rows."""
         flat = self.decode(columns, pass_name)
@@ -318,6 +334,11 @@ class V1Codec:
     def num_items(self, columns: Mapping[str, np.ndarray], pass_name: str) -> int:
         return int(np.asarray(columns[gold_logprob_column(pass_name)]).shape[0])
 
+    def items_per_row(self, rows: Sequence[Mapping[str, np.ndarray]], pass_name: str) -> np.ndarray:
+        """Items of each row's pass columns (R,): one gold log-prob per item."""
+        gold = gold_logprob_column(pass_name)
+        return np.fromiter((len(row[gold]) for row in rows), dtype=np.int64, count=len(rows))
+
     def decode(self, columns: Mapping[str, np.ndarray], pass_name: str) -> SparseArrays:
         padded = self.decode_padded(columns, pass_name)
         return SparseArrays(padded.counts, padded.ids.reshape(-1), padded.values.reshape(-1), padded.log_tails,
@@ -335,6 +356,16 @@ class V1Codec:
         tails = log1mexp(np.minimum(log_top, 0.0)).astype(np.float32)
         gold = np.asarray(columns[gold_logprob_column(pass_name)], dtype=np.float32)
         return PaddedArrays(np.full(n, self.k, dtype=np.int64), ids, values.astype(np.float32), tails, gold)
+
+
+def _raise_first(codec: SparseCodec, rows: Sequence[Mapping[str, np.ndarray]], bad: np.ndarray, pass_name: str) -> None:
+    """Re-check the rows flagged ``bad`` one by one (:meth:`SparseCodec.num_items` words the problem) and raise
+    :class:`cache_schema.errors.BatchRowError` for the first."""
+    for row in np.flatnonzero(bad):
+        try:
+            codec.num_items(rows[row], pass_name)
+        except SchemaError as exc:
+            raise BatchRowError(int(row), str(exc)) from None
 
 
 def codec_for(manifest: Any) -> SparseCodec | V1Codec:

@@ -33,6 +33,14 @@ class SchemaError(CacheError):
     """A table or shard does not have the columns and types the manifest implies."""
 
 
+class BatchRowError(SchemaError):
+    """A problem in one of several rows checked together; ``row`` is its index among them."""
+
+    def __init__(self, row: int, message: str) -> None:
+        super().__init__(message)
+        self.row = row
+
+
 class RowError(CacheError):
     """A row handed to the table builder is missing a column or has the wrong shape or type."""
 

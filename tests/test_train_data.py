@@ -240,3 +240,41 @@ def test_a_row_without_target_items_collates_with_the_others():
         assert only_empty.vocab.teacher.num_positions == 0
         short = collate_rows([full], CollateSpec(pad_token_id=EOS, block_size=4, pipeline=pipeline, max_length=4))
         assert short.vocab.position.tolist() == [1] and short.vocab.teacher.num_positions == 1
+
+
+def test_collation_refuses_a_bad_row_by_name():
+    """Collation checks a batch's rows together; each refusal still names the row at fault (here the second,
+    or the first when two rows trade stored entries, which the batch's totals alone would not show)."""
+    codec = SparseCodec("rank24-delta8", num_temperatures=2, id_table=[7, 4], vocab_size=10)
+    spec = CollateSpec(pad_token_id=EOS, block_size=4, pipeline=SharedPipeline(codec=codec, temperatures=(1.0, 2.0)))
+
+    def row(name: str) -> dict:
+        encoded = codec.encode(SparseArrays(counts=np.array([2, 1]), ids=np.array([4, 2, 7]),
+                                            values=np.array([0.0, -1.0, 0.0], np.float32),
+                                            log_tails=np.full((2, 2), -2.0, np.float32),
+                                            gold_logprob=np.array([-0.5, -0.1], np.float32)), "plain")
+        return {"sample_id": name, "input_ids": np.arange(8, dtype=np.int32), "maskable": np.ones(8, dtype=bool),
+                "masked_positions": np.array([1, 5], dtype=np.int32), "t": 0.5,
+                "target_positions": np.array([1, 5], dtype=np.int32), **encoded}
+
+    a, b = row("a"), row("b")
+    assert collate_rows([a, b], spec).vocab.row.tolist() == [0, 0, 1, 1]
+    cases = [
+        (dict(b, maskable=np.array([1, 0, 1, 1, 1, 1, 1, 1], bool)), "b: masked_positions include positions that "
+         "are not maskable"),
+        (dict(b, t=1.5), r"b: timestep t=1.5 is outside \(0, 1\]"),
+        (dict(b, maskable=np.ones(4, bool)), "b: maskable has 4 entries for 8 input_ids"),
+        (dict(b, masked_positions=np.array([-1, 5], np.int32)), "b: masked position -1 is negative"),
+        (dict(b, target_positions=np.array([1, 5, 6], np.int32)), "b: 2 plain target items for 3 target positions"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            collate_rows([a, bad], spec)
+    codes = "plain_topk_codes"
+    traded = [dict(a, **{codes: np.concatenate([a[codes], b[codes][-1:]])}), dict(b, **{codes: b[codes][:-1]})]
+    with pytest.raises(ValueError, match="^a: pass 'plain': 4 stored entries but the counts add up to 3$"):
+        collate_rows(traded, spec)
+    capped = SparseCodec("rank24-delta8", num_temperatures=2, id_table=[7, 4], vocab_size=10, max_entries=1)
+    with pytest.raises(ValueError, match="^a: pass 'plain': an item keeps 2 entries but the manifest's k ceiling is 1$"):
+        collate_rows([a, b], CollateSpec(pad_token_id=EOS, block_size=4,
+                                         pipeline=SharedPipeline(codec=capped, temperatures=(1.0, 2.0))))

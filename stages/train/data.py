@@ -63,20 +63,29 @@ class StreamConfig:
 
 
 class _RowGroup:
-    """One row group converted to torch, with per-row access as numpy arrays."""
+    """One row group's columns as numpy arrays, with per-row access by views (no copies).
+
+    List columns are kept as (flat values, offsets as a Python list): a row is one slice, so a row costs a
+    few microseconds whatever its length (a tensor's ``int(offsets[i])`` is ten times that)."""
 
     def __init__(self, columns: dict) -> None:
-        self.columns = columns
+        self.columns: dict[str, object] = {}
+        for name, column in columns.items():
+            if isinstance(column, Ragged):
+                self.columns[name] = (column.values.numpy(), column.offsets.tolist())
+            elif isinstance(column, list):
+                self.columns[name] = column
+            else:
+                self.columns[name] = column.numpy().tolist()  # scalars: Python values, as rows hold them
 
     def row(self, index: int) -> dict[str, object]:
         out: dict[str, object] = {}
         for name, column in self.columns.items():
-            if isinstance(column, Ragged):
-                out[name] = column.row(index).numpy()
-            elif isinstance(column, list):
-                out[name] = column[index]
+            if isinstance(column, tuple):
+                values, offsets = column
+                out[name] = values[offsets[index]:offsets[index + 1]]
             else:
-                out[name] = column[index].item()
+                out[name] = column[index]
         return out
 
 

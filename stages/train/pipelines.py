@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cache_schema.codec import PaddedArrays, SparseCodec, V1Codec, codec_for
-from cache_schema.errors import SchemaError
+from cache_schema.errors import BatchRowError, SchemaError
 from cache_schema.manifest import Manifest
 from cache_schema.schemas import PIPELINE_CROSS, PIPELINE_SHARED, TRAINING_BASE_COLUMNS, chunk_logprob_column
 from tide.exact_targets import ExactTeacher
@@ -116,22 +116,25 @@ class SharedPipeline:
         return ["target_positions", *self.codec.columns(target_pass)]
 
     def row_items(self, row: Mapping[str, object], label: str, b: int, n: int, target_pass: str) -> dict:
-        """The row's raw pass columns (decoded once per batch, in :meth:`concat_items`) and which of its items
-        lie before ``n``."""
-        positions = row_column(row, "target_positions", label).astype(np.int64)
-        columns = {name: row_column(row, name, label) for name in self.codec.columns(target_pass)}
-        try:
-            items = self.codec.num_items(columns, target_pass)
-        except SchemaError as exc:
-            raise ValueError(f"{label}: {exc}") from None
-        if items != positions.shape[0]:
-            raise ValueError(f"{label}: {items} {target_pass} target items for {positions.shape[0]} target positions")
-        keep = positions < n
-        return {"row": np.full(int(keep.sum()), b, dtype=np.int64), "position": positions[keep], "keep": keep,
-                "columns": columns, "label": label, "pass": target_pass}
+        """The row's raw pass columns and target positions; checked and decoded once per batch, in
+        :meth:`concat_items` (a per-row check costs more than the batch's whole decode)."""
+        return {"b": b, "n": n, "label": label, "pass": target_pass,
+                "position": row_column(row, "target_positions", label),
+                "columns": {name: row_column(row, name, label) for name in self.codec.columns(target_pass)}}
 
     def concat_items(self, parts: list[dict]) -> VocabItems:
         target_pass = parts[0]["pass"]
+        try:
+            items = self.codec.items_per_row([p["columns"] for p in parts], target_pass)
+        except BatchRowError as exc:
+            raise ValueError(f"{parts[exc.row]['label']}: {exc}") from None
+        positions = [p["position"] for p in parts]
+        stored = np.fromiter((len(x) for x in positions), dtype=np.int64, count=len(parts))
+        mismatch = np.flatnonzero(items != stored)
+        if mismatch.size:
+            at = int(mismatch[0])
+            raise ValueError(f"{parts[at]['label']}: {items[at]} {target_pass} target items for {stored[at]} target "
+                             "positions")
         columns = {name: np.concatenate([p["columns"][name].reshape(-1) for p in parts])
                    for name in parts[0]["columns"]}
         try:
@@ -139,11 +142,12 @@ class SharedPipeline:
         except SchemaError as exc:
             rows = ", ".join(p["label"] for p in parts)
             raise ValueError(f"the {target_pass} targets of rows {rows} do not decode: {exc}") from None
-        keep = np.concatenate([p["keep"] for p in parts])
+        position = np.concatenate(positions).astype(np.int64)
+        row = np.repeat(np.fromiter((p["b"] for p in parts), dtype=np.int64, count=len(parts)), stored)
+        keep = position < np.repeat(np.fromiter((p["n"] for p in parts), dtype=np.int64, count=len(parts)), stored)
         if not keep.all():
-            decoded = decoded.select(keep)
-        return VocabItems(row=torch.from_numpy(np.concatenate([p["row"] for p in parts])),
-                          position=torch.from_numpy(np.concatenate([p["position"] for p in parts])),
+            decoded, row, position = decoded.select(keep), row[keep], position[keep]
+        return VocabItems(row=torch.from_numpy(row), position=torch.from_numpy(position),
                           teacher=decoded_targets(decoded, self.temperatures))
 
     def loss_targets(self, items: VocabItems, flat_masked: torch.Tensor, row_t: torch.Tensor,
