@@ -253,7 +253,13 @@ def test_pandas_reads_a_shard_and_decodes_it_as_documented(tmp_path):
     spec = format_test_spec("shared", rows_per_shard=6)
     rows = shared_rows(6, seed=8, spec=spec)
     manifest = write_cache_rows(tmp_path, rows, spec)
-    frame = pd.read_parquet(tmp_path / manifest.shards[0].file)
+    shard = tmp_path / manifest.shards[0].file
+    meta = pq.ParquetFile(shard).metadata
+    encodings = {meta.row_group(0).column(c).path_in_schema: meta.row_group(0).column(c).encodings
+                 for c in range(meta.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["plain_topk_codes.list.element"]  # the documented byte planes
+    assert "BYTE_STREAM_SPLIT" not in encodings["input_ids.list.element"]
+    frame = pd.read_parquet(shard)
     assert list(frame.columns) == manifest.arrow_schema().names
     assert list(frame["sample_id"]) == [r["sample_id"] for r in rows]
     encoding = manifest.targets.sparse.encoding
