@@ -1,4 +1,5 @@
-"""The on-disk logits cache (format v1): Arrow schemas, manifest, atomic writer, reader, validation.
+"""The on-disk logits cache (format v2; v1 caches are read): Arrow schemas, manifest, atomic writer, reader,
+validation.
 
 Importing the package does not import torch; ``CacheReader``, ``Ragged``, ``pad_ragged`` and
 ``table_to_torch`` load ``cache_schema.reader`` (and torch) on first access.

@@ -30,7 +30,7 @@ from cache_schema.manifest import Manifest
 from cache_schema.shard_checks import check_shard_file, checksum_problem
 from cache_schema.store import Store, open_store
 
-__all__ = ["CacheReader", "Ragged", "RowGroupUnit", "check_shard", "pad_ragged", "table_to_torch"]
+__all__ = ["CacheReader", "Ragged", "RowGroupUnit", "check_shard", "pad_ragged", "table_to_numpy", "table_to_torch"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +92,8 @@ def pad_ragged(ragged: Ragged, pad_value: float | int | bool = 0, max_len: int |
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _to_numpy(array: pa.Array) -> np.ndarray:
-    values = array.to_numpy(zero_copy_only=False)
-    if not values.flags.writeable:
-        values = values.copy()  # torch.from_numpy needs a writable buffer
-    return values
+def _writable(values: np.ndarray) -> np.ndarray:
+    return values if values.flags.writeable else values.copy()  # torch.from_numpy needs a writable buffer
 
 
 def _column_array(table: pa.Table, name: str) -> pa.Array:
@@ -107,8 +104,10 @@ def _column_array(table: pa.Table, name: str) -> pa.Array:
     return array
 
 
-def column_to_torch(array: pa.Array, name: str = "column") -> torch.Tensor | Ragged | list[str]:
-    """One Arrow column as a tensor (scalars), a :class:`Ragged` (lists) or a list of str (strings)."""
+def column_to_numpy(array: pa.Array, name: str = "column") -> np.ndarray | tuple[np.ndarray, np.ndarray] | list[str]:
+    """One Arrow column as numpy without copying where Arrow allows (the arrays may be read-only): scalars as
+    an array, lists as (flat values, int64 row offsets from 0) with values 2-D (n, w) for
+    ``list<fixed_size_list<x>[w]>``, strings as a list of str."""
     type_ = array.type
     if pa.types.is_string(type_) or pa.types.is_large_string(type_):
         return array.to_pylist()
@@ -118,17 +117,39 @@ def column_to_torch(array: pa.Array, name: str = "column") -> torch.Tensor | Rag
         flat = array.flatten()  # respects slicing of the list array
         child = type_.value_type
         if pa.types.is_fixed_size_list(child):
-            width = child.list_size
-            inner = _to_numpy(flat.flatten()).reshape(-1, width)
-            values = torch.from_numpy(inner)
-        elif pa.types.is_list(child) or pa.types.is_struct(child):
+            return flat.flatten().to_numpy(zero_copy_only=False).reshape(-1, child.list_size), offsets
+        if pa.types.is_list(child) or pa.types.is_struct(child):
             raise SchemaError(f"column {name!r} has type {type_}, which the cache format does not use")
-        else:
-            values = torch.from_numpy(_to_numpy(flat))
-        return Ragged(values=values, offsets=torch.from_numpy(offsets))
+        return flat.to_numpy(zero_copy_only=False), offsets
     if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_boolean(type_):
-        return torch.from_numpy(_to_numpy(array))
+        return array.to_numpy(zero_copy_only=False)
     raise SchemaError(f"column {name!r} has type {type_}, which the cache format does not use")
+
+
+def column_to_torch(array: pa.Array, name: str = "column") -> torch.Tensor | Ragged | list[str]:
+    """One Arrow column as a tensor (scalars), a :class:`Ragged` (lists) or a list of str (strings)."""
+    converted = column_to_numpy(array, name)
+    if isinstance(converted, list):
+        return converted
+    if isinstance(converted, tuple):
+        values, offsets = converted
+        return Ragged(values=torch.from_numpy(_writable(values)), offsets=torch.from_numpy(offsets))
+    return torch.from_numpy(_writable(converted))
+
+
+def _table_columns(table: pa.Table, columns: Sequence[str] | None) -> list[str]:
+    names = list(columns) if columns is not None else table.schema.names
+    missing = [n for n in names if n not in table.schema.names]
+    if missing:
+        raise SchemaError(f"table has no columns {missing}; it has {table.schema.names}")
+    return names
+
+
+def table_to_numpy(
+    table: pa.Table, columns: Sequence[str] | None = None
+) -> dict[str, np.ndarray | tuple[np.ndarray, np.ndarray] | list[str]]:
+    """Convert a table (e.g. one row group) with :func:`column_to_numpy`, column by column."""
+    return {name: column_to_numpy(_column_array(table, name), name) for name in _table_columns(table, columns)}
 
 
 def table_to_torch(
@@ -139,11 +160,7 @@ def table_to_torch(
     Shapes, for a table of B rows: ``t`` (B,) float64; ``input_ids`` Ragged(values (ΣL,) int32, offsets
     (B + 1,)); ``plain_topk_ids`` Ragged(values (Σn, k) int32, offsets (B + 1,)); ``sample_id`` list[str].
     """
-    names = list(columns) if columns is not None else table.schema.names
-    missing = [n for n in names if n not in table.schema.names]
-    if missing:
-        raise SchemaError(f"table has no columns {missing}; it has {table.schema.names}")
-    return {name: column_to_torch(_column_array(table, name), name) for name in names}
+    return {name: column_to_torch(_column_array(table, name), name) for name in _table_columns(table, columns)}
 
 
 # ---------------------------------------------------------------------------------------------------------

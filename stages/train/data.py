@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache_schema.reader import CacheReader, Ragged, table_to_torch
+from cache_schema.reader import CacheReader, table_to_numpy
 from stages.train.collate import Batch, CollateSpec, collate_rows
 from stages.train.order import (
     DataCursor,
@@ -63,7 +63,8 @@ class StreamConfig:
 
 
 class _RowGroup:
-    """One row group's columns as numpy arrays, with per-row access by views (no copies).
+    """One row group's columns as numpy arrays (:func:`cache_schema.reader.table_to_numpy`, no copies), with
+    per-row access by views.
 
     List columns are kept as (flat values, offsets as a Python list): a row is one slice, so a row costs a
     few microseconds whatever its length (a tensor's ``int(offsets[i])`` is ten times that)."""
@@ -71,12 +72,12 @@ class _RowGroup:
     def __init__(self, columns: dict) -> None:
         self.columns: dict[str, object] = {}
         for name, column in columns.items():
-            if isinstance(column, Ragged):
-                self.columns[name] = (column.values.numpy(), column.offsets.tolist())
+            if isinstance(column, tuple):
+                self.columns[name] = (column[0], column[1].tolist())
             elif isinstance(column, list):
                 self.columns[name] = column
             else:
-                self.columns[name] = column.numpy().tolist()  # scalars: Python values, as rows hold them
+                self.columns[name] = column.tolist()  # scalars: Python values, as rows hold them
 
     def row(self, index: int) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -177,7 +178,7 @@ class CacheStream:
         if group is not None:
             self._cache.move_to_end(unit)
             return group
-        group = _RowGroup(table_to_torch(self.reader.read_row_group(unit, self.columns)))
+        group = _RowGroup(table_to_numpy(self.reader.read_row_group(unit, self.columns)))
         self._cache[unit] = group
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
