@@ -594,12 +594,32 @@ def render_exact(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def render_tail_summaries(results: dict[str, dict]) -> list[str]:
+    data = results.get("tail_summaries.json")
+    if data is None:
+        return []
+    config = data.get("config", {})
+    lines = [f"{fmt(config.get('positions'))} scored positions per family; exact float64 values and masses (no "
+             f"storage rounding); bucket edges geometric from rank {fmt(config.get('first_edge'))} of the id table "
+             "to the vocabulary; B = 1 is the default student-shaped tail. Cells: gradient rel-L2 against full-logit "
+             "distillation (gain over the uniform tail at k = 64).", ""]
+    for name, family in data.get("families", {}).items():
+        for student, cells in family.get("students", {}).items():
+            lines += [f"**{name}**, student `{student}`:", ""]
+            rows = [(c["temperature"], c["k"], "uniform" if c["buckets"] == 0 else c["buckets"],
+                     *(f"{fmt(c['rel_l2'][loss])} ({fmt(c['gain_over_uniform_k64'][loss])}×)"
+                       for loss in ("kl", "reverse_kl", "tidal"))) for c in cells]
+            lines += table(("T", "k", "tail buckets", "kl", "reverse_kl", "tidal"), rows) + [""]
+    return lines
+
+
 RENDERERS: dict[str, Callable[[dict[str, dict]], list[str]]] = {
     "build": render_build,
     "train_step": render_train_step,
     "data_path": render_data_path,
     "fidelity_k": render_fidelity,
     "fidelity": render_fidelity_v2,
+    "tail_summaries": render_tail_summaries,
     "reader": render_reader,
     "teacher_runner": render_teacher_runner,
     "moe": render_moe,

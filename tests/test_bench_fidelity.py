@@ -63,3 +63,33 @@ def test_acceptance_needs_the_bytes_and_every_gain():
     assert bench.acceptance({bench.ACCEPTANCE_FAMILY: {"cells": small_gain}})["passes"] is False
     too_big = _cells({"kl": 0.1, "reverse_kl": 0.1, "tidal": 0.1}, {"kl": 0.1, "reverse_kl": 0.5, "tidal": 0.5}, 64.5)
     assert bench.acceptance({bench.ACCEPTANCE_FAMILY: {"cells": too_big}})["passes"] is False
+
+
+def test_tail_buckets_bound_keeps_each_bucket_mass_and_reduces_to_the_default_tail(family):
+    """The tail-summary bound's reconstruction: one bucket is tide's student-shaped tail (a second
+    implementation), every bucket keeps the teacher's exact mass, and storing every id leaves no error."""
+    from benchmarks import bench_tail_summaries as tails
+    from tide.targets import reconstruct_log_probs, sparse_targets
+
+    temperature, k = 2.0, 8
+    log_p = torch.log_softmax(family.teacher.double() / temperature, dim=1)
+    log_q = torch.log_softmax(family.students["noisy"].double() / temperature, dim=1)
+    built = sparse_targets(family.teacher, family.gold, k=k, shared_vocab_size=VOCAB, temperatures=(1.0, 2.0),
+                           policy=KPolicy.fixed(k))
+    default = reconstruct_log_probs(built.at(temperature), VOCAB, TailReconstruction("student"), log_q.float())
+    one = tails.reconstruct(log_p, log_q, k, tails.bucket_of(tails.frequency_ranks(family.id_counts), 1))
+    torch.testing.assert_close(one.float(), default, atol=2e-4, rtol=0)
+    bucket = tails.bucket_of(tails.frequency_ranks(family.id_counts), 4)
+    assert bucket.unique().numel() == 4
+    rebuilt = tails.reconstruct(log_p, log_q, k, bucket)
+    torch.testing.assert_close(rebuilt.logsumexp(1), torch.zeros(POSITIONS, dtype=torch.float64))
+    stored = torch.zeros_like(log_p, dtype=torch.bool).scatter_(1, log_p.topk(k, dim=1).indices, True)
+    for b in range(4):
+        inside = (bucket == b)[None, :] & ~stored
+        torch.testing.assert_close(torch.where(inside, rebuilt, -torch.inf).logsumexp(1),
+                                   torch.where(inside, log_p, -torch.inf).logsumexp(1))
+    full = tails.gradients(family, family.students["noisy"], temperature, None)
+    exact = tails.gradients(family, family.students["noisy"], temperature,
+                            lambda lp, lq: tails.reconstruct(lp, lq, VOCAB, bucket))
+    for loss in bench.LOSSES:
+        assert tails.rel_l2(exact[loss], full[loss]) < 1e-9
