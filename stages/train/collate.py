@@ -14,7 +14,7 @@ positions (``shared``) or chunk tables (``cross``), for the selected teacher pas
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -173,7 +173,7 @@ def _masked(rows: Sequence[Mapping[str, object]], labels: list[str], lengths: np
     return masked
 
 
-def _refuse_first(bad: np.ndarray, labels: list[str], message) -> None:
+def _refuse_first(bad: np.ndarray, labels: list[str], message: Callable[[int], str]) -> None:
     """ValueError ``"<label>: <message(b)>"`` for the first row ``b`` where ``bad`` (B,) is True."""
     if bad.any():
         b = int(np.argmax(bad))
